@@ -1,0 +1,274 @@
+//! `imgforge build`: the pipeline, step by step.
+//!
+//! verify source → raw working disk (unnamed file) → grow → partition table → attach + mount
+//! (private mount namespace) → provisioning window (resolv.conf, policy-rc.d) → provisioners →
+//! stamp → seal → trim → unmount + detach → outputs + manifest.
+
+pub mod mounted;
+pub mod version;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use crate::chroot::guards::{POLICY_RC_D, SwappedFile, host_resolv_conf};
+use crate::disk::convert;
+use crate::disk::workdisk::WorkDisk;
+use crate::manifest::{Manifest, OutputFile, SourceInfo};
+use crate::progress::Events;
+use crate::provision::StepReport;
+use crate::recipe::BuildPlan;
+use crate::seal::SealReport;
+use crate::source::verify::{VerifiedSource, verify_source};
+use crate::stamp::{self, Stamp};
+use mounted::{Mounted, choose_root, probe_all};
+
+/// What to do with the working disk when a build fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Delete it (default).
+    Cleanup,
+    /// Keep it (unmounted, detached) as `<name>.failed.raw` in the output directory.
+    Keep,
+}
+
+/// Build options from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Failure handling.
+    pub on_error: OnError,
+    /// Download cache.
+    pub cache_dir: PathBuf,
+}
+
+/// Step timings, in order.
+#[derive(Debug, Default)]
+struct Timings(BTreeMap<String, f64>);
+
+impl Timings {
+    fn time<T>(&mut self, events: &Events, step: &str, what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        crate::host::signals::check()?;
+        events.step(step, what);
+        let start = Instant::now();
+        let out = f()?;
+        let secs = start.elapsed().as_secs_f64();
+        events.step_done(step, secs);
+        self.0.insert(step.to_string(), secs);
+        Ok(out)
+    }
+}
+
+/// Runs a build; returns the manifest written next to the outputs.
+pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<Manifest> {
+    let version = match &plan.version {
+        Some(v) => v.clone(),
+        None => version::git_describe(&plan.recipe_dir)?,
+    };
+    std::fs::create_dir_all(&plan.output_dir)
+        .with_context(|| format!("Failed to create the output directory {}", plan.output_dir.display()))?;
+    let mut t = Timings::default();
+    let src =
+        t.time(events, "verify", &format!("verifying {}", plan.source.image), || verify_source(&plan.source, &opts.cache_dir, events))?;
+    let work = WorkDisk::create(&plan.output_dir)?;
+    let size = t.time(events, "convert", "making the raw working disk", || {
+        let counter = AtomicU64::new(0);
+        let total = std::fs::metadata(&src.path).map_or(0, |m| m.len());
+        Ok(events.with_bar("convert", total, &counter, || convert::to_raw(&src.path, work.file(), &counter))?)
+    })?;
+    let stamp = Stamp {
+        name: plan.name.clone(),
+        version: version.clone(),
+        git_commit: version::git_commit(&plan.recipe_dir).unwrap_or_default(),
+        build_date: stamp::rfc3339(stamp::build_time()),
+        source_digest: format!("{}:{}", src.algo.name().to_ascii_lowercase(), src.digest),
+        ancestor: src.url.clone(),
+    };
+    match customize(plan, &work, size, &stamp, &mut t, events) {
+        Ok((provisioners, seal)) => finish(plan, work, &src, &stamp, provisioners, seal, t, events),
+        Err(e) => {
+            if opts.on_error == OnError::Keep {
+                let kept = plan.output_dir.join(format!("{}.failed.raw", plan.name));
+                match work.persist(&kept) {
+                    Ok(_) => {
+                        events.notice(&format!("kept the working disk (unmounted, detached) as {}; delete it when done", kept.display()))
+                    }
+                    Err(k) => events.notice(&format!("could not keep the working disk: {k}")),
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Grow, mount, provision, stamp, seal, trim, unmount. Mounts and loop devices are always
+/// released before this returns.
+fn customize(
+    plan: &BuildPlan,
+    work: &WorkDisk,
+    size: u64,
+    stamp: &Stamp,
+    t: &mut Timings,
+    events: &Events,
+) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
+    let disk = work.file();
+    let grown = match plan.disk_size {
+        Some(want) if want > size => Some(want),
+        Some(want) if want < size => bail!("disk.size {want} is smaller than the upstream disk ({size} bytes); imgforge only grows disks"),
+        _ => None,
+    };
+    let table = crate::disk::partition::read(&mut &*disk, size).context("Failed to read the partition table")?;
+    let parts = probe_all(disk, &table)?;
+    let root_part = choose_root(&parts, plan.root_partition)?;
+    if let Some(want) = grown {
+        t.time(events, "grow", &format!("growing the disk to {want} bytes"), || {
+            let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(disk)));
+            crate::disk::grow::grow_disk(&path, want, root_part.part.index)?;
+            Ok(())
+        })?;
+    }
+    let (table, parts, root_part) = if grown.is_some() {
+        let table = crate::disk::partition::read(&mut &*disk, grown.unwrap_or(size))?;
+        let parts = probe_all(disk, &table)?;
+        let root = choose_root(&parts, Some(root_part.part.index))?;
+        (table, parts, root)
+    } else {
+        (table, parts, root_part)
+    };
+    let _ = table;
+    let mounted =
+        t.time(events, "mount", &format!("mounting partition {} ({}) as /", root_part.part.index, root_part.fs.fstype), || {
+            Mounted::mount(disk, &parts, &root_part, events)
+        })?;
+    let result = inside(plan, &mounted, grown.is_some(), stamp, t, events);
+    let closed = t.time(events, "unmount", "unmounting and detaching", || mounted.close());
+    match (result, closed) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Err(c)) => Err(c),
+        (Err(e), Err(c)) => Err(e.context(format!("and cleanup failed too: {c:#}"))),
+    }
+}
+
+fn inside(
+    plan: &BuildPlan,
+    m: &Mounted,
+    grown: bool,
+    stamp: &Stamp,
+    t: &mut Timings,
+    events: &Events,
+) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
+    if grown {
+        t.time(events, "grow-fs", "growing the root filesystem", || grow_fs(m))?;
+    }
+    let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
+    t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
+    let seal = t.time(events, "seal", "sealing (SSH host keys, machine-id)", || Ok(crate::seal::minimal(&m.root)?))?;
+    t.time(events, "trim", "trimming free space", || trim_all(m))?;
+    Ok((provisioners, seal))
+}
+
+fn grow_fs(m: &Mounted) -> anyhow::Result<()> {
+    use crate::host::command::CommandRunExt;
+    let mut cmd = match m.root_fstype.as_str() {
+        "ext2" | "ext3" | "ext4" => {
+            let mut c = std::process::Command::new("resize2fs");
+            c.arg(&m.root_device);
+            c
+        }
+        "xfs" => {
+            let mut c = std::process::Command::new("xfs_growfs");
+            c.arg(m.root.path());
+            c
+        }
+        other => bail!("cannot grow a {other} root filesystem; leave out disk.size"),
+    };
+    cmd.run_checked("grow the root filesystem")?;
+    Ok(())
+}
+
+/// Installs the provisioning guards, runs the provisioners, and restores the guards whatever
+/// happened. Afterwards no process may still use the image.
+fn provision_window(plan: &BuildPlan, m: &Mounted, events: &Events) -> anyhow::Result<Vec<StepReport>> {
+    let root = &m.root;
+    let resolv = SwappedFile::install(root, Path::new("/etc/resolv.conf"), host_resolv_conf().as_bytes(), 0o644)?;
+    let policy = if root.dir(Path::new("/usr/sbin")).is_ok() {
+        match SwappedFile::install(root, Path::new("/usr/sbin/policy-rc.d"), POLICY_RC_D, 0o755) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                let _ = resolv.restore(root);
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
+    let ran = crate::provision::run_all(&plan.steps, root, events);
+    let left = crate::host::procscan::others_using(root.path());
+    let restored = resolv.restore(root).and(policy.map_or(Ok(()), |p| p.restore(root)));
+    let reports = ran?;
+    restored.context("Failed to restore the image's resolv.conf/policy-rc.d")?;
+    if !left.is_empty() {
+        bail!("processes still use the image after provisioning{}", crate::host::procscan::describe(&left));
+    }
+    Ok(reports)
+}
+
+fn trim_all(m: &Mounted) -> anyhow::Result<()> {
+    for (target, host) in &m.filesystems {
+        let dir = std::fs::File::open(host).with_context(|| format!("Failed to open {}", host.display()))?;
+        match crate::host::trim::trim(&dir, host) {
+            Ok(n) => tracing::debug!("trimmed {n} bytes on {target}"),
+            // Filesystems without discard support: not an error, the output is just less sparse.
+            Err(e) if e.source == nix::Error::EOPNOTSUPP => tracing::info!("{target}: trim not supported"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    plan: &BuildPlan,
+    work: WorkDisk,
+    src: &VerifiedSource,
+    stamp: &Stamp,
+    provisioners: Vec<StepReport>,
+    seal: SealReport,
+    mut t: Timings,
+    events: &Events,
+) -> anyhow::Result<Manifest> {
+    let dest = plan.output_dir.join(format!("{}.raw", plan.name));
+    let out = t.time(events, "output", &format!("writing {}", dest.display()), || {
+        let file = work.persist(&dest)?;
+        let size = file.metadata()?.len();
+        let sha256 = crate::source::sums::digest_file(&dest, crate::source::sums::Algo::Sha256)?;
+        Ok(OutputFile { format: "raw".into(), path: dest.display().to_string(), size, sha256 })
+    })?;
+    let manifest = Manifest {
+        schema: 1,
+        name: plan.name.clone(),
+        version: stamp.version.clone(),
+        description: plan.description.clone(),
+        git_commit: (!stamp.git_commit.is_empty()).then(|| stamp.git_commit.clone()),
+        recipe: plan.recipe_path.display().to_string(),
+        recipe_digest: format!("sha256:{}", plan.recipe_digest),
+        build_date: stamp.build_date.clone(),
+        source: SourceInfo {
+            url: src.url.clone(),
+            digest: stamp.source_digest.clone(),
+            checksums: src.sums_url.clone(),
+            signing_key_fingerprint: src.key_fingerprint.clone(),
+        },
+        outputs: vec![out],
+        provisioners,
+        steps: t.0,
+        seal,
+        imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let path = plan.output_dir.join(format!("{}.manifest.json", plan.name));
+    crate::manifest::write(&manifest, &path)?;
+    Ok(manifest)
+}

@@ -1,0 +1,262 @@
+//! The image, attached and mounted for provisioning: root, then its fstab mounts (/boot,
+//! /boot/efi…), then /proc, /sys, /dev, /dev/pts, /dev/shm and /run. Released in one place,
+//! unmount before detach, and every failure is reported.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use sys_mount::MountFlags;
+
+use crate::chroot::layout::{DeviceRef, device_ref, parse_fstab, secondary_mounts};
+use crate::chroot::resolve::Root;
+use crate::disk::fsprobe::{FsInfo, PROBE_LEN, probe};
+use crate::disk::partition::{Partition, PartitionTable, types};
+use crate::host::loopdev::LoopDevice;
+use crate::host::mount::{MountSpec, MountTree};
+use crate::progress::Events;
+
+/// A partition with what its filesystem says about itself.
+#[derive(Debug, Clone)]
+pub struct Probed {
+    /// The partition.
+    pub part: Partition,
+    /// Its filesystem.
+    pub fs: FsInfo,
+}
+
+/// Reads the first bytes of each partition and identifies its filesystem.
+pub fn probe_all(disk: &File, table: &PartitionTable) -> anyhow::Result<Vec<Probed>> {
+    let mut buf = vec![0u8; PROBE_LEN];
+    table
+        .partitions
+        .iter()
+        .map(|p| {
+            let want = PROBE_LEN.min(usize::try_from(p.size).unwrap_or(PROBE_LEN));
+            buf.fill(0);
+            let slice = buf.get_mut(..want).unwrap_or_default();
+            disk.read_exact_at(slice, p.start).with_context(|| format!("Failed to read partition {} at offset {}", p.index, p.start))?;
+            Ok(Probed { part: p.clone(), fs: probe(&buf) })
+        })
+        .collect()
+}
+
+/// Picks the root partition: the recipe's choice, else the one with the x86-64 root type GUID,
+/// else the only Linux filesystem that is not mounted elsewhere by label, else the largest.
+pub fn choose_root(parts: &[Probed], wanted: Option<u32>) -> anyhow::Result<Probed> {
+    let linux = |p: &&Probed| matches!(p.fs.fstype.as_str(), "ext2" | "ext3" | "ext4" | "xfs" | "btrfs");
+    if let Some(n) = wanted {
+        return parts
+            .iter()
+            .find(|p| p.part.index == n)
+            .cloned()
+            .with_context(|| format!("disk.root_partition = {n}, but the disk has no partition {n}"));
+    }
+    let by_type: Vec<&Probed> = parts.iter().filter(|p| p.part.type_guid == Some(types::LINUX_ROOT_X86_64)).collect();
+    if let [one] = by_type.as_slice() {
+        return Ok((*one).clone());
+    }
+    let candidates: Vec<&Probed> = parts.iter().filter(linux).filter(|p| !matches!(p.fs.label.as_str(), "BOOT" | "boot")).collect();
+    match candidates.as_slice() {
+        [] => bail!("no Linux root filesystem found on the disk (partitions: {}); set [disk] root_partition", summary(parts)),
+        [one] => Ok((*one).clone()),
+        many => {
+            let best = many.iter().max_by_key(|p| p.part.size).map(|p| (*p).clone()).context("no candidate")?;
+            tracing::warn!(
+                "several Linux filesystems; using the largest, partition {} (set [disk] root_partition to choose)",
+                best.part.index
+            );
+            Ok(best)
+        }
+    }
+}
+
+fn summary(parts: &[Probed]) -> String {
+    parts
+        .iter()
+        .map(|p| format!("{}:{}", p.part.index, if p.fs.fstype.is_empty() { "?" } else { &p.fs.fstype }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn find_partition<'a>(parts: &'a [Probed], r: &DeviceRef) -> Option<&'a Probed> {
+    parts.iter().find(|p| match r {
+        DeviceRef::Label(l) => &p.fs.label == l,
+        DeviceRef::Uuid(u) => p.fs.uuid.eq_ignore_ascii_case(u),
+        DeviceRef::PartUuid(u) => p.part.part_guid.is_some_and(|g| g.to_string().eq_ignore_ascii_case(u)),
+        DeviceRef::PartLabel(l) => &p.part.name == l,
+        DeviceRef::Other(_) => false,
+    })
+}
+
+/// The mounted image. Field order is drop order: the root fd (which keeps the root mount busy)
+/// first, then the mounts, then the loop devices.
+#[derive(Debug)]
+pub struct Mounted {
+    /// The image root, open.
+    pub root: Root,
+    held: Held,
+    /// Filesystems mounted from the disk (mount point in the image, host path), for trimming.
+    pub filesystems: Vec<(String, PathBuf)>,
+    /// Root loop device, for growing its filesystem.
+    pub root_device: PathBuf,
+    /// Root filesystem type.
+    pub root_fstype: String,
+}
+
+/// What must be released, in order: mounts, then loop devices, then the mount directory.
+#[derive(Debug)]
+struct Held {
+    tree: Option<MountTree>,
+    loops: Vec<LoopDevice>,
+    dir: Option<PathBuf>,
+}
+
+/// Creates the mount directory, private to this build: `/tmp/imgforge-<pid>-<random>/root`.
+fn mount_dir() -> anyhow::Result<PathBuf> {
+    let base = tempfile::Builder::new().prefix(&format!("imgforge-{}-", std::process::id())).tempdir_in(std::env::temp_dir())?;
+    let dir = base.keep();
+    let root = dir.join("root");
+    std::fs::create_dir(&root)?;
+    Ok(root)
+}
+
+type PseudoMount = (&'static str, &'static str, Option<&'static str>, MountFlags, Option<&'static str>);
+
+fn fs_options(fstype: &str) -> Option<&'static str> {
+    // Two builds from one upstream mount the same XFS UUID at once.
+    (fstype == "xfs").then_some("nouuid")
+}
+
+impl Mounted {
+    /// Attaches and mounts the root and its fstab mounts, then the pseudo filesystems.
+    pub fn mount(disk: &File, parts: &[Probed], root_part: &Probed, events: &Events) -> anyhow::Result<Self> {
+        let dir = mount_dir().context("Failed to create the mount directory")?;
+        let mut tree = MountTree::new(dir.clone());
+        let root_loop = LoopDevice::attach(disk, root_part.part.start, root_part.part.size, false)?;
+        let fstype = root_part.fs.fstype.clone();
+        let spec = MountSpec { source: root_loop.path(), fstype: Some(&fstype), flags: MountFlags::empty(), data: fs_options(&fstype) };
+        let dir_fd = File::open(&dir).with_context(|| format!("Failed to open {}", dir.display()))?;
+        tree.mount_at(&spec, &dir_fd, &dir)?;
+        let root = Root::open(&dir)?;
+        let mut me = Self {
+            root_device: root_loop.path().to_path_buf(),
+            held: Held { loops: vec![root_loop], tree: Some(tree), dir: Some(dir.clone()) },
+            root,
+            filesystems: vec![("/".into(), dir)],
+            root_fstype: fstype,
+        };
+        me.mount_fstab(disk, parts, root_part, events)?;
+        me.mount_pseudo()?;
+        Ok(me)
+    }
+
+    fn tree(&mut self) -> anyhow::Result<&mut MountTree> {
+        self.held.tree.as_mut().context("the image is already unmounted")
+    }
+
+    fn mount_fstab(&mut self, disk: &File, parts: &[Probed], root_part: &Probed, events: &Events) -> anyhow::Result<()> {
+        let fstab = self.root.read(Path::new("/etc/fstab"))?.unwrap_or_default();
+        let supported = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        for e in secondary_mounts(&parse_fstab(&String::from_utf8_lossy(&fstab))) {
+            let Some(p) = find_partition(parts, &device_ref(&e.spec)) else {
+                events.notice(&format!("fstab: {} for {} is not on this disk; not mounted", e.spec, e.target));
+                continue;
+            };
+            if p.part.index == root_part.part.index {
+                continue;
+            }
+            let fstype = if p.fs.fstype.is_empty() { e.fstype.clone() } else { p.fs.fstype.clone() };
+            if !supported.lines().any(|l| l.split_whitespace().last() == Some(fstype.as_str())) {
+                events.notice(&format!(
+                    "{} ({fstype}, partition {}) is not mounted: this kernel cannot mount {fstype}; provisioners see an empty {}",
+                    e.target, p.part.index, e.target
+                ));
+                continue;
+            }
+            let lo = LoopDevice::attach(disk, p.part.start, p.part.size, false)?;
+            self.root.mkdir_all(Path::new(&e.target), 0o755)?;
+            let target = self.root.dir(Path::new(&e.target))?;
+            let shown = self.root.shown(Path::new(&e.target));
+            let dev = lo.path().to_path_buf();
+            self.held.loops.push(lo);
+            let spec = MountSpec { source: &dev, fstype: Some(&fstype), flags: MountFlags::empty(), data: fs_options(&fstype) };
+            self.tree()?.mount_at(&spec, &target, &shown)?;
+            self.filesystems.push((e.target.clone(), shown));
+        }
+        Ok(())
+    }
+
+    fn mount_pseudo(&mut self) -> anyhow::Result<()> {
+        let nse = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        // (target, source, fstype, flags, options)
+        let list: [PseudoMount; 6] = [
+            ("/proc", "proc", Some("proc"), nse, None),
+            ("/sys", "sysfs", Some("sysfs"), nse | MountFlags::RDONLY, None),
+            ("/dev", "/dev", None, MountFlags::BIND, None),
+            (
+                "/dev/pts",
+                "devpts",
+                Some("devpts"),
+                MountFlags::NOSUID | MountFlags::NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            ),
+            ("/dev/shm", "tmpfs", Some("tmpfs"), MountFlags::NOSUID | MountFlags::NODEV, Some("mode=1777")),
+            ("/run", "tmpfs", Some("tmpfs"), MountFlags::NOSUID | MountFlags::NODEV, Some("mode=0755")),
+        ];
+        for (target, source, fstype, flags, data) in list {
+            let t = Path::new(target);
+            if !target.starts_with("/dev/") {
+                self.root.mkdir_all(t, 0o755)?;
+            }
+            let fd = self.root.dir(t)?;
+            let shown = self.root.shown(t);
+            let spec = MountSpec { source: Path::new(source), fstype, flags, data };
+            self.tree()?.mount_at(&spec, &fd, &shown)?;
+        }
+        self.root.mkdir_all(Path::new(crate::provision::shell::RUN_DIR), 0o700)?;
+        self.root.write(Path::new("/run/imgforge-build"), b"1\n", 0o644)?;
+        Ok(())
+    }
+
+    /// Unmounts everything (deepest first), then detaches every loop device, then removes the
+    /// mount directory (never recursively). Every failure is returned.
+    pub fn close(self) -> anyhow::Result<()> {
+        let Self { root, mut held, .. } = self;
+        drop(root);
+        held.impl_close()
+    }
+}
+
+impl Held {
+    fn impl_close(&mut self) -> anyhow::Result<()> {
+        if let Some(tree) = self.tree.take() {
+            tree.close()?;
+        }
+        let mut first_err = None;
+        while let Some(lo) = self.loops.pop() {
+            if let Err(e) = lo.close() {
+                first_err.get_or_insert(anyhow::Error::from(e));
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if let Some(dir) = self.dir.take() {
+            std::fs::remove_dir(&dir).with_context(|| format!("Failed to remove {}", dir.display()))?;
+            if let Some(parent) = dir.parent() {
+                std::fs::remove_dir(parent).with_context(|| format!("Failed to remove {}", parent.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Err(e) = self.impl_close() {
+            tracing::error!("{e:#}");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! In-root path resolution: the image is hostile.
+//!
+//! Every path inside the image is resolved with `openat2(RESOLVE_IN_ROOT)` against a directory
+//! fd of the image root, so absolute symlinks and `..` stay inside the image, exactly as they
+//! would for a process chrooted there. Deletions and renames act on the final component through
+//! its parent directory fd and never follow it.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
+use nix::sys::stat::{FileStat, Mode, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+/// An operation inside the image root failed.
+#[derive(Debug, thiserror::Error)]
+#[error("Failed to {op} {path} inside the image: {source}")]
+pub struct ResolveError {
+    /// What we tried ("open", "remove", …).
+    pub op: &'static str,
+    /// The path as seen inside the image.
+    pub path: PathBuf,
+    /// Cause.
+    #[source]
+    pub source: Errno,
+}
+
+/// The image root, held open.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+type Result<T> = std::result::Result<T, ResolveError>;
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> ResolveError + 'a {
+    move |source| ResolveError { op, path: path.to_path_buf(), source }
+}
+
+fn how(flags: OFlag, mode: u32) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(Mode::from_bits_truncate(mode))
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+/// `path` relative to the root: leading `/` removed. Pure.
+pub fn relative(path: &Path) -> PathBuf {
+    path.components().filter(|c| !matches!(c, Component::RootDir | Component::CurDir)).collect()
+}
+
+impl Root {
+    /// Opens the directory `path` (a host path) as an image root.
+    pub fn open(path: &Path) -> Result<Self> {
+        let fd =
+            nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(err("open root", path))?;
+        Ok(Self { fd, path: path.to_path_buf() })
+    }
+
+    /// The host path of the root (for messages and for chroot(2)).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Host path of an image path, for messages only: never open it.
+    pub fn shown(&self, path: &Path) -> PathBuf {
+        self.path.join(relative(path))
+    }
+
+    /// Opens `path` inside the root, following symlinks only within the root.
+    pub fn open_in(&self, path: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd> {
+        let rel = relative(path);
+        let rel = if rel.as_os_str().is_empty() { PathBuf::from(".") } else { rel };
+        openat2(self.fd.as_fd(), &rel, how(flags, mode)).map_err(err("open", path))
+    }
+
+    /// An `O_PATH` fd of a directory inside the root (e.g. a mount target).
+    pub fn dir(&self, path: &Path) -> Result<OwnedFd> {
+        self.open_in(path, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+    }
+
+    /// The parent directory fd and final name of `path`. The name is a normal component.
+    fn parent(&self, path: &Path) -> Result<(OwnedFd, OsString)> {
+        let rel = relative(path);
+        let name = match rel.components().next_back() {
+            Some(Component::Normal(n)) => n.to_os_string(),
+            _ => return Err(ResolveError { op: "resolve", path: path.to_path_buf(), source: Errno::EINVAL }),
+        };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        Ok((self.dir(parent)?, name))
+    }
+
+    /// lstat of `path` (final component not followed); `None` if absent.
+    pub fn lstat(&self, path: &Path) -> Result<Option<FileStat>> {
+        let (dir, name) = match self.parent(path) {
+            Ok(p) => p,
+            Err(e) if e.source == Errno::ENOENT => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(err("stat", path)(e)),
+        }
+    }
+
+    /// Whether `path` exists (without following its final component).
+    pub fn exists(&self, path: &Path) -> Result<bool> {
+        Ok(self.lstat(path)?.is_some())
+    }
+
+    /// Reads a file (symlinks followed inside the root); `None` if absent.
+    pub fn read(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        let fd = match self.open_in(path, OFlag::O_RDONLY, 0) {
+            Ok(fd) => fd,
+            Err(e) if e.source == Errno::ENOENT => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = Vec::new();
+        File::from(fd).read_to_end(&mut buf).map_err(|e| io_err("read", path, &e))?;
+        Ok(Some(buf))
+    }
+
+    /// Writes `data` to `path` (created with `mode` if absent, truncated if present; symlinks
+    /// followed inside the root).
+    pub fn write(&self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
+        let fd = self.open_in(path, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC, mode)?;
+        File::from(fd).write_all(data).map_err(|e| io_err("write", path, &e))
+    }
+
+    /// Creates a new file at `path`, replacing a non-directory already there (a symlink is
+    /// replaced, never followed).
+    pub fn create_replacing(&self, path: &Path, mode: u32) -> Result<File> {
+        let (dir, name) = self.parent(path)?;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let open = || nix::fcntl::openat(dir.as_fd(), name.as_os_str(), flags, Mode::from_bits_truncate(mode));
+        let fd = match open() {
+            Err(Errno::EEXIST) => {
+                unlinkat(dir.as_fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir).map_err(err("replace", path))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(err("create", path))?;
+        Ok(File::from(fd))
+    }
+
+    /// Removes a file or symlink (never following it); `false` if it was absent.
+    pub fn remove_file(&self, path: &Path) -> Result<bool> {
+        let (dir, name) = match self.parent(path) {
+            Ok(p) => p,
+            Err(e) if e.source == Errno::ENOENT => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match unlinkat(dir.as_fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(err("remove", path)(e)),
+        }
+    }
+
+    /// Removes an empty directory; `false` if absent.
+    pub fn remove_dir(&self, path: &Path) -> Result<bool> {
+        let (dir, name) = self.parent(path)?;
+        match unlinkat(dir.as_fd(), name.as_os_str(), UnlinkatFlags::RemoveDir) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(err("remove directory", path)(e)),
+        }
+    }
+
+    /// Renames `from` to `to` inside the root; the entries themselves are moved, not followed.
+    pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        let (fdir, fname) = self.parent(from)?;
+        let (tdir, tname) = self.parent(to)?;
+        renameat(fdir.as_fd(), fname.as_os_str(), tdir.as_fd(), tname.as_os_str()).map_err(err("rename", from))
+    }
+
+    /// Creates `path` and its missing parents as directories with `mode`.
+    pub fn mkdir_all(&self, path: &Path, mode: u32) -> Result<()> {
+        let rel = relative(path);
+        let mut cur = PathBuf::new();
+        for comp in rel.components() {
+            cur.push(comp);
+            let (dir, name) = self.parent(&cur)?;
+            match mkdirat(dir.as_fd(), name.as_os_str(), Mode::from_bits_truncate(mode)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(err("create directory", &cur)(e)),
+            }
+        }
+        // The result must be a directory reachable inside the root.
+        self.dir(path).map(drop)
+    }
+
+    /// Names in a directory (not `.`/`..`); empty if the directory is absent.
+    pub fn list(&self, path: &Path) -> Result<Vec<OsString>> {
+        let fd = match self.open_in(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
+            Ok(fd) => fd,
+            Err(e) if e.source == Errno::ENOENT => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let dir = nix::dir::Dir::from_fd(fd).map_err(err("list", path))?;
+        let mut names = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(err("list", path))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name != "." && name != ".." {
+                names.push(name.to_os_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Creates a symlink `path` → `target` (target stored as is, never resolved by us).
+    pub fn symlink(&self, target: &Path, path: &Path) -> Result<()> {
+        let (dir, name) = self.parent(path)?;
+        nix::unistd::symlinkat(target, dir.as_fd(), name.as_os_str()).map_err(err("create symlink", path))
+    }
+}
+
+fn io_err(op: &'static str, path: &Path, e: &std::io::Error) -> ResolveError {
+    let source = e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO);
+    ResolveError { op, path: path.to_path_buf(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn hostile() -> (tempfile::TempDir, tempfile::TempDir, Root) {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret"), b"host").unwrap();
+        let img = tempfile::tempdir().unwrap();
+        std::fs::create_dir(img.path().join("etc")).unwrap();
+        symlink(host.path(), img.path().join("etc/ssh")).unwrap();
+        symlink(host.path().join("secret"), img.path().join("etc/machine-id")).unwrap();
+        symlink("../../../../../..", img.path().join("etc/up")).unwrap();
+        let root = Root::open(img.path()).unwrap();
+        (host, img, root)
+    }
+
+    #[test]
+    fn absolute_symlink_dir_stays_inside_root() {
+        let (host, _img, root) = hostile();
+        assert!(root.read(Path::new("/etc/ssh/secret")).unwrap().is_none());
+        assert!(!root.remove_file(Path::new("/etc/ssh/secret")).unwrap());
+        assert!(root.write(Path::new("/etc/ssh/secret"), b"x", 0o600).is_err());
+        assert_eq!(std::fs::read(host.path().join("secret")).unwrap(), b"host");
+    }
+
+    #[test]
+    fn symlinked_file_is_removed_not_followed() {
+        let (host, img, root) = hostile();
+        assert!(root.remove_file(Path::new("/etc/machine-id")).unwrap());
+        assert!(!img.path().join("etc/machine-id").exists());
+        assert_eq!(std::fs::read(host.path().join("secret")).unwrap(), b"host");
+    }
+
+    #[test]
+    fn writing_through_a_symlink_lands_inside_the_root() {
+        let (host, img, root) = hostile();
+        // /etc/machine-id -> <host>/secret resolves to <img><host>/secret, which does not exist.
+        assert!(root.write(Path::new("/etc/machine-id"), b"", 0o444).is_err());
+        let f = root.create_replacing(Path::new("/etc/machine-id"), 0o444).unwrap();
+        drop(f);
+        assert!(img.path().join("etc/machine-id").is_file());
+        assert_eq!(std::fs::read(host.path().join("secret")).unwrap(), b"host");
+    }
+
+    #[test]
+    fn dotdot_cannot_climb_out() {
+        let (_host, _img, root) = hostile();
+        let listed = root.list(Path::new("/etc/up")).unwrap();
+        assert!(listed.contains(&OsString::from("etc")), "{listed:?}");
+        assert!(root.list(Path::new("/../../..")).unwrap().contains(&OsString::from("etc")));
+    }
+
+    #[test]
+    fn mkdir_all_and_rename() {
+        let (_host, img, root) = hostile();
+        root.mkdir_all(Path::new("/a/b/c"), 0o755).unwrap();
+        root.write(Path::new("/a/b/c/f"), b"1", 0o644).unwrap();
+        root.rename(Path::new("/a/b/c/f"), Path::new("/a/g")).unwrap();
+        assert_eq!(std::fs::read(img.path().join("a/g")).unwrap(), b"1");
+        assert!(root.mkdir_all(Path::new("/etc/ssh/new"), 0o755).is_err());
+    }
+}

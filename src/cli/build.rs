@@ -1,0 +1,45 @@
+//! `imgforge build RECIPE`
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::Global;
+use crate::build::{OnError, Options};
+use crate::progress::Events;
+use crate::recipe::plan::{Overrides, load_plan};
+
+/// Arguments of `imgforge build`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The recipe (TOML).
+    pub recipe: PathBuf,
+    /// Output directory (overrides [output] dir).
+    #[arg(long, short = 'o')]
+    pub output_dir: Option<PathBuf>,
+    /// What to do with the working disk when the build fails.
+    #[arg(long, value_enum, default_value = "cleanup")]
+    pub on_error: OnError,
+    /// Download cache (default: $IMGFORGE_CACHE_DIR or /var/cache/imgforge).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Runs a build.
+pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
+    let plan = load_plan(&a.recipe, &Overrides { output_dir: a.output_dir.clone() })?;
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("imgforge build needs root (loop devices, mounts, chroot): run it with sudo");
+    }
+    // Before any thread exists: unshare(CLONE_NEWNS) applies to the calling thread only.
+    crate::host::namespace::enter_private_mount_namespace()?;
+    crate::host::signals::install().context("Failed to install signal handlers")?;
+    let events = Events::new(g.json);
+    let opts = Options { on_error: a.on_error, cache_dir: a.cache_dir.clone().unwrap_or_else(crate::source::fetch::default_cache_dir) };
+    let manifest = crate::build::run(&plan, &opts, &events)?;
+    for o in &manifest.outputs {
+        tracing::info!("built {} ({} bytes, sha256 {})", o.path, o.size, o.sha256);
+    }
+    events.result(serde_json::to_value(&manifest)?);
+    Ok(())
+}

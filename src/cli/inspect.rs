@@ -1,0 +1,84 @@
+//! `imgforge inspect IMAGE`
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Context;
+
+use super::Global;
+use crate::build::mounted::{Probed, choose_root, probe_all};
+use crate::chroot::resolve::Root;
+use crate::disk::detect::{ImageFormat, detect};
+use crate::host::loopdev::LoopDevice;
+use crate::host::mount::{MountSpec, MountTree};
+
+/// Arguments of `imgforge inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A raw or qcow2 disk image.
+    pub image: PathBuf,
+}
+
+/// Prints partitions, filesystems and the root's os-release.
+pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
+    let f = std::fs::File::open(&a.image).with_context(|| format!("Failed to open {}", a.image.display()))?;
+    let (disk, _tmp) = match detect(&f)? {
+        ImageFormat::Raw => (f, None),
+        _ => {
+            let tmp = tempfile::tempfile_in(std::env::temp_dir())?;
+            crate::disk::convert::to_raw(&a.image, &tmp, &AtomicU64::new(0))?;
+            (tmp, Some(()))
+        }
+    };
+    let size = disk.metadata()?.len();
+    let table = crate::disk::partition::read(&mut &disk, size)?;
+    let parts = probe_all(&disk, &table)?;
+    let os_release = match choose_root(&parts, None) {
+        Ok(root) if nix::unistd::geteuid().is_root() => {
+            read_os_release(&disk, &root).unwrap_or_else(|e| format!("(could not read: {e:#})"))
+        }
+        Ok(_) => "(run as root to read os-release)".to_string(),
+        Err(e) => format!("({e:#})"),
+    };
+    if g.json {
+        let list: Vec<_> = parts
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+            "index": p.part.index, "start": p.part.start, "size": p.part.size,
+            "type_guid": p.part.type_guid.map(|t| t.to_string()), "mbr_type": p.part.mbr_type, "name": p.part.name,
+            "fstype": p.fs.fstype, "label": p.fs.label, "uuid": p.fs.uuid })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "schema": 1, "image": a.image, "size": size, "table": format!("{:?}", table.kind), "partitions": list, "os_release": os_release })
+        );
+        return Ok(());
+    }
+    println!("{}: {} bytes, {:?} partition table", a.image.display(), size, table.kind);
+    for p in &parts {
+        println!(
+            "  {:>3}  start {:>12}  size {:>12}  {:6} label={:<18} uuid={}  {}",
+            p.part.index, p.part.start, p.part.size, p.fs.fstype, p.fs.label, p.fs.uuid, p.part.name
+        );
+    }
+    println!("os-release:\n{}", os_release.trim_end().lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
+    Ok(())
+}
+
+fn read_os_release(disk: &std::fs::File, root: &Probed) -> anyhow::Result<String> {
+    crate::host::namespace::enter_private_mount_namespace()?;
+    let lo = LoopDevice::attach(disk, root.part.start, root.part.size, true)?;
+    let dir = tempfile::Builder::new().prefix("imgforge-inspect-").tempdir()?;
+    let mut tree = MountTree::new(dir.path().to_path_buf());
+    let data = (root.fs.fstype.starts_with("ext")).then_some("noload");
+    let flags = sys_mount::MountFlags::RDONLY;
+    let spec = MountSpec { source: lo.path(), fstype: Some(&root.fs.fstype), flags, data };
+    tree.mount_at(&spec, std::fs::File::open(dir.path())?, dir.path())?;
+    let text =
+        Root::open(dir.path()).map_err(anyhow::Error::from).and_then(|r| Ok(r.read(Path::new("/etc/os-release"))?.unwrap_or_default()));
+    tree.close()?;
+    lo.close()?;
+    Ok(String::from_utf8_lossy(&text?).into_owned())
+}

@@ -1,0 +1,90 @@
+//! Command line: global flags, one module per subcommand, fixed exit codes.
+//!
+//! Exit codes: 0 ok, 1 the build (or command) failed, 2 bad usage or a bad recipe.
+
+mod build;
+mod inspect;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+use crate::recipe::RecipeError;
+
+/// Global flags.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Progress as JSON Lines events on stdout (schema 1).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "imgforge", version, about = "Bake immutable machine images on a build host")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build an image from a recipe.
+    Build(build::Args),
+    /// Check a recipe and the files it names, without building.
+    Validate(validate::Args),
+    /// Show partitions, filesystems, labels and os-release of a raw or qcow2 image.
+    Inspect(inspect::Args),
+}
+
+/// Exit code for usage and recipe errors.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for failures.
+pub const EXIT_FAILED: u8 = 1;
+
+/// Parses arguments, runs, prints an error once, returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init(cli.global.verbose, cli.global.log_format);
+    let result = match &cli.command {
+        Command::Build(a) => build::run(&cli.global, a),
+        Command::Validate(a) => validate::run(&cli.global, a),
+        Command::Inspect(a) => inspect::run(&cli.global, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imgforge: error: {}", render(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// The error and its causes, joined with ": ", skipping a cause whose text the message before
+/// it already contains (our messages often embed their source).
+pub fn render(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<RecipeError>()) { EXIT_USAGE } else { EXIT_FAILED }
+}

@@ -1,0 +1,155 @@
+//! Upstream image (raw or qcow2) → sparse raw working disk. Holes stay holes: raw sources are
+//! copied by data extent (SEEK_DATA/SEEK_HOLE + copy_file_range); qcow2 clusters are read by
+//! mapping, unallocated and zero clusters are never written, and all-zero data is skipped.
+//! qcow2 decompression is split across threads, each with its own reader.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use imago::qcow2::Qcow2;
+use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, Storage, StorageOpenOptions};
+
+use super::detect::{ImageFormat, detect};
+
+/// Conversion failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// Unsupported input.
+    #[error("Failed to convert {path}: it is a {format} image; imgforge reads raw and qcow2 upstream images")]
+    Unsupported {
+        /// Input.
+        path: PathBuf,
+        /// Detected format.
+        format: &'static str,
+    },
+    /// I/O on the input or output.
+    #[error("Failed to convert {path} at offset {offset}: {source}")]
+    Io {
+        /// Input.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stopped by a signal.
+    #[error("conversion interrupted")]
+    Interrupted,
+}
+
+/// Bytes of virtual disk done so far, for progress.
+pub type Progress = AtomicU64;
+
+const CHUNK: u64 = 4 << 20;
+
+/// Writes the disk content of `input` into the empty file `out`, sparse. Returns the virtual size.
+pub fn to_raw(input: &Path, out: &File, progress: &Progress) -> Result<u64, ConvertError> {
+    let io = |offset| move |source| ConvertError::Io { path: input.to_path_buf(), offset, source };
+    let f = File::open(input).map_err(io(0))?;
+    match detect(&f).map_err(io(0))? {
+        ImageFormat::Raw => copy_raw(&f, input, out, progress),
+        ImageFormat::Qcow2 => qcow2_to_raw(input, out, progress),
+        other => Err(ConvertError::Unsupported { path: input.to_path_buf(), format: other.name() }),
+    }
+}
+
+fn copy_raw(f: &File, input: &Path, out: &File, progress: &Progress) -> Result<u64, ConvertError> {
+    let io = |offset| move |source| ConvertError::Io { path: input.to_path_buf(), offset, source };
+    let size = f.metadata().map_err(io(0))?.len();
+    out.set_len(size).map_err(io(0))?;
+    for (start, end) in data_extents(f, size).map_err(io(0))? {
+        let mut off = start;
+        while off < end {
+            if crate::host::signals::stop_requested() {
+                return Err(ConvertError::Interrupted);
+            }
+            let len = usize::try_from((end - off).min(64 << 20)).unwrap_or(64 << 20);
+            let (mut a, mut b) = (i64::try_from(off).unwrap_or(i64::MAX), i64::try_from(off).unwrap_or(i64::MAX));
+            let n = nix::fcntl::copy_file_range(f.as_fd(), Some(&mut a), out.as_fd(), Some(&mut b), len).map_err(|e| io(off)(e.into()))?;
+            if n == 0 {
+                return Err(io(off)(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            off += n as u64;
+            progress.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    Ok(size)
+}
+
+/// Data extents `[start, end)` of a file, via SEEK_DATA/SEEK_HOLE.
+pub fn data_extents(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{Whence, lseek};
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let size = i64::try_from(size).map_err(|_| std::io::Error::other("file too large"))?;
+    while pos < size {
+        let start = match lseek(f.as_fd(), pos, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(f.as_fd(), start, Whence::SeekHole)?;
+        out.push((start as u64, end as u64));
+        pos = end;
+    }
+    Ok(out)
+}
+
+fn open_qcow2(input: &Path) -> std::io::Result<FormatAccess<imago::file::File>> {
+    let storage = imago::file::File::open(StorageOpenOptions::new().filename(input))?;
+    // Deny: a hostile image must not make us open a backing file of its choosing.
+    let q = Qcow2::<imago::file::File>::builder(storage).write(false).open(DenyImplicitOpenGate::default())?;
+    Ok(FormatAccess::new(q))
+}
+
+fn qcow2_to_raw(input: &Path, out: &File, progress: &Progress) -> Result<u64, ConvertError> {
+    let io = |offset| move |source| ConvertError::Io { path: input.to_path_buf(), offset, source };
+    let size = open_qcow2(input).map_err(io(0))?.size();
+    out.set_len(size).map_err(io(0))?;
+    // One reader per core: zlib decompression of compressed clusters is the bottleneck, and
+    // each imago instance keeps its own L2 cache, so readers never contend.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) as u64;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers).map(|w| s.spawn(move || qcow2_worker(input, out, size, w, workers, progress))).collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or(Err(ConvertError::Interrupted)))
+    })?;
+    Ok(size)
+}
+
+/// Converts chunks `w, w+n, w+2n…` of the virtual disk.
+fn qcow2_worker(input: &Path, out: &File, size: u64, w: u64, n: u64, progress: &Progress) -> Result<(), ConvertError> {
+    let io = |offset| move |source| ConvertError::Io { path: input.to_path_buf(), offset, source };
+    let img = open_qcow2(input).map_err(io(0))?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut chunk = w;
+    while chunk * CHUNK < size {
+        if crate::host::signals::stop_requested() {
+            return Err(ConvertError::Interrupted);
+        }
+        let start = chunk * CHUNK;
+        let end = (start + CHUNK).min(size);
+        let mut off = start;
+        while off < end {
+            let (mapping, len) = img.get_mapping(off, end - off).map_err(io(off))?;
+            let len = len.min(end - off);
+            if len == 0 || matches!(mapping, Mapping::Eof { .. }) {
+                break;
+            }
+            if !matches!(mapping, Mapping::Zero { .. }) {
+                let piece = buf.get_mut(..len as usize).ok_or_else(|| io(off)(std::io::ErrorKind::InvalidData.into()))?;
+                img.read(&mut *piece, off).map_err(io(off))?;
+                if piece.iter().any(|b| *b != 0) {
+                    out.write_all_at(piece, off).map_err(io(off))?;
+                }
+            }
+            off += len;
+        }
+        progress.fetch_add(end - start, Ordering::Relaxed);
+        chunk += n;
+    }
+    Ok(())
+}

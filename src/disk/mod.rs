@@ -1,0 +1,9 @@
+//! Disk images: format detection, conversion to a raw working disk, partition tables, growth,
+//! and filesystem probing.
+pub mod convert;
+pub mod detect;
+pub mod fsprobe;
+pub mod grow;
+#[allow(dead_code)] // a complete API: some items serve only tests and later features
+pub mod partition;
+pub mod workdisk;

@@ -1,0 +1,19 @@
+//! imgforge: bake immutable machine images on a build host.
+
+mod build;
+mod chroot;
+mod cli;
+mod disk;
+mod host;
+mod logging;
+mod manifest;
+mod progress;
+mod provision;
+mod recipe;
+mod seal;
+mod source;
+mod stamp;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,116 @@
+//! The shell provisioner: a script run chrooted in the image, in its own PID namespace, its
+//! output streamed line by line with the provisioner's label.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::chroot::cmd::ChrootCmd;
+use crate::chroot::resolve::Root;
+use crate::progress::Events;
+use crate::recipe::plan::Script;
+
+/// Where scripts are placed for the run: the build's own tmpfs on /run, never the image's disk.
+pub const RUN_DIR: &str = "/run/imgforge";
+
+/// How many output lines a failure message repeats.
+const TAIL_LINES: usize = 20;
+
+/// Runs one shell step; `n` is its 1-based index.
+pub fn run(
+    root: &Root,
+    n: usize,
+    label: &str,
+    script: &Script,
+    env: &BTreeMap<String, String>,
+    shell: &str,
+    events: &Events,
+) -> anyhow::Result<()> {
+    let in_image = format!("{RUN_DIR}/provision-{n}");
+    let (body, direct) = match script {
+        Script::Inline(s) => (s.as_bytes().to_vec(), false),
+        Script::File(p) => {
+            let b = std::fs::read(p).with_context(|| format!("Failed to read script {}", p.display()))?;
+            let direct = b.starts_with(b"#!");
+            (b, direct)
+        }
+    };
+    root.write(Path::new(&in_image), &body, 0o700)?;
+    let mut cmd = if direct {
+        ChrootCmd::new(root.path(), &in_image)
+    } else {
+        let c = ChrootCmd::new(root.path(), shell);
+        if is_posix_shell(shell) { c.arg("-e").arg(&in_image) } else { c.arg(&in_image) }
+    };
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    let result = run_streaming(&cmd, label, events);
+    let _ = root.remove_file(Path::new(&in_image));
+    result
+}
+
+fn is_posix_shell(shell: &str) -> bool {
+    matches!(shell.rsplit('/').next(), Some("sh" | "bash" | "dash" | "ash" | "zsh" | "ksh"))
+}
+
+/// Spawns `cmd` with stdout and stderr on one pipe, streams its lines, waits (checking for a stop
+/// request), and fails with the exit status and the last lines.
+pub fn run_streaming(cmd: &ChrootCmd, label: &str, events: &Events) -> anyhow::Result<()> {
+    let (read, write) = nix::unistd::pipe().context("Failed to create a pipe")?;
+    let write2 = write.try_clone().context("Failed to duplicate a pipe")?;
+    let mut child = cmd.spawn(Stdio::from(write), Stdio::from(write2))?;
+    // Our copies of the write end are gone with `cmd.spawn`'s Stdio; EOF comes when the
+    // provisioner's whole PID namespace is gone.
+    let tail = std::thread::scope(|s| {
+        let reader = s.spawn(|| stream_lines(read, label, events));
+        let status = wait(&mut child);
+        let tail = reader.join().unwrap_or_default();
+        status.map(|st| (st, tail))
+    });
+    let (status, tail) = tail?;
+    if status.success() {
+        return Ok(());
+    }
+    let last: Vec<String> = tail.into_iter().collect();
+    let shown = if last.is_empty() { String::from("(no output)") } else { last.join("\n      ") };
+    let how = status.code().map_or_else(|| format!("{status}"), |c| format!("exit code {c}"));
+    bail!("{how}; last lines:\n      {shown}")
+}
+
+fn stream_lines(read: OwnedFd, label: &str, events: &Events) -> VecDeque<String> {
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let mut reader = BufReader::new(std::fs::File::from(read));
+    let mut buf = Vec::new();
+    while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+        events.output(label, &line);
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+        buf.clear();
+    }
+    tail
+}
+
+fn wait(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    loop {
+        if let Some(st) = child.try_wait().context("Failed to wait for the provisioner")? {
+            return Ok(st);
+        }
+        if crate::host::signals::stop_requested() {
+            // Killing the intermediate process takes PID 1 of the namespace with it
+            // (PDEATHSIG), and with it every process the provisioner started.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(crate::host::signals::Interrupted.into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

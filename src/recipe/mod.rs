@@ -1,0 +1,9 @@
+//! Recipes: TOML model, parsing with file:line errors, and the validated build plan.
+pub mod error;
+pub mod model;
+pub mod parse;
+pub mod plan;
+pub mod size;
+
+pub use error::RecipeError;
+pub use plan::{BuildPlan, Location};

@@ -1,0 +1,123 @@
+//! The recipe as written in TOML. Keys are snake_case as in the documented examples; unknown
+//! keys are errors. `toml::Spanned` keeps the position of values checked after parsing, so
+//! those errors can name the line too.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A whole recipe file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// What is built.
+    pub image: Image,
+    /// The upstream image it starts from.
+    pub source: Source,
+    /// Working-disk changes.
+    #[serde(default)]
+    pub disk: Disk,
+    /// Provisioners, in order. Kept raw here: each is checked against its `type` in `parse`.
+    #[serde(default)]
+    pub provision: Vec<Spanned<toml::Table>>,
+    /// Where and what to write.
+    #[serde(default)]
+    pub output: Output,
+}
+
+/// `[image]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// `[a-z0-9-]`, used in output names.
+    pub name: Spanned<String>,
+    /// Defaults to `git describe --tags --always --dirty` of the recipe's repository.
+    pub version: Option<Spanned<String>>,
+    /// Free text, copied into the manifest.
+    pub description: Option<String>,
+}
+
+/// `[source]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// `file://`, `http(s)://`, or a path relative to the recipe.
+    pub url: Spanned<String>,
+    /// A SHA256SUMS or SHA512SUMS file (same forms as `url`).
+    pub checksums: Option<Spanned<String>>,
+    /// Or the expected SHA-256 directly.
+    pub sha256: Option<Spanned<String>>,
+    /// Or the expected SHA-512 directly.
+    pub sha512: Option<Spanned<String>>,
+    /// A detached OpenPGP signature over the checksums file.
+    pub signature: Option<Spanned<String>>,
+    /// The pinned public key that must have made `signature` (a path relative to the recipe).
+    pub signing_key: Option<Spanned<String>>,
+}
+
+/// `[disk]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    /// Grow the disk to this size ("4GiB"): backup GPT moved, root partition and filesystem grown.
+    pub size: Option<Spanned<String>>,
+    /// Root partition number, when the type GUID and filesystem probe are not enough.
+    pub root_partition: Option<Spanned<u32>>,
+}
+
+/// `[output]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Output directory, relative to the recipe (default "out"); `--output-dir` overrides.
+    pub dir: Option<Spanned<String>>,
+    /// Output formats (default ["raw"]).
+    #[serde(default)]
+    pub formats: Vec<Spanned<String>>,
+}
+
+/// `type = "shell"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellStep {
+    /// A label for logs.
+    pub name: Option<String>,
+    /// Commands, run by `/bin/sh -e` as one script.
+    pub inline: Option<Vec<String>>,
+    /// Or a script file relative to the recipe, copied in for the run only.
+    pub script: Option<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Interpreter inside the image (default "/bin/sh").
+    pub shell: Option<String>,
+}
+
+/// `type = "file"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStep {
+    /// A label for logs.
+    pub name: Option<String>,
+    /// File or directory, relative to the recipe.
+    pub source: String,
+    /// Absolute path inside the image. A trailing `/` copies into that directory.
+    pub destination: String,
+    /// Octal mode for the copied file(s), e.g. "0644" (default: the source's).
+    pub mode: Option<String>,
+    /// "user:group" resolved in the image's passwd/group (default "root:root").
+    pub owner: Option<String>,
+}
+
+/// `type = "overlay"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayStep {
+    /// A label for logs.
+    pub name: Option<String>,
+    /// A tree relative to the recipe (usually under `rootfs-overlays/`), copied over `/`.
+    pub source: String,
+    /// "user:group" for everything copied (default "root:root").
+    pub owner: Option<String>,
+}

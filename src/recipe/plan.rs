@@ -1,0 +1,468 @@
+//! The validated build plan: every path resolved, every value checked, before any work starts.
+//! `imgforge validate` stops here; `imgforge build` goes on from here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::error::RecipeError;
+use super::model::{FileStep, OverlayStep, Recipe, ShellStep};
+use super::parse::{Src, recipe_dir, step};
+use super::size::parse_size;
+
+/// Where something comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local file (from a plain path or `file://`).
+    Path(PathBuf),
+    /// An http(s) URL.
+    Url(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// A digest given directly in the recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedDigest {
+    /// "sha256" or "sha512".
+    pub algo: &'static str,
+    /// Lowercase hex.
+    pub hex: String,
+}
+
+/// The upstream image and how to verify it.
+#[derive(Debug, Clone)]
+pub struct SourcePlan {
+    /// The image.
+    pub image: Location,
+    /// SHA256SUMS/SHA512SUMS file.
+    pub checksums: Option<Location>,
+    /// Or a digest from the recipe.
+    pub pinned: Option<PinnedDigest>,
+    /// Detached signature over the checksums file.
+    pub signature: Option<Location>,
+    /// Pinned public key.
+    pub signing_key: Option<PathBuf>,
+}
+
+/// Shell script body.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// Lines from `inline`, joined.
+    Inline(String),
+    /// A host file.
+    File(PathBuf),
+}
+
+/// One provisioning step.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Run a script chrooted in the image.
+    Shell {
+        /// Script.
+        script: Script,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+        /// Interpreter inside the image.
+        shell: String,
+    },
+    /// Copy a file or directory in.
+    File {
+        /// Host source.
+        source: PathBuf,
+        /// Image destination (absolute).
+        destination: PathBuf,
+        /// Destination is a directory to copy into.
+        into_dir: bool,
+        /// Mode override.
+        mode: Option<u32>,
+        /// Owner "user:group".
+        owner: Option<String>,
+    },
+    /// Copy a tree over `/`.
+    Overlay {
+        /// Host tree.
+        source: PathBuf,
+        /// Owner "user:group".
+        owner: Option<String>,
+    },
+}
+
+/// A step with its label.
+#[derive(Debug, Clone)]
+pub struct NamedStep {
+    /// "shell #1" or the recipe's `name`.
+    pub label: String,
+    /// Its type, "shell"/"file"/"overlay".
+    pub kind: &'static str,
+    /// What to do.
+    pub step: Step,
+}
+
+/// Everything a build needs, validated.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    /// Image name.
+    pub name: String,
+    /// Version; `None` means "ask git at build time".
+    pub version: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// The recipe file.
+    pub recipe_path: PathBuf,
+    /// Its directory (relative paths resolve here).
+    pub recipe_dir: PathBuf,
+    /// SHA-256 of the recipe text.
+    pub recipe_digest: String,
+    /// Upstream.
+    pub source: SourcePlan,
+    /// Grow the disk to this many bytes.
+    pub disk_size: Option<u64>,
+    /// Root partition override.
+    pub root_partition: Option<u32>,
+    /// Provisioners in order.
+    pub steps: Vec<NamedStep>,
+    /// Output directory.
+    pub output_dir: PathBuf,
+    /// Output formats.
+    pub formats: Vec<String>,
+}
+
+/// Formats this version can write.
+pub const FORMATS: &[&str] = &["raw"];
+
+/// Options from the command line that override the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--output-dir`.
+    pub output_dir: Option<PathBuf>,
+}
+
+/// Loads, parses and validates a recipe file.
+pub fn load_plan(path: &Path, overrides: &Overrides) -> Result<BuildPlan, RecipeError> {
+    let (text, recipe) = super::parse::load(path)?;
+    plan(Src { path, text: &text }, recipe, overrides)
+}
+
+/// Validates a parsed recipe into a plan.
+pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan, RecipeError> {
+    let dir = recipe_dir(src.path);
+    let name = check_name(src, &r.image.name)?;
+    let version = r.image.version.as_ref().map(|v| check_version(src, v)).transpose()?;
+    let source = source_plan(src, &dir, &r.source)?;
+    let disk_size = r.disk.size.as_ref().map(|s| disk_size(src, s)).transpose()?;
+    let steps = r.provision.iter().enumerate().map(|(i, t)| named_step(src, &dir, t, i)).collect::<Result<_, _>>()?;
+    let output_dir = match (&overrides.output_dir, &r.output.dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => dir.join(d.get_ref()),
+        (None, None) => dir.join("out"),
+    };
+    Ok(BuildPlan {
+        name,
+        version,
+        description: r.image.description,
+        recipe_path: src.path.to_path_buf(),
+        recipe_dir: dir,
+        recipe_digest: hex::encode(Sha256::digest(src.text.as_bytes())),
+        source,
+        disk_size,
+        root_partition: r.disk.root_partition.map(|p| p.into_inner()),
+        steps,
+        output_dir,
+        formats: formats(src, &r.output.formats)?,
+    })
+}
+
+fn check_name(src: Src<'_>, name: &Spanned<String>) -> Result<String, RecipeError> {
+    let n = name.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-');
+    if ok {
+        return Ok(n.clone());
+    }
+    Err(src
+        .at(name.span(), format!("image name `{n}` is not allowed"))
+        .hint("use 1-64 characters from a-z, 0-9 and '-', not starting with '-'"))
+}
+
+fn check_version(src: Src<'_>, v: &Spanned<String>) -> Result<String, RecipeError> {
+    let s = v.get_ref();
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-~".contains(&b));
+    if ok {
+        return Ok(s.clone());
+    }
+    Err(src
+        .at(v.span(), format!("version `{s}` is not allowed"))
+        .hint("use letters, digits and . _ + - ~ (e.g. \"1.0.0\"), or leave it out to use git describe"))
+}
+
+/// Resolves `file://`, `http(s)://` or a recipe-relative path; local files must exist.
+fn location(src: Src<'_>, dir: &Path, v: &Spanned<String>, what: &str) -> Result<Location, RecipeError> {
+    let s = v.get_ref();
+    let loc = if let Some(p) = s.strip_prefix("file://") {
+        Location::Path(PathBuf::from(p))
+    } else if s.starts_with("http://") || s.starts_with("https://") {
+        return Ok(Location::Url(s.clone()));
+    } else if let Some((scheme, _)) = s.split_once("://") {
+        return Err(src
+            .at(v.span(), format!("{what}: unsupported scheme `{scheme}://`"))
+            .hint("use file://, http://, https:// or a path relative to the recipe"));
+    } else {
+        Location::Path(dir.join(s))
+    };
+    if let Location::Path(p) = &loc
+        && !p.is_file()
+    {
+        return Err(src.at(v.span(), format!("{what}: file not found: {s} (looked at {})", p.display())).hint(
+            "fix the path (relative paths start at the recipe's directory); for the local upstream images run scripts/make-upstream first",
+        ));
+    }
+    Ok(loc)
+}
+
+fn source_plan(src: Src<'_>, dir: &Path, s: &super::model::Source) -> Result<SourcePlan, RecipeError> {
+    let image = location(src, dir, &s.url, "source.url")?;
+    let checksums = s.checksums.as_ref().map(|c| location(src, dir, c, "source.checksums")).transpose()?;
+    let pinned = pinned_digest(src, s)?;
+    if checksums.is_none() && pinned.is_none() {
+        return Err(src
+            .at(s.url.span(), "the source image is not verified")
+            .hint("add `checksums = \"SHA256SUMS\"` (or sha256 = \"<hex>\"): imgforge never builds from an unverified image"));
+    }
+    let signature = s.signature.as_ref().map(|c| location(src, dir, c, "source.signature")).transpose()?;
+    let signing_key = match (&s.signature, &s.signing_key, &s.checksums) {
+        (Some(sig), None, _) => {
+            return Err(src
+                .at(sig.span(), "source.signature needs source.signing_key")
+                .hint("add signing_key = \"keys/vendor.asc\" (the vendor's public key, pinned in your repository)"));
+        }
+        (None, Some(k), _) => {
+            return Err(src
+                .at(k.span(), "source.signing_key without source.signature")
+                .hint("add signature = \"SHA256SUMS.gpg\", or remove signing_key"));
+        }
+        (Some(sig), Some(_), None) => {
+            return Err(src
+                .at(sig.span(), "source.signature is checked over the checksums file, but there is no source.checksums")
+                .hint("add checksums = \"SHA256SUMS\""));
+        }
+        (Some(_), Some(k), Some(_)) => match location(src, dir, k, "source.signing_key")? {
+            Location::Path(p) => Some(p),
+            Location::Url(_) => {
+                return Err(src
+                    .at(k.span(), "source.signing_key must be a local file")
+                    .hint("pin the vendor key in your repository; a key fetched with the image proves nothing"));
+            }
+        },
+        (None, None, _) => None,
+    };
+    Ok(SourcePlan { image, checksums, pinned, signature, signing_key })
+}
+
+fn pinned_digest(src: Src<'_>, s: &super::model::Source) -> Result<Option<PinnedDigest>, RecipeError> {
+    let given: Vec<(&'static str, usize, &Spanned<String>)> =
+        [("sha256", 64, &s.sha256), ("sha512", 128, &s.sha512)].into_iter().filter_map(|(a, n, v)| v.as_ref().map(|v| (a, n, v))).collect();
+    match given.as_slice() {
+        [] => Ok(None),
+        [(algo, len, v)] => {
+            let hex = v.get_ref().trim().to_ascii_lowercase();
+            if hex.len() != *len || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(src
+                    .at(v.span(), format!("source.{algo} must be {len} hex digits"))
+                    .hint("copy the digest from the vendor's checksums file"));
+            }
+            Ok(Some(PinnedDigest { algo, hex }))
+        }
+        [_, (_, _, v), ..] => Err(src.at(v.span(), "give only one of sha256 and sha512")),
+    }
+}
+
+fn disk_size(src: Src<'_>, s: &Spanned<String>) -> Result<u64, RecipeError> {
+    let n = parse_size(s.get_ref())
+        .map_err(|m| src.at(s.span(), format!("disk.size: {m}")).hint("write a size such as \"4GiB\", \"8G\" or \"512MiB\""))?;
+    if n == 0 || n % (1 << 20) != 0 {
+        return Err(src
+            .at(s.span(), format!("disk.size: {n} bytes is not a whole number of MiB"))
+            .hint("use a size such as \"4GiB\" or \"4100MiB\""));
+    }
+    Ok(n)
+}
+
+fn formats(src: Src<'_>, list: &[Spanned<String>]) -> Result<Vec<String>, RecipeError> {
+    if list.is_empty() {
+        return Ok(vec!["raw".to_string()]);
+    }
+    list.iter()
+        .map(|f| {
+            if FORMATS.contains(&f.get_ref().as_str()) {
+                Ok(f.get_ref().clone())
+            } else {
+                Err(src
+                    .at(f.span(), format!("output format `{}` is not supported", f.get_ref()))
+                    .hint(format!("supported formats: {}", FORMATS.join(", "))))
+            }
+        })
+        .collect()
+}
+
+fn named_step(src: Src<'_>, dir: &Path, t: &Spanned<toml::Table>, i: usize) -> Result<NamedStep, RecipeError> {
+    let kind = t.get_ref().get("type").and_then(|v| v.as_str()).unwrap_or("");
+    let at = |m: String| {
+        let hint = if m.contains("not found") {
+            "paths in [[provision]] are relative to the recipe's directory; fix the path or create the file"
+        } else {
+            "see the README's recipe reference for this provisioner type"
+        };
+        src.at(t.span(), format!("[[provision]] #{}: {m}", i + 1)).hint(hint)
+    };
+    let (label, kind, step) = match kind {
+        "shell" => {
+            let s: ShellStep = step(src, t, i)?;
+            (s.name.clone(), "shell", shell_step(dir, s).map_err(at)?)
+        }
+        "file" => {
+            let s: FileStep = step(src, t, i)?;
+            (s.name.clone(), "file", file_step(dir, s).map_err(at)?)
+        }
+        "overlay" => {
+            let s: OverlayStep = step(src, t, i)?;
+            (s.name.clone(), "overlay", overlay_step(dir, s).map_err(at)?)
+        }
+        "" => return Err(at("missing `type`".into()).hint("add type = \"shell\", \"file\" or \"overlay\"")),
+        other => return Err(at(format!("unknown provisioner type `{other}`")).hint("use type = \"shell\", \"file\" or \"overlay\"")),
+    };
+    let label = label.unwrap_or_else(|| format!("{kind} #{}", i + 1));
+    Ok(NamedStep { label, kind, step })
+}
+
+fn existing(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, String> {
+    let p = dir.join(rel);
+    if p.exists() { Ok(p) } else { Err(format!("{what} not found: {rel} (looked at {})", p.display())) }
+}
+
+fn shell_step(dir: &Path, s: ShellStep) -> Result<Step, String> {
+    let script = match (s.inline, s.script) {
+        (Some(lines), None) => Script::Inline(lines.join("\n")),
+        (None, Some(f)) => Script::File(existing(dir, &f, "script")?),
+        _ => return Err("give exactly one of `inline` and `script`".into()),
+    };
+    let shell = s.shell.unwrap_or_else(|| "/bin/sh".into());
+    if !shell.starts_with('/') {
+        return Err(format!("shell `{shell}` must be an absolute path inside the image"));
+    }
+    Ok(Step::Shell { script, env: s.env, shell })
+}
+
+fn file_step(dir: &Path, s: FileStep) -> Result<Step, String> {
+    let source = existing(dir, &s.source, "source")?;
+    if !s.destination.starts_with('/') {
+        return Err(format!("destination `{}` must be an absolute path inside the image", s.destination));
+    }
+    let mode = s.mode.as_deref().map(parse_mode).transpose()?;
+    check_owner(s.owner.as_deref())?;
+    Ok(Step::File { source, into_dir: s.destination.ends_with('/'), destination: PathBuf::from(s.destination), mode, owner: s.owner })
+}
+
+fn overlay_step(dir: &Path, s: OverlayStep) -> Result<Step, String> {
+    let source = existing(dir, &s.source, "overlay tree")?;
+    if !source.is_dir() {
+        return Err(format!("overlay source {} is not a directory", source.display()));
+    }
+    check_owner(s.owner.as_deref())?;
+    Ok(Step::Overlay { source, owner: s.owner })
+}
+
+/// "0644" / "644" / "0o644" → 0o644. Pure.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim_start_matches("0o");
+    match u32::from_str_radix(t, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("mode `{s}` is not an octal file mode such as \"0644\"")),
+    }
+}
+
+fn check_owner(owner: Option<&str>) -> Result<(), String> {
+    match owner {
+        Some(o) if o.split(':').count() > 2 || o.is_empty() => Err(format!("owner `{o}` must be \"user\" or \"user:group\"")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(text: &str) -> Result<BuildPlan, RecipeError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("up.img"), b"x").unwrap();
+        std::fs::write(dir.path().join("SUMS"), b"x").unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, text).unwrap();
+        load_plan(&path, &Overrides::default())
+    }
+
+    const HEAD: &str = "[image]\nname = \"base\"\nversion = \"1.0\"\n[source]\nurl = \"up.img\"\nchecksums = \"SUMS\"\n";
+
+    #[test]
+    fn good_recipe_plans() {
+        let p = planned(&format!("{HEAD}[disk]\nsize = \"4GiB\"\n[[provision]]\ntype = \"shell\"\ninline = [\"a\", \"b\"]\n")).unwrap();
+        assert_eq!(p.disk_size, Some(4 << 30));
+        assert_eq!(p.steps[0].label, "shell #1");
+        assert!(matches!(&p.steps[0].step, Step::Shell { script: Script::Inline(s), .. } if s == "a\nb"));
+    }
+
+    #[test]
+    fn bad_size_names_line() {
+        let e = planned(&format!("{HEAD}[disk]\nsize = \"4 gigs\"\n")).unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.hint.is_some());
+    }
+
+    #[test]
+    fn missing_file_names_line() {
+        let e = planned("[image]\nname = \"base\"\n[source]\nurl = \"nope.img\"\nsha256 = \"00\"\n").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("file not found"), "{e}");
+    }
+
+    #[test]
+    fn unverified_source_refused() {
+        let e = planned("[image]\nname = \"base\"\n[source]\nurl = \"up.img\"\n").unwrap_err();
+        assert!(e.message.contains("not verified"), "{e}");
+    }
+
+    #[test]
+    fn signature_needs_key() {
+        let e = planned(&format!("{HEAD}signature = \"SUMS\"\n")).unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+    }
+
+    #[test]
+    fn provisioner_errors_name_the_table() {
+        let e =
+            planned(&format!("{HEAD}[[provision]]\ntype = \"shell\"\ninline = [\"x\"]\n\n[[provision]]\ntype = \"shel\"\n")).unwrap_err();
+        assert!(e.message.contains("#2") && e.message.contains("unknown provisioner type"), "{e}");
+        let e = planned(&format!("{HEAD}[[provision]]\ntype = \"file\"\nsource = \"up.img\"\ndestination = \"/x\"\nmood = \"0644\"\n"))
+            .unwrap_err();
+        assert!(e.message.contains("unknown field `mood`"), "{e}");
+        assert_eq!(e.line, Some(11), "{e}");
+    }
+
+    #[test]
+    fn bad_name_and_format() {
+        assert!(planned(&HEAD.replace("\"base\"", "\"Base_1\"")).unwrap_err().message.contains("not allowed"));
+        let e = planned(&format!("{HEAD}[output]\nformats = [\"raw\", \"vhdx\"]\n")).unwrap_err();
+        assert!(e.message.contains("vhdx"), "{e}");
+    }
+}

@@ -1,0 +1,102 @@
+//! Source verification, fail closed: signature over the checksums file (when given) against the
+//! pinned key, then the image digest against its checksums entry (or the pinned digest).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+
+use anyhow::{Context, bail};
+
+use crate::progress::Events;
+use crate::recipe::Location;
+use crate::recipe::plan::SourcePlan;
+
+use super::fetch::{cached, download, fetch_small};
+use super::signature;
+use super::sums::{self, Algo, Mismatch};
+
+/// A verified upstream image.
+#[derive(Debug, Clone)]
+pub struct VerifiedSource {
+    /// Local file to read (the original path, or the cache entry).
+    pub path: PathBuf,
+    /// Where it came from.
+    pub url: String,
+    /// Digest algorithm.
+    pub algo: Algo,
+    /// Verified digest (hex).
+    pub digest: String,
+    /// The checksums file's location, if one was used.
+    pub sums_url: Option<String>,
+    /// Fingerprint of the key that signed the checksums.
+    pub key_fingerprint: Option<String>,
+}
+
+fn basename(loc: &Location) -> String {
+    let s = loc.to_string();
+    let s = s.split(['?', '#']).next().unwrap_or_default().trim_end_matches('/').to_string();
+    s.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// The expected digest: from the (signature-checked) checksums file or the recipe.
+fn expected(plan: &SourcePlan) -> anyhow::Result<(Algo, String, Option<String>, Option<String>)> {
+    if let Some(p) = &plan.pinned {
+        let algo = if p.algo == "sha512" { Algo::Sha512 } else { Algo::Sha256 };
+        return Ok((algo, p.hex.clone(), None, None));
+    }
+    let Some(sums_loc) = &plan.checksums else {
+        bail!("no checksums and no pinned digest: refusing an unverified image");
+    };
+    let sums_bytes = fetch_small(sums_loc)?;
+    let fingerprint = match (&plan.signature, &plan.signing_key) {
+        (Some(sig_loc), Some(key_path)) => {
+            let sig = fetch_small(sig_loc)?;
+            let key = std::fs::read(key_path).with_context(|| format!("Failed to read the signing key {}", key_path.display()))?;
+            let v = signature::verify_detached(&sums_bytes, &sig, &key)
+                .with_context(|| format!("signature check of {sums_loc} with {} failed (signature {sig_loc})", key_path.display()))?;
+            tracing::info!("checksums signed by pinned key {}", v.fingerprint);
+            Some(v.fingerprint)
+        }
+        _ => None,
+    };
+    let text = String::from_utf8(sums_bytes).with_context(|| format!("{sums_loc} is not UTF-8 text"))?;
+    let entry = sums::find(&text, &basename(&plan.image), &basename(sums_loc)).with_context(|| format!("in checksums file {sums_loc}"))?;
+    Ok((entry.algo, entry.digest, Some(sums_loc.to_string()), fingerprint))
+}
+
+/// Verifies (and for URLs, fetches into `cache`) the source image.
+pub fn verify_source(plan: &SourcePlan, cache: &Path, events: &Events) -> anyhow::Result<VerifiedSource> {
+    let (algo, want, sums_url, key_fingerprint) = expected(plan)?;
+    let shown_sums = sums_url.clone().unwrap_or_else(|| "the recipe".to_string());
+    let mismatch =
+        |actual: String| Mismatch { expected: want.clone(), actual, algo, file: plan.image.to_string(), sums_url: shown_sums.clone() };
+    let path = match &plan.image {
+        Location::Path(p) => {
+            let counter = AtomicU64::new(0);
+            let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            let got = events
+                .with_bar("verify", size, &counter, || sums::digest_file(p, algo))
+                .with_context(|| format!("Failed to read {}", p.display()))?;
+            if got != want {
+                return Err(mismatch(got).into());
+            }
+            p.clone()
+        }
+        Location::Url(u) => {
+            let dest = cached(cache, algo, &want);
+            if dest.is_file() {
+                tracing::info!("using cached download {}", dest.display());
+                dest
+            } else {
+                let counter = AtomicU64::new(0);
+                let (tmp, got) = events.with_bar("fetch", 0, &counter, || download(u, cache, algo, &counter))?;
+                if got != want {
+                    // `tmp` is dropped here: nothing of a bad download stays in the cache.
+                    return Err(mismatch(got).into());
+                }
+                tmp.persist(&dest).with_context(|| format!("Failed to store {} in the cache", dest.display()))?;
+                dest
+            }
+        }
+    };
+    Ok(VerifiedSource { path, url: plan.image.to_string(), algo, digest: want, sums_url, key_fingerprint })
+}

@@ -1,0 +1,70 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Recipe validation through the real binary: bad recipes exit 2 naming file:line and a hint.
+
+mod util;
+
+use util::{imgforge, recipe, run, show, testdir};
+
+fn validate(text: &str) -> (i32, String, tempfile::TempDir) {
+    let dir = testdir("validate");
+    std::fs::write(dir.path().join("up.img"), b"disk").unwrap();
+    std::fs::write(dir.path().join("SHA256SUMS"), b"").unwrap();
+    let r = recipe(dir.path(), text);
+    let o = run(imgforge().arg("validate").arg(&r));
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout), dir)
+}
+
+const HEAD: &str = "[image]\nname = \"base\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"up.img\"\nchecksums = \"SHA256SUMS\"\n";
+
+#[test]
+fn good_recipe_validates() {
+    let (code, out, _d) = validate(&format!("{HEAD}\n[[provision]]\ntype = \"shell\"\ninline = [\"true\"]\n"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("recipe.toml: ok"), "{out}");
+}
+
+fn assert_recipe_error(text: &str, line: usize, needle: &str) {
+    let (code, out, _d) = validate(text);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&format!("recipe.toml: line {line}: ")), "expected line {line}: {out}");
+    assert!(out.contains(needle), "expected {needle:?}: {out}");
+    assert!(out.contains("hint: "), "expected a hint: {out}");
+}
+
+#[test]
+fn unknown_key_exits_2_with_line() {
+    assert_recipe_error(&format!("{HEAD}colour = \"blue\"\n"), 8, "unknown field `colour`");
+}
+
+#[test]
+fn wrong_type_exits_2_with_line() {
+    assert_recipe_error(&HEAD.replace("version = \"1.0.0\"", "version = 1"), 3, "invalid type");
+}
+
+#[test]
+fn missing_file_exits_2_with_line() {
+    assert_recipe_error(&HEAD.replace("up.img", "nope.img"), 6, "file not found: nope.img");
+}
+
+#[test]
+fn bad_size_exits_2_with_line() {
+    assert_recipe_error(&format!("{HEAD}\n[disk]\nsize = \"4 gigs\"\n"), 10, "disk.size");
+}
+
+#[test]
+fn missing_script_in_provisioner_exits_2() {
+    assert_recipe_error(&format!("{HEAD}\n[[provision]]\ntype = \"shell\"\nscript = \"setup.sh\"\n"), 9, "script not found: setup.sh");
+}
+
+#[test]
+fn missing_recipe_exits_2() {
+    let o = run(imgforge().args(["validate", "/nonexistent/recipe.toml"]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read the recipe"), "{}", show(&o));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let o = run(imgforge().args(["build"]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+}

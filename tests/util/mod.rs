@@ -1,0 +1,192 @@
+//! Shared helpers for imgforge's real-binary tests: the binary, per-test directories, the
+//! local upstream images, mounting an output read-only with the host's own tools (an oracle
+//! independent of imgforge's code), and the "nothing left behind" check.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `imgforge` under test.
+pub fn imgforge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imgforge"));
+    c.env("IMGFORGE_CACHE_DIR", repo().join("target/test-cache"));
+    c
+}
+
+/// Whether we can do root things (loop devices, mounts); prints why not.
+pub fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() && Path::new("/dev/loop-control").exists() {
+        return true;
+    }
+    eprintln!("skipped {test}: needs root and /dev/loop-control");
+    false
+}
+
+/// A fresh directory for one test, under target/ (same filesystem as outputs), removed on drop.
+pub fn testdir(name: &str) -> tempfile::TempDir {
+    let base = repo().join("target/test-work");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(base).unwrap()
+}
+
+fn run_script(script: &str, args: &[&str]) {
+    let out = Command::new(repo().join(script)).args(args).output().unwrap();
+    assert!(out.status.success(), "{script} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The small MBR upstream (made once per test process with scripts/make-small-image).
+pub fn small_upstream() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo().join(format!("target/test-upstream/small-{}", std::process::id()));
+        run_script("scripts/make-small-image", &[dir.to_str().unwrap()]);
+        dir
+    })
+}
+
+/// The hostile small upstream: /etc/ssh and /etc/machine-id are symlinks to host paths.
+pub fn hostile_upstream() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo().join(format!("target/test-upstream/hostile-{}", std::process::id()));
+        run_script("scripts/make-small-image", &[dir.to_str().unwrap(), "--variant", "hostile-ssh"]);
+        dir
+    })
+}
+
+/// The cloud-like upstream (scripts/make-upstream; cached across runs).
+pub fn cloud_upstream() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        run_script("scripts/make-upstream", &[]);
+        repo().join("target/upstream/cloud")
+    })
+}
+
+/// Writes a recipe into `dir` and returns its path.
+pub fn recipe(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("recipe.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A recipe head for the small upstream, signed, with version 1.0.0.
+pub fn small_head(up: &Path, image: &str) -> String {
+    format!(
+        "[image]\nname = \"small\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{up}/{image}\"\nchecksums = \"{up}/SHA256SUMS\"\nsignature = \"{up}/SHA256SUMS.gpg\"\nsigning_key = \"{up}/keys/vendor.asc\"\n\n",
+        up = up.display()
+    )
+}
+
+/// Runs a command, returning its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+/// Prints a command's output for the test log.
+pub fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Nothing of ours is left: no loop device backed by a file under `dir`, no mount under it or
+/// named imgforge in this (the host's) mount namespace, no imgforge mount directory in /tmp.
+pub fn assert_clean(dir: &Path) {
+    // Autoclear may finish a moment after the process exits.
+    for _ in 0..100 {
+        if leftovers(dir).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("left behind: {:?}", leftovers(dir));
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let dirs = dir.to_string_lossy().to_string();
+    let losetup = Command::new("losetup").args(["-a"]).output().unwrap();
+    for l in String::from_utf8_lossy(&losetup.stdout).lines() {
+        if l.contains(&dirs) {
+            found.push(format!("loop: {l}"));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    for l in mounts.lines() {
+        if l.contains(&dirs) || l.contains("imgforge") {
+            found.push(format!("mount: {l}"));
+        }
+    }
+    found
+}
+
+/// Partitions of a raw disk per `sfdisk --json` (the oracle): (number, start bytes, size bytes).
+pub fn sfdisk_parts(raw: &Path) -> Vec<(u32, u64, u64)> {
+    let out = Command::new("sfdisk").arg("--json").arg(raw).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let table = &v["partitiontable"];
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap();
+            let digits: String = node.chars().rev().take_while(char::is_ascii_digit).collect::<Vec<_>>().into_iter().rev().collect();
+            let n: u32 = digits.parse().unwrap();
+            (n, p["start"].as_u64().unwrap() * sector, p["size"].as_u64().unwrap() * sector)
+        })
+        .collect()
+}
+
+/// A partition of a raw image mounted read-only with losetup + mount(8). Released on drop.
+pub struct RoMount {
+    pub dir: tempfile::TempDir,
+    dev: String,
+}
+
+impl RoMount {
+    pub fn open(raw: &Path, partition: u32) -> RoMount {
+        let (_, start, size) = sfdisk_parts(raw).into_iter().find(|p| p.0 == partition).expect("partition");
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--read-only", "--offset", &start.to_string(), "--sizelimit", &size.to_string()])
+            .arg(raw)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dir = tempfile::Builder::new().prefix("ro-check-").tempdir().unwrap();
+        let m = Command::new("mount").args(["-o", "ro,noload", &dev]).arg(dir.path()).output().unwrap();
+        if !m.status.success() {
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+            panic!("mount failed: {}", show(&m));
+        }
+        RoMount { dir, dev }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p.trim_start_matches('/'))
+    }
+
+    pub fn read(&self, p: &str) -> String {
+        std::fs::read_to_string(self.path(p)).unwrap_or_else(|e| panic!("read {p}: {e}"))
+    }
+}
+
+impl Drop for RoMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
