@@ -108,3 +108,202 @@ fn small_qcow2_end_to_end() {
         std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn no_process_matching(needle: &str) -> bool {
+    let o = run(std::process::Command::new("pgrep").args(["-f", needle]));
+    o.stdout.is_empty()
+}
+
+#[test]
+fn bad_checksum_fails_closed_and_caches_nothing() {
+    if !have_root("bad_checksum_fails_closed_and_caches_nothing") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("badsum");
+    let sums = std::fs::read_to_string(up.join("SHA256SUMS")).unwrap();
+    let real = sums.lines().find(|l| l.ends_with("small-mbr.raw")).unwrap().split_whitespace().next().unwrap().to_string();
+    let fake = "0".repeat(64);
+    std::fs::write(dir.path().join("SHA256SUMS"), sums.replace(&real, &fake)).unwrap();
+    let text = format!(
+        "[image]\nname = \"small\"\nversion = \"1\"\n[source]\nurl = \"{}/small-mbr.raw\"\nchecksums = \"SHA256SUMS\"\n",
+        up.display()
+    );
+    let o = build(dir.path(), &text);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let e = stderr(&o);
+    assert!(e.contains(&format!("expected SHA256 {fake}")) && e.contains(&format!("got {real}")) && e.contains("SHA256SUMS"), "{e}");
+    assert!(!dir.path().join("out/small.raw").exists());
+}
+
+#[test]
+fn wrong_signing_key_and_tampered_sums_fail_closed() {
+    if !have_root("wrong_signing_key_and_tampered_sums_fail_closed") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("badsig");
+    let wrong_key = small_head(up, "small-mbr.raw").replace("keys/vendor.asc", "keys/other.asc");
+    let o = build(dir.path(), &wrong_key);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stderr(&o).contains("signature"), "{}", show(&o));
+
+    // A sums file with one extra line no longer matches its signature.
+    let mut sums = std::fs::read_to_string(up.join("SHA256SUMS")).unwrap();
+    sums.push_str(&format!("{}  extra.img\n", "1".repeat(64)));
+    std::fs::write(dir.path().join("SHA256SUMS"), sums).unwrap();
+    let tampered = small_head(up, "small-mbr.raw").replace(&format!("{}/SHA256SUMS\"", up.display()), "SHA256SUMS\"");
+    let o = build(dir.path(), &tampered);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stderr(&o).contains("signature"), "{}", show(&o));
+    assert!(!dir.path().join("out/small.raw").exists());
+}
+
+#[test]
+fn failing_provisioner_names_itself_and_kills_its_children() {
+    if !have_root("failing_provisioner_names_itself_and_kills_its_children") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("failprov");
+    let text = small_head(up, "small-mbr.raw")
+        + "[[provision]]\ntype = \"shell\"\ninline = [\"true\"]\n\n[[provision]]\ntype = \"shell\"\nname = \"breaks\"\ninline = [\"sleep 1001 &\", \"echo about to fail\", \"exit 3\"]\n";
+    let o = build(dir.path(), &text);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let e = stderr(&o);
+    assert!(e.contains("provisioner 2/2 \"breaks\" (shell) failed") && e.contains("exit code 3") && e.contains("about to fail"), "{e}");
+    assert!(no_process_matching("sleep 1001"), "the provisioner's background process survived");
+    assert!(!dir.path().join("out/small.raw").exists());
+    // --on-error keep leaves the disk, unmounted and detached, and says where.
+    let r = recipe(dir.path(), &text);
+    let o = run(imgforge().arg("build").arg(&r).arg("--output-dir").arg(dir.path().join("out")).args(["--on-error", "keep"]));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stderr(&o).contains("small.failed.raw"), "{}", show(&o));
+    assert!(dir.path().join("out/small.failed.raw").is_file());
+    assert_clean(dir.path());
+}
+
+#[test]
+fn daemons_and_mounts_left_by_provisioners_do_not_block_teardown() {
+    if !have_root("daemons_and_mounts_left_by_provisioners_do_not_block_teardown") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("daemons");
+    let text = small_head(up, "small-mbr.raw")
+        + "[[provision]]\ntype = \"shell\"\ninline = [\"sleep 1002 &\", \"(cd /tmp && setsid sleep 1003 > /dev/null 2>&1 &)\", \"mkdir -p /mnt/scratch\", \"mount -t tmpfs tmpfs /mnt/scratch\", \"echo x > /mnt/scratch/file\"]\n";
+    let o = build(dir.path(), &text);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(no_process_matching("sleep 1002") && no_process_matching("sleep 1003"), "a daemon survived the provisioner");
+    let m = RoMount::open(&dir.path().join("out/small.raw"), 1);
+    assert!(m.path("/mnt/scratch").is_dir() && !m.path("/mnt/scratch/file").exists());
+}
+
+#[test]
+fn hostile_symlinks_never_reach_the_host() {
+    if !have_root("hostile_symlinks_never_reach_the_host") {
+        return;
+    }
+    let canary = Path::new("/tmp/imgforge-host-canary");
+    std::fs::create_dir_all(canary.join("ssh")).unwrap();
+    std::fs::write(canary.join("ssh/ssh_host_rsa_key"), "HOST KEY\n").unwrap();
+    std::fs::write(canary.join("machine-id"), "hostmachineid\n").unwrap();
+    let up = hostile_upstream();
+    let dir = testdir("hostile");
+    let o = build(dir.path(), &small_head(up, "small-mbr.raw"));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(std::fs::read_to_string(canary.join("ssh/ssh_host_rsa_key")).unwrap(), "HOST KEY\n");
+    assert_eq!(std::fs::read_to_string(canary.join("machine-id")).unwrap(), "hostmachineid\n");
+    let m = RoMount::open(&dir.path().join("out/small.raw"), 1);
+    let mid = std::fs::symlink_metadata(m.path("/etc/machine-id")).unwrap();
+    assert!(mid.is_file() && mid.len() == 0, "machine-id should be an empty regular file");
+    drop(m);
+    // A file provisioner aimed through the symlink fails (or lands inside); the host is untouched.
+    std::fs::write(dir.path().join("x.conf"), "x\n").unwrap();
+    let text = small_head(up, "small-mbr.raw")
+        + "[[provision]]\ntype = \"file\"\nsource = \"x.conf\"\ndestination = \"/etc/ssh/ssh_host_rsa_key\"\n";
+    let o = build(dir.path(), &text);
+    assert_eq!(std::fs::read_to_string(canary.join("ssh/ssh_host_rsa_key")).unwrap(), "HOST KEY\n", "{}", show(&o));
+}
+
+#[test]
+fn two_builds_at_once_from_one_upstream() {
+    if !have_root("two_builds_at_once_from_one_upstream") {
+        return;
+    }
+    let up = small_upstream();
+    let dirs = [testdir("par-a"), testdir("par-b")];
+    let children: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let r = recipe(d.path(), &(small_head(up, "small-mbr.qcow2") + "[[provision]]\ntype = \"shell\"\ninline = [\"sleep 1\"]\n"));
+            imgforge().arg("build").arg(&r).arg("-o").arg(d.path().join("out")).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for (c, d) in children.into_iter().zip(&dirs) {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        assert!(d.path().join("out/small.raw").is_file());
+        assert_clean(d.path());
+    }
+}
+
+/// Starts a build whose provisioner blocks, waits until it runs, sends `sig`, and checks the
+/// host is clean afterwards and the next build succeeds.
+fn interrupt_mid_build(name: &str, sig: nix::sys::signal::Signal) {
+    use std::io::{BufRead, BufReader};
+    let up = small_upstream();
+    let dir = testdir(name);
+    let r = recipe(
+        dir.path(),
+        &(small_head(up, "small-mbr.raw")
+            + "[[provision]]\ntype = \"shell\"\nname = \"slow\"\ninline = [\"echo started\", \"sleep 1004\"]\n"),
+    );
+    let mut child =
+        imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("[slow] started") {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("[slow] started")), "{seen:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+    let pid = child.id();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{rest:?}");
+    assert_clean(dir.path());
+    assert!(no_process_matching("sleep 1004"), "the provisioner survived {sig}");
+    let out: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
+    assert!(out.is_empty(), "output dir not empty after {sig}: {out:?}");
+    let o = build(dir.path(), &small_head(up, "small-mbr.raw"));
+    assert!(o.status.success(), "next build after {sig}: {}", show(&o));
+    let stale: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("imgforge-{pid}-")))
+        .collect();
+    assert!(stale.is_empty(), "mount directory of the killed build left in /tmp: {stale:?}");
+}
+
+#[test]
+fn sigterm_mid_build_cleans_up() {
+    if have_root("sigterm_mid_build_cleans_up") {
+        interrupt_mid_build("sigterm", nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+#[test]
+fn kill_9_mid_build_leaves_nothing() {
+    if have_root("kill_9_mid_build_leaves_nothing") {
+        interrupt_mid_build("kill9", nix::sys::signal::Signal::SIGKILL);
+    }
+}

@@ -113,8 +113,25 @@ struct Held {
     dir: Option<PathBuf>,
 }
 
+/// Removes the empty mount directories of builds that died (`kill -9`) — only when their
+/// process is gone, and only with `remove_dir`, which refuses anything not empty.
+pub fn sweep_stale_mount_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("imgforge-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive && std::fs::remove_dir(e.path().join("root")).is_ok() && std::fs::remove_dir(e.path()).is_ok() {
+            tracing::debug!("removed stale mount directory {}", e.path().display());
+        }
+    }
+}
+
 /// Creates the mount directory, private to this build: `/tmp/imgforge-<pid>-<random>/root`.
 fn mount_dir() -> anyhow::Result<PathBuf> {
+    sweep_stale_mount_dirs();
     let base = tempfile::Builder::new().prefix(&format!("imgforge-{}-", std::process::id())).tempdir_in(std::env::temp_dir())?;
     let dir = base.keep();
     let root = dir.join("root");
