@@ -307,3 +307,91 @@ fn kill_9_mid_build_leaves_nothing() {
         interrupt_mid_build("kill9", nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// A static file server on 127.0.0.1 (python's http.server), stopped on drop.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn serve(dir: &Path) -> HttpServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.split("port ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn http_source_is_verified_then_cached_by_digest() {
+    if !have_root("http_source_is_verified_then_cached_by_digest") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("http");
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(served.join("keys")).unwrap();
+    for f in ["small-mbr.qcow2", "SHA256SUMS", "SHA256SUMS.gpg"] {
+        std::fs::copy(up.join(f), served.join(f)).unwrap();
+    }
+    let server = HttpServer::serve(&served);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let text = format!(
+        "[image]\nname = \"small\"\nversion = \"1\"\n[source]\nurl = \"{base}/small-mbr.qcow2\"\nchecksums = \"{base}/SHA256SUMS\"\nsignature = \"{base}/SHA256SUMS.gpg\"\nsigning_key = \"{}/keys/vendor.asc\"\n",
+        up.display()
+    );
+    let cache = dir.path().join("cache");
+    let r = recipe(dir.path(), &text);
+    let build = || run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).arg("--cache-dir").arg(&cache));
+    let o = build();
+    assert!(o.status.success(), "{}", show(&o));
+    let cached: Vec<String> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached[0].starts_with("sha256-"), "{cached:?}");
+    // The image is gone upstream: the second build is served from the cache.
+    std::fs::remove_file(served.join("small-mbr.qcow2")).unwrap();
+    let o = build();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("using cached download"), "{}", show(&o));
+    assert_clean(dir.path());
+
+    // A download whose digest does not match is not cached.
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::copy(up.join("small-mbr.raw"), served.join("small-mbr.qcow2")).unwrap();
+    let o = build();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("checksum mismatch"), "{}", show(&o));
+    let left: Vec<_> = std::fs::read_dir(&cache).map(|d| d.collect::<Vec<_>>()).unwrap_or_default();
+    assert!(left.is_empty(), "a bad download stayed in the cache: {left:?}");
+}
+
+#[test]
+fn inspect_shows_partitions_labels_and_os_release() {
+    if !have_root("inspect_shows_partitions_labels_and_os_release") {
+        return;
+    }
+    let up = small_upstream();
+    for img in ["small-mbr.raw", "small-mbr.qcow2"] {
+        let o = run(imgforge().arg("inspect").arg(up.join(img)));
+        assert!(o.status.success(), "{}", show(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("Mbr partition table") && out.contains("ext4") && out.contains("label=rootfs"), "{out}");
+        assert!(out.contains("ID=small"), "{out}");
+    }
+}

@@ -78,6 +78,7 @@ esac
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/boot-to-login.XXXXXXXX")
 QEMU_PID=
 PROBE_PID=
+# shellcheck disable=SC2317 # invoked via trap
 cleanup() {
     local pid
     for pid in "$QEMU_PID" "$PROBE_PID"; do
@@ -115,16 +116,18 @@ firmware_args() {
 # cannot run real firmware (the guest stops with "KVM internal error").
 kvm_works() {
     [[ -r /dev/kvm && -w /dev/kvm ]] || return 1
-    local plog=$WORK/probe-serial.log perr=$WORK/probe-stderr.log i fw=()
+    local plog=$WORK/probe-serial.log perr=$WORK/probe-stderr.log i fw=() saved_stderr
     mapfile -t fw < <(firmware_args "$WORK/probe-vars.fd")
     : >"$plog"
+    # Keep bash's "Aborted" job notice quiet if qemu dies on a broken KVM.
+    exec {saved_stderr}>&2 2>/dev/null
     "$QEMU" -machine q35 -accel kvm -cpu host -m 256 -nodefaults -display none \
         -monitor none -serial "file:$plog" "${fw[@]}" >/dev/null 2>"$perr" &
     PROBE_PID=$!
     local ok=1
     for ((i = 0; i < 40; i++)); do
         sleep 0.5
-        if grep -q 'BdsDxe' "$plog" 2>/dev/null; then
+        if grep -aq 'BdsDxe' "$plog" 2>/dev/null; then
             ok=0
             break
         fi
@@ -136,6 +139,7 @@ kvm_works() {
     kill "$PROBE_PID" 2>/dev/null || true
     wait "$PROBE_PID" 2>/dev/null || true
     PROBE_PID=
+    exec 2>&"$saved_stderr" {saved_stderr}>&-
     return "$ok"
 }
 
@@ -178,7 +182,7 @@ QEMU_PID=$!
 
 status=1
 while ((SECONDS - START < TIMEOUT)); do
-    if grep -q 'login:' "$SERIAL_LOG" 2>/dev/null; then
+    if grep -aq 'login:' "$SERIAL_LOG" 2>/dev/null; then
         status=0
         break
     fi

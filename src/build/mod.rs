@@ -129,20 +129,18 @@ fn customize(
             Ok(())
         })?;
     }
-    let (table, parts, root_part) = if grown.is_some() {
-        let table = crate::disk::partition::read(&mut &*disk, grown.unwrap_or(size))?;
-        let parts = probe_all(disk, &table)?;
-        let root = choose_root(&parts, Some(root_part.part.index))?;
-        (table, parts, root)
-    } else {
-        (table, parts, root_part)
+    let (parts, root_part) = match grown {
+        Some(new_size) => {
+            let table = crate::disk::partition::read(&mut &*disk, new_size)?;
+            let parts = probe_all(disk, &table)?;
+            let root = choose_root(&parts, Some(root_part.part.index))?;
+            (parts, root)
+        }
+        None => (parts, root_part),
     };
-    let _ = table;
-    let mounted =
-        t.time(events, "mount", &format!("mounting partition {} ({}) as /", root_part.part.index, root_part.fs.fstype), || {
-            Mounted::mount(disk, &parts, &root_part, events)
-        })?;
-    let result = inside(plan, &mounted, grown.is_some(), stamp, t, events);
+    let what = format!("mounting partition {} ({}) as /", root_part.part.index, root_part.fs.fstype);
+    let mounted = t.time(events, "mount", &what, || Mounted::mount(disk, &parts, &root_part, grown.is_some(), events))?;
+    let result = inside(plan, &mounted, stamp, t, events);
     let closed = t.time(events, "unmount", "unmounting and detaching", || mounted.close());
     match (result, closed) {
         (Ok(r), Ok(())) => Ok(r),
@@ -152,41 +150,12 @@ fn customize(
     }
 }
 
-fn inside(
-    plan: &BuildPlan,
-    m: &Mounted,
-    grown: bool,
-    stamp: &Stamp,
-    t: &mut Timings,
-    events: &Events,
-) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
-    if grown {
-        t.time(events, "grow-fs", "growing the root filesystem", || grow_fs(m))?;
-    }
+fn inside(plan: &BuildPlan, m: &Mounted, stamp: &Stamp, t: &mut Timings, events: &Events) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
     let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
     let seal = t.time(events, "seal", "sealing (SSH host keys, machine-id)", || Ok(crate::seal::minimal(&m.root)?))?;
     t.time(events, "trim", "trimming free space", || trim_all(m))?;
     Ok((provisioners, seal))
-}
-
-fn grow_fs(m: &Mounted) -> anyhow::Result<()> {
-    use crate::host::command::CommandRunExt;
-    let mut cmd = match m.root_fstype.as_str() {
-        "ext2" | "ext3" | "ext4" => {
-            let mut c = std::process::Command::new("resize2fs");
-            c.arg(&m.root_device);
-            c
-        }
-        "xfs" => {
-            let mut c = std::process::Command::new("xfs_growfs");
-            c.arg(m.root.path());
-            c
-        }
-        other => bail!("cannot grow a {other} root filesystem; leave out disk.size"),
-    };
-    cmd.run_checked("grow the root filesystem")?;
-    Ok(())
 }
 
 /// Installs the provisioning guards, runs the provisioners, and restores the guards whatever

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use sys_mount::MountFlags;
@@ -13,6 +14,7 @@ use crate::chroot::layout::{DeviceRef, device_ref, parse_fstab, secondary_mounts
 use crate::chroot::resolve::Root;
 use crate::disk::fsprobe::{FsInfo, PROBE_LEN, probe};
 use crate::disk::partition::{Partition, PartitionTable, types};
+use crate::host::command::CommandRunExt;
 use crate::host::loopdev::LoopDevice;
 use crate::host::mount::{MountSpec, MountTree};
 use crate::progress::Events;
@@ -99,8 +101,6 @@ pub struct Mounted {
     held: Held,
     /// Filesystems mounted from the disk (mount point in the image, host path), for trimming.
     pub filesystems: Vec<(String, PathBuf)>,
-    /// Root loop device, for growing its filesystem.
-    pub root_device: PathBuf,
     /// Root filesystem type.
     pub root_fstype: String,
 }
@@ -139,6 +139,29 @@ fn mount_dir() -> anyhow::Result<PathBuf> {
     Ok(root)
 }
 
+/// Grows an unmounted ext2/3/4 root to fill its loop device: e2fsck first (resize2fs insists),
+/// then resize2fs. XFS can only grow mounted (done after mounting).
+fn grow_offline(dev: &Path, fstype: &str, events: &Events) -> anyhow::Result<()> {
+    match fstype {
+        "ext2" | "ext3" | "ext4" => {
+            events.step("grow-fs", "checking and growing the root filesystem");
+            let check = Command::new("e2fsck").args(["-f", "-p"]).arg(dev).output().context("Failed to run e2fsck")?;
+            // 0: clean, 1: errors corrected. Anything else needs a human.
+            if !matches!(check.status.code(), Some(0 | 1)) {
+                bail!(
+                    "e2fsck found problems in the upstream root filesystem ({}){}",
+                    check.status,
+                    crate::host::command::tail(&check.stderr)
+                );
+            }
+            Command::new("resize2fs").arg(dev).run_checked("grow the root filesystem")?;
+            Ok(())
+        }
+        "xfs" => Ok(()),
+        other => bail!("cannot grow a {other} root filesystem; leave out [disk] size"),
+    }
+}
+
 type PseudoMount = (&'static str, &'static str, Option<&'static str>, MountFlags, Option<&'static str>);
 
 fn fs_options(fstype: &str) -> Option<&'static str> {
@@ -148,22 +171,29 @@ fn fs_options(fstype: &str) -> Option<&'static str> {
 
 impl Mounted {
     /// Attaches and mounts the root and its fstab mounts, then the pseudo filesystems.
-    pub fn mount(disk: &File, parts: &[Probed], root_part: &Probed, events: &Events) -> anyhow::Result<Self> {
+    /// With `grow_fs`, the root filesystem is first grown to fill its (grown) partition.
+    pub fn mount(disk: &File, parts: &[Probed], root_part: &Probed, grow_fs: bool, events: &Events) -> anyhow::Result<Self> {
         let dir = mount_dir().context("Failed to create the mount directory")?;
         let mut tree = MountTree::new(dir.clone());
         let root_loop = LoopDevice::attach(disk, root_part.part.start, root_part.part.size, false)?;
         let fstype = root_part.fs.fstype.clone();
+        if grow_fs {
+            grow_offline(root_loop.path(), &fstype, events)?;
+        }
         let spec = MountSpec { source: root_loop.path(), fstype: Some(&fstype), flags: MountFlags::empty(), data: fs_options(&fstype) };
         let dir_fd = File::open(&dir).with_context(|| format!("Failed to open {}", dir.display()))?;
         tree.mount_at(&spec, &dir_fd, &dir)?;
         let root = Root::open(&dir)?;
         let mut me = Self {
-            root_device: root_loop.path().to_path_buf(),
             held: Held { loops: vec![root_loop], tree: Some(tree), dir: Some(dir.clone()) },
             root,
             filesystems: vec![("/".into(), dir)],
             root_fstype: fstype,
         };
+        if grow_fs && me.root_fstype == "xfs" {
+            let dir = me.root.path().to_path_buf();
+            Command::new("xfs_growfs").arg(&dir).run_checked("grow the root XFS filesystem")?;
+        }
         me.mount_fstab(disk, parts, root_part, events)?;
         me.mount_pseudo()?;
         Ok(me)

@@ -1,0 +1,129 @@
+//! End to end on the cloud-like upstream (GPT, root = partition 1 physically last, ESP 15,
+//! /boot 16, compressed qcow2, signed sums), as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use util::*;
+
+fn cloud_recipe(up: &Path) -> String {
+    format!(
+        r#"[image]
+name = "cloud"
+version = "2.0.0"
+
+[source]
+url = "{up}/noble-like-cloudimg-amd64.img"
+checksums = "{up}/SHA256SUMS"
+signature = "{up}/SHA256SUMS.gpg"
+signing_key = "{up}/keys/vendor.asc"
+
+[disk]
+size = "3GiB"
+
+[[provision]]
+type = "shell"
+name = "setup"
+inline = [
+  "echo from-shell > /etc/from-shell",
+  "id -u debian",
+  "ls /boot/vmlinuz-* > /etc/kernels",
+  "sleep 1000 &",
+  "if command -v gpg-agent; then gpg-agent --homedir /root/.gnupg --daemon; echo agent > /etc/agent-started; fi",
+]
+
+[[provision]]
+type = "file"
+source = "motd"
+destination = "/etc/motd"
+mode = "0644"
+
+[[provision]]
+type = "overlay"
+source = "overlay"
+"#,
+        up = up.display()
+    )
+}
+
+fn same_bytes(a: &Path, a_off: u64, b: &Path, b_off: u64, len: u64) -> bool {
+    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    fa.seek(SeekFrom::Start(a_off)).unwrap();
+    fb.seek(SeekFrom::Start(b_off)).unwrap();
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(1 << 20) as usize;
+        fa.read_exact(&mut ba[..n]).unwrap();
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+        left -= n as u64;
+    }
+    true
+}
+
+#[test]
+fn cloud_image_end_to_end() {
+    if !have_root("cloud_image_end_to_end") {
+        return;
+    }
+    let up = cloud_upstream();
+    let dir = testdir("cloud");
+    std::fs::write(dir.path().join("motd"), "Welcome to an imgforge image\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("overlay/etc/ssh/sshd_config.d")).unwrap();
+    std::fs::write(dir.path().join("overlay/etc/ssh/sshd_config.d/50-test.conf"), "PasswordAuthentication no\n").unwrap();
+    let r = recipe(dir.path(), &cloud_recipe(up));
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
+    assert_clean(dir.path());
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("vfat"), "expected the ESP notice: {}", show(&o));
+    assert!(no_process("sleep 1000") && no_process("gpg-agent --homedir /root/.gnupg"), "a provisioner daemon survived");
+
+    let raw = dir.path().join("out/cloud.raw");
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 3 << 30);
+    let verify = run(std::process::Command::new("sgdisk").arg("-v").arg(&raw));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("No problems found"), "{}", show(&verify));
+
+    let m = RoMount::open(&raw, 1);
+    assert_eq!(m.read("/etc/from-shell"), "from-shell\n");
+    assert!(m.read("/etc/kernels").contains("/boot/vmlinuz-"), "/boot was not mounted for provisioners");
+    assert_eq!(m.read("/etc/motd"), "Welcome to an imgforge image\n");
+    assert_eq!(m.read("/etc/ssh/sshd_config.d/50-test.conf"), "PasswordAuthentication no\n");
+    let rel = m.read("/etc/imgforge-release");
+    assert!(rel.contains("IMGFORGE_VERSION=\"2.0.0\"") && rel.contains("IMGFORGE_SOURCE_DIGEST=\"sha256:"), "{rel}");
+    assert!(m.read("/etc/os-release").contains("IMAGE_ID=cloud\nIMAGE_VERSION=2.0.0\n"));
+    let keys: Vec<String> =
+        std::fs::read_dir(m.path("/etc/ssh")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!keys.iter().any(|k| k.starts_with("ssh_host_")), "{keys:?}");
+    assert!(m.path("/etc/systemd/system/multi-user.target.wants/imgforge-ssh-keygen.service").symlink_metadata().is_ok());
+    assert_eq!(std::fs::metadata(m.path("/etc/machine-id")).unwrap().len(), 0);
+    assert!(!m.path("/usr/sbin/policy-rc.d").exists());
+    assert_eq!(std::fs::read_link(m.path("/etc/resolv.conf")).unwrap(), Path::new("../run/systemd/resolve/stub-resolv.conf"));
+    drop(m);
+
+    // The grown root filesystem fills its partition.
+    let df = RoMount::open(&raw, 1);
+    let st = nix::sys::statvfs::statvfs(df.dir.path()).unwrap();
+    assert!(st.blocks() * st.fragment_size() > 2_500_000_000, "root filesystem was not grown");
+    drop(df);
+
+    // Partitions the build did not touch are byte-identical to upstream's.
+    let upraw = up.join("noble-like-cloudimg-amd64.raw");
+    let theirs = sfdisk_parts(&upraw);
+    let ours = sfdisk_parts(&raw);
+    for n in [14, 15] {
+        let a = theirs.iter().find(|p| p.0 == n).unwrap();
+        let b = ours.iter().find(|p| p.0 == n).unwrap();
+        assert_eq!(a.2, b.2);
+        assert!(same_bytes(&upraw, a.1, &raw, b.1, a.2), "partition {n} changed");
+    }
+}
+
+fn no_process(needle: &str) -> bool {
+    run(std::process::Command::new("pgrep").args(["-f", needle])).stdout.is_empty()
+}
