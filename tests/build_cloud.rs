@@ -32,7 +32,7 @@ inline = [
   "id -u debian",
   "ls /boot/vmlinuz-* > /etc/kernels",
   "sleep 1000 &",
-  "if command -v gpg-agent; then gpg-agent --homedir /root/.gnupg --daemon; echo agent > /etc/agent-started; fi",
+  "mkdir -p -m 700 /root/.gnupg-build && gpg-agent --homedir /root/.gnupg-build --daemon && echo agent > /etc/agent-started",
 ]
 
 [[provision]]
@@ -82,7 +82,7 @@ fn cloud_image_end_to_end() {
     assert_clean(dir.path());
     assert!(o.status.success(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("vfat"), "expected the ESP notice: {}", show(&o));
-    assert!(no_process("sleep 1000") && no_process("gpg-agent --homedir /root/.gnupg"), "a provisioner daemon survived");
+    assert!(no_process("sleep 1000") && no_process("gpg-agent --homedir /root/.gnupg-build"), "a provisioner daemon survived");
 
     let raw = dir.path().join("out/cloud.raw");
     assert_eq!(std::fs::metadata(&raw).unwrap().len(), 3 << 30);
@@ -91,6 +91,7 @@ fn cloud_image_end_to_end() {
 
     let m = RoMount::open(&raw, 1);
     assert_eq!(m.read("/etc/from-shell"), "from-shell\n");
+    assert_eq!(m.read("/etc/agent-started"), "agent\n", "gpg-agent did not start in the provisioner");
     assert!(m.read("/etc/kernels").contains("/boot/vmlinuz-"), "/boot was not mounted for provisioners");
     assert_eq!(m.read("/etc/motd"), "Welcome to an imgforge image\n");
     assert_eq!(m.read("/etc/ssh/sshd_config.d/50-test.conf"), "PasswordAuthentication no\n");

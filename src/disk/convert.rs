@@ -80,6 +80,31 @@ fn copy_raw(f: &File, input: &Path, out: &File, progress: &Progress) -> Result<u
     Ok(size)
 }
 
+/// Granularity of hole detection in converted data: runs of all-zero 64 KiB blocks stay holes.
+const ZERO_BLOCK: usize = 64 << 10;
+
+/// Writes `buf` at `off`, skipping all-zero `ZERO_BLOCK`s (the output starts as one big hole)
+/// and merging consecutive data blocks into one write.
+fn write_nonzero(out: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    let mut run: Option<usize> = None;
+    for (i, block) in buf.chunks(ZERO_BLOCK).enumerate() {
+        let at = i * ZERO_BLOCK;
+        let zero = block.iter().all(|b| *b == 0);
+        match (zero, run) {
+            (false, None) => run = Some(at),
+            (true, Some(start)) => {
+                out.write_all_at(buf.get(start..at).unwrap_or_default(), off + start as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run {
+        out.write_all_at(buf.get(start..).unwrap_or_default(), off + start as u64)?;
+    }
+    Ok(())
+}
+
 /// Data extents `[start, end)` of a file, via SEEK_DATA/SEEK_HOLE.
 pub fn data_extents(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use nix::unistd::{Whence, lseek};
@@ -142,9 +167,7 @@ fn qcow2_worker(input: &Path, out: &File, size: u64, w: u64, n: u64, progress: &
             if !matches!(mapping, Mapping::Zero { .. }) {
                 let piece = buf.get_mut(..len as usize).ok_or_else(|| io(off)(std::io::ErrorKind::InvalidData.into()))?;
                 img.read(&mut *piece, off).map_err(io(off))?;
-                if piece.iter().any(|b| *b != 0) {
-                    out.write_all_at(piece, off).map_err(io(off))?;
-                }
+                write_nonzero(out, piece, off).map_err(io(off))?;
             }
             off += len;
         }
@@ -152,4 +175,59 @@ fn qcow2_worker(input: &Path, out: &File, size: u64, w: u64, n: u64, progress: &
         chunk += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn zero_blocks_stay_holes() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(4 * ZERO_BLOCK as u64).unwrap();
+        let mut buf = vec![0u8; 4 * ZERO_BLOCK];
+        buf[ZERO_BLOCK + 7] = 1;
+        buf[3 * ZERO_BLOCK] = 2;
+        write_nonzero(&f, &buf, 0).unwrap();
+        let mut back = vec![0u8; buf.len()];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(back, buf);
+        assert_eq!(data_extents(&f, buf.len() as u64).unwrap(), vec![(ZERO_BLOCK as u64, 2 * ZERO_BLOCK as u64), (3 * ZERO_BLOCK as u64, 4 * ZERO_BLOCK as u64)]);
+        assert!(f.metadata().unwrap().blocks() * 512 <= 2 * ZERO_BLOCK as u64 + 8192);
+    }
+
+    #[test]
+    fn qcow2_matches_qemu_img() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("in.raw");
+        let mut data = vec![0u8; 8 << 20];
+        for (i, b) in data.iter_mut().enumerate().skip(1 << 20).take(3 << 20) {
+            *b = (i % 251) as u8;
+        }
+        std::fs::write(&raw, &data).unwrap();
+        let q = dir.path().join("in.qcow2");
+        let ok = std::process::Command::new("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(&raw).arg(&q).status();
+        let Ok(ok) = ok else {
+            eprintln!("skipped: qemu-img not installed");
+            return;
+        };
+        assert!(ok.success());
+        let out = tempfile::tempfile().unwrap();
+        let size = to_raw(&q, &out, &AtomicU64::new(0)).unwrap();
+        assert_eq!(size, data.len() as u64);
+        let mut back = vec![0u8; data.len()];
+        out.read_exact_at(&mut back, 0).unwrap();
+        assert!(back == data, "converted content differs");
+        assert!(out.metadata().unwrap().blocks() * 512 < (4 << 20) + (1 << 20), "not sparse");
+    }
+
+    #[test]
+    fn refuses_other_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path().join("x.vmdk");
+        std::fs::write(&v, b"KDMV\x01\0\0\0").unwrap();
+        let err = to_raw(&v, &tempfile::tempfile().unwrap(), &AtomicU64::new(0)).unwrap_err();
+        assert!(err.to_string().contains("vmdk image"), "{err}");
+    }
 }
