@@ -395,3 +395,25 @@ fn inspect_shows_partitions_labels_and_os_release() {
         assert!(out.contains("ID=small"), "{out}");
     }
 }
+
+#[test]
+fn json_progress_is_one_versioned_event_per_line() {
+    if !have_root("json_progress_is_one_versioned_event_per_line") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("json");
+    let r = recipe(dir.path(), &(small_head(up, "small-mbr.raw") + "[[provision]]\ntype = \"shell\"\ninline = [\"echo hi\"]\n"));
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).arg("--json"));
+    assert!(o.status.success(), "{}", show(&o));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(events.iter().all(|e| e["schema"] == 1), "{events:?}");
+    assert!(events.iter().any(|e| e["event"] == "output" && e["line"] == "hi" && e["provisioner"] == "shell #1"), "{events:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "result");
+    assert_eq!(last["outputs"][0]["format"], "raw");
+    assert_clean(dir.path());
+}

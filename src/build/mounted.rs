@@ -45,7 +45,8 @@ pub fn probe_all(disk: &File, table: &PartitionTable) -> anyhow::Result<Vec<Prob
 }
 
 /// Picks the root partition: the recipe's choice, else the one with the x86-64 root type GUID,
-/// else the only Linux filesystem that is not mounted elsewhere by label, else the largest.
+/// else the only Linux filesystem not labelled as /boot, else the one with a root label
+/// (cloudimg-rootfs, rootfs, root…), else the largest.
 pub fn choose_root(parts: &[Probed], wanted: Option<u32>) -> anyhow::Result<Probed> {
     let linux = |p: &&Probed| matches!(p.fs.fstype.as_str(), "ext2" | "ext3" | "ext4" | "xfs" | "btrfs");
     if let Some(n) = wanted {
@@ -64,6 +65,10 @@ pub fn choose_root(parts: &[Probed], wanted: Option<u32>) -> anyhow::Result<Prob
         [] => bail!("no Linux root filesystem found on the disk (partitions: {}); set [disk] root_partition", summary(parts)),
         [one] => Ok((*one).clone()),
         many => {
+            const ROOT_LABELS: &[&str] = &["cloudimg-rootfs", "rootfs", "root", "ROOT", "img-rootfs"];
+            if let Some(p) = many.iter().find(|p| ROOT_LABELS.contains(&p.fs.label.as_str())) {
+                return Ok((*p).clone());
+            }
             let best = many.iter().max_by_key(|p| p.part.size).map(|p| (*p).clone()).context("no candidate")?;
             tracing::warn!(
                 "several Linux filesystems; using the largest, partition {} (set [disk] root_partition to choose)",
@@ -305,5 +310,47 @@ impl Drop for Held {
         if let Err(e) = self.impl_close() {
             tracing::error!("{e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::partition::Guid;
+
+    fn p(index: u32, size: u64, type_guid: Option<Guid>, fstype: &str, label: &str) -> Probed {
+        Probed {
+            part: Partition { index, start: 0, size, type_guid, mbr_type: None, part_guid: None, name: String::new(), bootable: false },
+            fs: FsInfo { fstype: fstype.into(), label: label.into(), uuid: String::new() },
+        }
+    }
+
+    #[test]
+    fn root_by_type_guid_in_the_ubuntu_layout() {
+        let parts = [
+            p(1, 100, Some(types::LINUX_ROOT_X86_64), "ext4", "cloudimg-rootfs"),
+            p(14, 4, Some(types::BIOS_BOOT), "", ""),
+            p(15, 10, Some(types::EFI_SYSTEM), "vfat", "UEFI"),
+            p(16, 50, Some(types::XBOOTLDR), "ext4", "BOOT"),
+        ];
+        assert_eq!(choose_root(&parts, None).unwrap().part.index, 1);
+    }
+
+    #[test]
+    fn root_without_type_guid() {
+        // ESP first, root second, generic Linux type.
+        let parts = [p(1, 10, Some(types::EFI_SYSTEM), "vfat", ""), p(2, 100, Some(types::LINUX_FS), "ext4", "")];
+        assert_eq!(choose_root(&parts, None).unwrap().part.index, 2);
+        // A single MBR partition.
+        assert_eq!(choose_root(&[p(1, 100, None, "ext4", "rootfs")], None).unwrap().part.index, 1);
+        // Several: the root label wins over size; then the largest.
+        let parts = [p(1, 500, None, "ext4", "data"), p(2, 100, None, "ext4", "rootfs")];
+        assert_eq!(choose_root(&parts, None).unwrap().part.index, 2);
+        let parts = [p(1, 500, None, "ext4", "data"), p(2, 100, None, "xfs", "other")];
+        assert_eq!(choose_root(&parts, None).unwrap().part.index, 1);
+        // The recipe decides.
+        assert_eq!(choose_root(&parts, Some(2)).unwrap().part.index, 2);
+        assert!(choose_root(&parts, Some(9)).is_err());
+        assert!(choose_root(&[p(1, 10, None, "vfat", "")], None).is_err());
     }
 }

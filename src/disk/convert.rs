@@ -193,7 +193,10 @@ mod tests {
         let mut back = vec![0u8; buf.len()];
         f.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(back, buf);
-        assert_eq!(data_extents(&f, buf.len() as u64).unwrap(), vec![(ZERO_BLOCK as u64, 2 * ZERO_BLOCK as u64), (3 * ZERO_BLOCK as u64, 4 * ZERO_BLOCK as u64)]);
+        assert_eq!(
+            data_extents(&f, buf.len() as u64).unwrap(),
+            vec![(ZERO_BLOCK as u64, 2 * ZERO_BLOCK as u64), (3 * ZERO_BLOCK as u64, 4 * ZERO_BLOCK as u64)]
+        );
         assert!(f.metadata().unwrap().blocks() * 512 <= 2 * ZERO_BLOCK as u64 + 8192);
     }
 
