@@ -211,9 +211,17 @@ fn finish(
 ) -> anyhow::Result<Manifest> {
     let dest = plan.output_dir.join(format!("{}.raw", plan.name));
     let out = t.time(events, "output", &format!("writing {}", dest.display()), || {
+        // Hash (from the page cache) while the kernel writes the disk back; both before the rename.
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(work.file())));
+        let sha256 = std::thread::scope(|s| {
+            let sync = s.spawn(|| work.file().sync_all());
+            let sha = crate::source::sums::digest_file(&fd_path, crate::source::sums::Algo::Sha256);
+            let synced = sync.join().unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")));
+            synced.and(sha)
+        })
+        .context("Failed to hash and sync the output")?;
         let file = work.persist(&dest)?;
         let size = file.metadata()?.len();
-        let sha256 = crate::source::sums::digest_file(&dest, crate::source::sums::Algo::Sha256)?;
         Ok(OutputFile { format: "raw".into(), path: dest.display().to_string(), size, sha256 })
     })?;
     let manifest = Manifest {
