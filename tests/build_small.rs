@@ -38,7 +38,6 @@ fn setup(name: &str) -> tempfile::TempDir {
     let ov = dir.path().join("overlay/usr/local/bin");
     std::fs::create_dir_all(&ov).unwrap();
     std::fs::write(ov.join("tool"), "#!/bin/sh\necho tool\n").unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(ov.join("tool")).unwrap().permissions(), 0o755);
     std::fs::set_permissions(ov.join("tool"), std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
     dir
 }

@@ -22,12 +22,13 @@ pub struct Args {
 /// Prints partitions, filesystems and the root's os-release.
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let f = std::fs::File::open(&a.image).with_context(|| format!("Failed to open {}", a.image.display()))?;
-    let (disk, _tmp) = match detect(&f)? {
-        ImageFormat::Raw => (f, None),
+    // qcow2 is converted into an unnamed temporary file first.
+    let disk = match detect(&f)? {
+        ImageFormat::Raw => f,
         _ => {
             let tmp = tempfile::tempfile_in(std::env::temp_dir())?;
             crate::disk::convert::to_raw(&a.image, &tmp, &AtomicU64::new(0))?;
-            (tmp, Some(()))
+            tmp
         }
     };
     let size = disk.metadata()?.len();
