@@ -106,8 +106,6 @@ pub struct Mounted {
     held: Held,
     /// Filesystems mounted from the disk (mount point in the image, host path), for trimming.
     pub filesystems: Vec<(String, PathBuf)>,
-    /// Root filesystem type.
-    pub root_fstype: String,
 }
 
 /// What must be released, in order: mounts, then loop devices, then the mount directory.
@@ -193,9 +191,8 @@ impl Mounted {
             held: Held { loops: vec![root_loop], tree: Some(tree), dir: Some(dir.clone()) },
             root,
             filesystems: vec![("/".into(), dir)],
-            root_fstype: fstype,
         };
-        if grow_fs && me.root_fstype == "xfs" {
+        if grow_fs && fstype == "xfs" {
             let dir = me.root.path().to_path_buf();
             Command::new("xfs_growfs").arg(&dir).run_checked("grow the root XFS filesystem")?;
         }
