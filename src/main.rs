@@ -4,6 +4,7 @@ mod build;
 mod chroot;
 mod cli;
 mod disk;
+mod export;
 mod host;
 mod logging;
 mod manifest;

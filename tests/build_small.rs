@@ -60,7 +60,7 @@ fn small_qcow2_end_to_end() {
     }
     let up = small_upstream();
     let dir = setup("e2e");
-    let o = build(dir.path(), &(small_head(up, "small-mbr.qcow2") + PROVISION));
+    let o = build(dir.path(), &(small_head(up, "small-mbr.qcow2") + PROVISION + "[output]\nformats = [\"qcow2\", \"vhd\"]\n"));
     assert!(o.status.success(), "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("[hello] line to stdout") && err.contains("[hello] line to stderr"), "{err}");
@@ -102,10 +102,27 @@ fn small_qcow2_end_to_end() {
     // the output is sparse
     let meta = std::fs::metadata(&raw).unwrap();
     assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < meta.len() / 2, "output not sparse");
+    // [output] formats: each output listed with its real size and digest, and equal to the raw.
+    let outs = manifest["outputs"].as_array().unwrap();
+    let formats: Vec<&str> = outs.iter().map(|o| o["format"].as_str().unwrap()).collect();
+    assert_eq!(formats, ["raw", "qcow2", "vhd"]);
+    for o in outs {
+        let bytes = std::fs::read(o["path"].as_str().unwrap()).unwrap();
+        assert_eq!(o["size"].as_u64().unwrap(), bytes.len() as u64, "{o}");
+        assert_eq!(o["sha256"].as_str().unwrap(), hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), "{o}");
+    }
+    for (file, fmt) in [("small.qcow2", "qcow2"), ("small.vhd", "vpc")] {
+        let c = run(std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", fmt])
+            .arg(&raw)
+            .arg(dir.path().join("out").join(file)));
+        assert!(c.status.success(), "{file}: {}", show(&c));
+    }
     // no stray files in the output dir
-    let names: Vec<String> =
+    let mut names: Vec<String> =
         std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    names.sort();
+    assert_eq!(names, ["small.manifest.json", "small.qcow2", "small.raw", "small.vhd"]);
 }
 
 fn stderr(o: &std::process::Output) -> String {

@@ -213,6 +213,7 @@ fn finish(
     let out = t.time(events, "output", &format!("writing {}", dest.display()), || {
         // Hash (from the page cache) while the kernel writes the disk back; both before the rename.
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(work.file())));
+        let mut perms = work.file().metadata().context("Failed to stat the output")?.permissions();
         let sha256 = std::thread::scope(|s| {
             let sync = s.spawn(|| work.file().sync_all());
             let sha = crate::source::sums::digest_file(&fd_path, crate::source::sums::Algo::Sha256);
@@ -220,10 +221,41 @@ fn finish(
             synced.and(sha)
         })
         .context("Failed to hash and sync the output")?;
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+        work.file().set_permissions(perms).context("Failed to set the output's mode")?;
         let file = work.persist(&dest)?;
         let size = file.metadata()?.len();
-        Ok(OutputFile { format: "raw".into(), path: dest.display().to_string(), size, sha256 })
+        Ok((file, OutputFile { format: "raw".into(), path: dest.display().to_string(), size, sha256 }))
     })?;
+    let (raw_file, out) = out;
+    let mut outputs = vec![out.clone()];
+    let others: Vec<_> = plan.formats.iter().copied().filter(|f| *f != crate::export::format::Format::Raw).collect();
+    if !others.is_empty() {
+        let names: Vec<&str> = others.iter().map(|f| f.name()).collect();
+        let input = crate::export::input::Input {
+            path: dest.clone(),
+            file: raw_file,
+            size: out.size,
+            name: plan.name.clone(),
+            sha256: hex::decode(&out.sha256).ok().and_then(|b| b.try_into().ok()),
+            epoch: crate::stamp::parse_rfc3339(&stamp.build_date).unwrap_or(0),
+            manifest: None,
+        };
+        let targets = crate::export::run::targets_in(&plan.output_dir, &plan.name, &others);
+        let fin = crate::export::run::Finish { sha256: true, sync: true, verify: true };
+        let more = t.time(events, "export", &format!("writing {}", names.join(", ")), || {
+            crate::export::run::export(&input, &targets, &plan.export, fin, events)
+        });
+        let more = match more {
+            Ok(m) => m,
+            Err(e) => {
+                // A failed build names no output: take the raw's name back.
+                let _ = std::fs::remove_file(&dest);
+                return Err(e);
+            }
+        };
+        outputs.extend(more);
+    }
     let manifest = Manifest {
         schema: 1,
         name: plan.name.clone(),
@@ -239,7 +271,7 @@ fn finish(
             checksums: src.sums_url.clone(),
             signing_key_fingerprint: src.key_fingerprint.clone(),
         },
-        outputs: vec![out],
+        outputs,
         provisioners,
         steps: t.0,
         seal,

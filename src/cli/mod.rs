@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 the build (or command) failed, 2 bad usage or a bad recipe.
 
 mod build;
+mod export;
 mod inspect;
 mod validate;
 
@@ -42,9 +43,16 @@ enum Command {
     Build(build::Args),
     /// Check a recipe and the files it names, without building.
     Validate(validate::Args),
+    /// Write a raw disk (or a build's raw) as raw, qcow2, vhd, vhd-dynamic, vmdk or ova.
+    Export(export::Args),
     /// Show partitions, filesystems, labels and os-release of a raw or qcow2 image.
     Inspect(inspect::Args),
 }
+
+/// A bad command line value found after parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Exit code for usage and recipe errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -59,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Build(a) => build::run(&cli.global, a),
         Command::Validate(a) => validate::run(&cli.global, a),
         Command::Inspect(a) => inspect::run(&cli.global, a),
+        Command::Export(a) => export::run(&cli.global, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,5 +95,5 @@ pub fn render(e: &anyhow::Error) -> String {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<RecipeError>()) { EXIT_USAGE } else { EXIT_FAILED }
+    if e.chain().any(|c| c.is::<RecipeError>() || c.is::<UsageError>()) { EXIT_USAGE } else { EXIT_FAILED }
 }

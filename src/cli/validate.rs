@@ -28,7 +28,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         for (i, s) in plan.steps.iter().enumerate() {
             println!("  step {}   {} ({})", i + 1, s.label, s.kind);
         }
-        println!("  output   {} [{}]", plan.output_dir.display(), plan.formats.join(", "));
+        println!("  output   {} [{}]", plan.output_dir.display(), plan.formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "));
     }
     Ok(())
 }

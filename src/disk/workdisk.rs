@@ -64,8 +64,15 @@ impl WorkDisk {
 
     /// Gives the disk its final name `dest` (same filesystem), atomically replacing any old file.
     pub fn persist(self, dest: &Path) -> Result<File, WorkDiskError> {
+        self.persist_with(dest, true)
+    }
+
+    /// [`WorkDisk::persist`], with the fsync before the rename optional (`sync`).
+    pub fn persist_with(self, dest: &Path, sync: bool) -> Result<File, WorkDiskError> {
         let err = |source| WorkDiskError::Persist { dest: dest.to_path_buf(), source };
-        self.file.sync_all().map_err(err)?;
+        if sync {
+            self.file.sync_all().map_err(err)?;
+        }
         if let Some(temp) = self.temp_name {
             temp.persist(dest).map_err(|e| err(e.error))?;
             return Ok(self.file);

@@ -72,9 +72,50 @@ pub struct Disk {
 pub struct Output {
     /// Output directory, relative to the recipe (default "out"); `--output-dir` overrides.
     pub dir: Option<Spanned<String>>,
-    /// Output formats (default ["raw"]).
+    /// Output formats (default ["raw"]; the raw is always written).
     #[serde(default)]
     pub formats: Vec<Spanned<String>>,
+    /// `[output.vmdk]`
+    #[serde(default)]
+    pub vmdk: VmdkOut,
+    /// `[output.ova]`
+    #[serde(default)]
+    pub ova: OvaOut,
+    /// `[output.qcow2]`
+    #[serde(default)]
+    pub qcow2: Qcow2Out,
+}
+
+/// `[output.vmdk]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmdkOut {
+    /// lsilogic (default), pvscsi or ide.
+    pub adapter: Option<Spanned<String>>,
+}
+
+/// `[output.ova]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OvaOut {
+    /// OVF hardware family, `vmx-NN` (default vmx-13: ESXi 6.5+).
+    pub hardware_version: Option<Spanned<String>>,
+    /// Virtual CPUs (default 2).
+    pub cpus: Option<Spanned<u32>>,
+    /// Memory in MiB (default 2048).
+    pub memory_mib: Option<Spanned<u64>>,
+    /// Manifest digest: sha256 (default) or sha1.
+    pub digest: Option<Spanned<String>>,
+    /// auto (default), bios or efi.
+    pub firmware: Option<Spanned<String>>,
+}
+
+/// `[output.qcow2]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qcow2Out {
+    /// Compress clusters (default false).
+    pub compress: Option<bool>,
 }
 
 /// `type = "shell"`

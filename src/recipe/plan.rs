@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::export::format::Format;
+use crate::export::options::ExportOptions;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
@@ -133,12 +135,11 @@ pub struct BuildPlan {
     pub steps: Vec<NamedStep>,
     /// Output directory.
     pub output_dir: PathBuf,
-    /// Output formats.
-    pub formats: Vec<String>,
+    /// Output formats (always starting with raw).
+    pub formats: Vec<Format>,
+    /// Options for the formats.
+    pub export: ExportOptions,
 }
-
-/// Formats this version can write.
-pub const FORMATS: &[&str] = &["raw"];
 
 /// Options from the command line that override the recipe.
 #[derive(Debug, Clone, Default)]
@@ -179,6 +180,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         steps,
         output_dir,
         formats: formats(src, &r.output.formats)?,
+        export: export_options(src, &r.output)?,
     })
 }
 
@@ -299,21 +301,53 @@ fn disk_size(src: Src<'_>, s: &Spanned<String>) -> Result<u64, RecipeError> {
     Ok(n)
 }
 
-fn formats(src: Src<'_>, list: &[Spanned<String>]) -> Result<Vec<String>, RecipeError> {
-    if list.is_empty() {
-        return Ok(vec!["raw".to_string()]);
-    }
-    list.iter()
-        .map(|f| {
-            if FORMATS.contains(&f.get_ref().as_str()) {
-                Ok(f.get_ref().clone())
-            } else {
-                Err(src
+fn formats(src: Src<'_>, list: &[Spanned<String>]) -> Result<Vec<Format>, RecipeError> {
+    let mut out = vec![Format::Raw];
+    for f in list {
+        match Format::parse(f.get_ref()) {
+            Some(fmt) if !out.contains(&fmt) => out.push(fmt),
+            Some(_) => {}
+            None => {
+                return Err(src
                     .at(f.span(), format!("output format `{}` is not supported", f.get_ref()))
-                    .hint(format!("supported formats: {}", FORMATS.join(", "))))
+                    .hint(format!("supported formats: {}", crate::export::format::names())));
             }
-        })
-        .collect()
+        }
+    }
+    Ok(out)
+}
+
+fn export_options(src: Src<'_>, o: &crate::recipe::model::Output) -> Result<ExportOptions, RecipeError> {
+    use crate::export::options::{check_machine, parse_adapter, parse_digest, parse_firmware, parse_hw_version};
+    let hint = "see [output.vmdk] / [output.ova] in the README";
+    fn field<T, U>(
+        src: Src<'_>,
+        v: &Option<Spanned<T>>,
+        default: U,
+        parse: impl Fn(&T) -> Result<U, String>,
+        hint: &str,
+    ) -> Result<U, RecipeError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse(s.get_ref()).map_err(|e| src.at(s.span(), e).hint(hint)),
+        }
+    }
+    let d = ExportOptions::default();
+    let cpus = o.ova.cpus.as_ref().map_or(d.cpus, |c| *c.get_ref());
+    let memory_mib = o.ova.memory_mib.as_ref().map_or(d.memory_mib, |m| *m.get_ref());
+    if let Err(e) = check_machine(cpus, memory_mib) {
+        let span = o.ova.cpus.as_ref().map(|c| c.span()).or(o.ova.memory_mib.as_ref().map(|m| m.span())).unwrap_or(0..0);
+        return Err(src.at(span, e).hint(hint));
+    }
+    Ok(ExportOptions {
+        adapter: field(src, &o.vmdk.adapter, d.adapter, |s| parse_adapter(s), hint)?,
+        hardware_version: field(src, &o.ova.hardware_version, d.hardware_version.clone(), |s| parse_hw_version(s), hint)?,
+        cpus,
+        memory_mib,
+        digest: field(src, &o.ova.digest, d.digest, |s| parse_digest(s), hint)?,
+        firmware: field(src, &o.ova.firmware, None, |s| parse_firmware(s), hint)?,
+        qcow2_compress: o.qcow2.compress.unwrap_or(false),
+    })
 }
 
 fn named_step(src: Src<'_>, dir: &Path, t: &Spanned<toml::Table>, i: usize) -> Result<NamedStep, RecipeError> {

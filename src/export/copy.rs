@@ -1,0 +1,70 @@
+//! Sparse copies for the formats that are the raw bytes themselves (raw, fixed VHD): the kernel
+//! copies the data extents (copy_file_range, no trip through user space) on every core; holes
+//! stay holes.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::feed::{chunks, cluster_extents};
+
+/// Copies the data of `src` (size `size`) into `dst` at the same offsets, then sets `dst`'s
+/// length to `len` (≥ `size`; the tail reads as zeros).
+pub fn sparse_copy(src: &File, dst: &File, size: u64, len: u64, stop: &(dyn Fn() -> bool + Sync), done: &AtomicU64) -> io::Result<()> {
+    dst.set_len(len)?;
+    let plan = chunks(&cluster_extents(src, size)?);
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> io::Result<()> {
+                    let mut fallback: Option<Vec<u8>> = None;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(start, end)) = plan.get(i) else { return Ok(()) };
+                        if stop() {
+                            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped by a signal"));
+                        }
+                        if fallback.is_none() {
+                            match kernel_copy(src, dst, start, end) {
+                                Ok(()) => {
+                                    done.fetch_add(end - start, Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(e) if unsupported(&e) => fallback = Some(Vec::new()),
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        if let Some(buf) = fallback.as_mut() {
+                            buf.resize((end - start) as usize, 0);
+                            src.read_exact_at(buf, start)?;
+                            dst.write_all_at(buf, start)?;
+                            done.fetch_add(end - start, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("copy thread panicked"))))
+    })
+}
+
+fn kernel_copy(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
+    let mut off_in = i64::try_from(start).map_err(io::Error::other)?;
+    let mut off_out = off_in;
+    let mut left = (end - start) as usize;
+    while left > 0 {
+        let n = nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), left)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("input ended at byte {off_in}")));
+        }
+        left -= n;
+    }
+    Ok(())
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP))
+}
