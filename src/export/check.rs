@@ -379,12 +379,19 @@ fn tar_members(f: &mut File, len: u64) -> Result<Vec<TarMember>, String> {
     }
 }
 
-/// A byte range of a file as a `Read + Seek`.
-struct Section<'a> {
+/// A byte range of a file as a `Read + Seek` (a tar member).
+pub(crate) struct Section<'a> {
     f: &'a mut File,
     start: u64,
     len: u64,
     pos: u64,
+}
+
+impl<'a> Section<'a> {
+    /// The `len` bytes of `f` from `start`.
+    pub(crate) fn new(f: &'a mut File, start: u64, len: u64) -> Self {
+        Self { f, start, len, pos: 0 }
+    }
 }
 
 impl Read for Section<'_> {

@@ -334,17 +334,7 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// Fills `buf` with xorshift64 noise (incompressible).
-    fn noise(buf: &mut [u8], seed: u64) {
-        let mut x = seed | 1;
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let n = c.len();
-            c.copy_from_slice(&x.to_le_bytes()[..n]);
-        }
-    }
+    use crate::export::spec::test_noise as noise;
 
     /// Compressible bytes: text-like lines with a counter.
     fn text(len: usize, seed: u64) -> Vec<u8> {

@@ -71,6 +71,19 @@ pub fn is_zero(b: &[u8]) -> bool {
     words.fold(0u128, |acc, c| acc | u128::from_ne_bytes(c.try_into().unwrap_or([1; 16]))) == 0 && tail.iter().all(|&x| x == 0)
 }
 
+/// Fills `buf` with xorshift64 noise (incompressible test data).
+#[cfg(test)]
+pub fn test_noise(buf: &mut [u8], seed: u64) {
+    let mut x = seed | 1;
+    for c in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = c.len();
+        c.copy_from_slice(&x.to_le_bytes()[..n]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

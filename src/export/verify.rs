@@ -4,12 +4,12 @@
 //! digests and OVF cross-references. VHD: footer, checksum, kind and size.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 
+use super::check::Section;
 use super::format::Format;
 use super::input::Input;
 use super::spec::{CLUSTER, is_zero};
@@ -19,16 +19,16 @@ pub fn verify(format: Format, path: &Path, input: &Input) -> anyhow::Result<Opti
     let fail = |e: String| anyhow::anyhow!("{} failed verification: {e}", path.display());
     match format {
         Format::Vmdk => {
-            let f = File::open(path)?;
+            let mut f = File::open(path)?;
             let len = f.metadata()?.len();
-            let (grains, bytes) = compare_vmdk(Window { file: f, start: 0, len, pos: 0 }, input).map_err(fail)?;
+            let (grains, bytes) = compare_vmdk(Section::new(&mut f, 0, len), input).map_err(fail)?;
             Ok(Some(format!("{}: {grains} grains ({bytes} compressed bytes) equal to the raw", path.display())))
         }
         Format::Ova => {
             let report = super::check::check_ova(path).map_err(fail)?;
             let disk = report.members.last().context("OVA without members")?;
-            let f = File::open(path)?;
-            let (grains, _) = compare_vmdk(Window { file: f, start: disk.offset, len: disk.size, pos: 0 }, input).map_err(fail)?;
+            let mut f = File::open(path)?;
+            let (grains, _) = compare_vmdk(Section::new(&mut f, disk.offset, disk.size), input).map_err(fail)?;
             Ok(Some(format!("{}: members, manifest and OVF consistent; {grains} grains equal to the raw", path.display())))
         }
         Format::Vhd | Format::VhdDynamic => {
@@ -61,7 +61,7 @@ pub fn verify(format: Format, path: &Path, input: &Input) -> anyhow::Result<Opti
 }
 
 /// Checks the stream VMDK in `r` and compares its grains with the raw. Returns (grains, bytes).
-fn compare_vmdk(r: Window, input: &Input) -> Result<(u64, u64), String> {
+fn compare_vmdk(r: Section<'_>, input: &Input) -> Result<(u64, u64), String> {
     let mut covered: Vec<(u64, u64)> = Vec::new();
     let mut mismatch: Option<String> = None;
     let mut buf = Vec::new();
@@ -104,34 +104,4 @@ fn compare_vmdk(r: Window, input: &Input) -> Result<(u64, u64), String> {
         }
     }
     Ok((report.grains, report.compressed_bytes))
-}
-
-/// A byte range of a file as its own Read + Seek (a tar member).
-struct Window {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for Window {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        let got = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Seek for Window {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
-        Ok(self.pos)
-    }
 }

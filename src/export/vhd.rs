@@ -497,17 +497,7 @@ mod tests {
     use std::path::Path;
     use std::process::Command;
 
-    /// Fills `buf` with xorshift64 noise (incompressible).
-    fn noise(buf: &mut [u8], seed: u64) {
-        let mut x = seed | 1;
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let n = c.len();
-            c.copy_from_slice(&x.to_le_bytes()[..n]);
-        }
-    }
+    use crate::export::spec::test_noise as noise;
 
     /// A sparse raw file of `size` bytes: noise at each `(offset, len)` of `data`, written zeros at
     /// each `(offset, len)` of `zeros` (allocated, not holes), holes elsewhere.
