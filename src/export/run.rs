@@ -109,9 +109,9 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
         let mut writers: Vec<Box<dyn FormatWriter>> = Vec::new();
         for &i in &streams {
             let file = works[i].file().try_clone().context("Failed to duplicate an output descriptor")?;
-            writers.push(
-                super::options::writer(targets[i].format, file, &spec, opts, firmware).map_err(|e| write_error(e, &targets[i].dest))?,
-            );
+            let inner =
+                super::options::writer(targets[i].format, file, &spec, opts, firmware).map_err(|e| write_error(e, &targets[i].dest))?;
+            writers.push(Box::new(Named { inner, dest: targets[i].dest.clone() }));
         }
         let done = AtomicU64::new(0);
         let names: Vec<&str> = streams.iter().map(|&i| targets[i].format.name()).collect();
@@ -120,9 +120,12 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
                 let mut refs: Vec<&mut dyn FormatWriter> = writers.iter_mut().map(|w| &mut **w as &mut dyn FormatWriter).collect();
                 super::feed::feed_counted(&input.file, input.size, &mut refs, &stop, &done)
             })
-            .map_err(|e| write_error(e, &targets[streams[0]].dest))?;
-        for (w, &i) in writers.into_iter().zip(&streams) {
-            w.finish().map_err(|e| write_error(e, &targets[i].dest))?;
+            .map_err(|e| {
+                let what = if e.kind() == std::io::ErrorKind::Interrupted { "Export stopped" } else { "Export failed" };
+                anyhow::Error::new(e).context(what)
+            })?;
+        for w in writers {
+            w.finish().map_err(|e| anyhow::Error::new(e).context("Export failed"))?;
         }
     }
     if stop_requested() {
@@ -193,10 +196,26 @@ fn epoch(input: &Input) -> anyhow::Result<u64> {
     }
 }
 
+/// A stream writer whose errors name its output.
+struct Named {
+    inner: Box<dyn FormatWriter>,
+    dest: PathBuf,
+}
+
+impl FormatWriter for Named {
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write(offset, data).map_err(|e| std::io::Error::new(e.kind(), format!("{:#}", write_error(e, &self.dest))))
+    }
+    fn finish(self: Box<Self>) -> std::io::Result<()> {
+        let dest = self.dest;
+        self.inner.finish().map_err(|e| std::io::Error::new(e.kind(), format!("{:#}", write_error(e, &dest))))
+    }
+}
+
 fn write_error(e: std::io::Error, dest: &Path) -> anyhow::Error {
-    let hint = match e.raw_os_error() {
-        Some(libc::ENOSPC) => ": the output filesystem is full",
-        Some(libc::EDQUOT) => ": disk quota exceeded",
+    let hint = match e.kind() {
+        std::io::ErrorKind::StorageFull => ": the output filesystem is full",
+        std::io::ErrorKind::QuotaExceeded => ": disk quota exceeded",
         _ => "",
     };
     anyhow::Error::new(e).context(format!("Failed to write {}{hint}", dest.display()))

@@ -498,5 +498,30 @@ mod tests {
         assert!(planned(&HEAD.replace("\"base\"", "\"Base_1\"")).unwrap_err().message.contains("not allowed"));
         let e = planned(&format!("{HEAD}[output]\nformats = [\"raw\", \"vhdx\"]\n")).unwrap_err();
         assert!(e.message.contains("vhdx"), "{e}");
+        assert!(e.hint.as_deref().unwrap_or("").contains("vhd-dynamic"), "{e}");
+    }
+
+    #[test]
+    fn output_formats_and_options() {
+        let p = planned(&format!(
+            "{HEAD}[output]\nformats = [\"ova\", \"vhd\", \"ova\"]\n[output.vmdk]\nadapter = \"pvscsi\"\n[output.ova]\nhardware_version = \"vmx-19\"\ncpus = 4\ndigest = \"sha1\"\n[output.qcow2]\ncompress = true\n"
+        ))
+        .unwrap();
+        assert_eq!(p.formats, [Format::Raw, Format::Ova, Format::Vhd]);
+        assert_eq!(p.export.hardware_version, "vmx-19");
+        assert_eq!(p.export.cpus, 4);
+        assert!(p.export.qcow2_compress);
+        assert!(matches!(p.export.adapter, crate::export::vmdk::Adapter::PvScsi));
+        // A bad value names its line.
+        let text = format!("{HEAD}[output]\nformats = [\"ova\"]\n[output.ova]\nhardware_version = \"virtualbox-2.2\"\n");
+        let e = planned(&text).unwrap_err();
+        assert!(e.message.contains("virtualbox-2.2"), "{e}");
+        assert_eq!(e.line, Some(text.lines().count()), "{e}");
+        let e = planned(&format!("{HEAD}[output.vmdk]\nadapter = \"scsi\"\n")).unwrap_err();
+        assert!(e.message.contains("lsilogic, pvscsi or ide"), "{e}");
+        let e = planned(&format!("{HEAD}[output.ova]\ncpus = 0\n")).unwrap_err();
+        assert!(e.message.contains("CPUs"), "{e}");
+        let e = planned(&format!("{HEAD}[output.ova]\nram = 4\n")).unwrap_err();
+        assert!(e.message.contains("unknown field `ram`"), "{e}");
     }
 }
