@@ -228,10 +228,24 @@ fn every_format_in_one_run_equals_the_raw_for_qemu_img() {
 fn aligned_vhd_gets_no_extra_mib_and_sha1_ova_manifest() {
     let dir = testdir("export-aligned");
     let raw = fixture(dir.path(), "a.raw", 40 * MIB);
+    let mut sf = Command::new("sfdisk").arg("-q").arg(&raw).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(sf.stdin.as_mut().unwrap(), b"start=2048, size=20480, type=83\n").unwrap();
+    assert!(sf.wait().unwrap().success());
     let vhd = dir.path().join("a.vhd");
     ok(&export(&[raw.to_str().unwrap(), "-f", "vhd", "-o", vhd.to_str().unwrap()]), "export vhd");
     assert_eq!(std::fs::metadata(&vhd).unwrap().len(), 40 * MIB + 512);
     compare(&raw, "vpc", &vhd);
+    // inspect reads the fixed VHD in place and reports its footer.
+    let i = run(imgforge().arg("inspect").arg(&vhd));
+    ok(&i, "inspect");
+    let text = String::from_utf8_lossy(&i.stdout);
+    assert!(
+        text.contains(
+            "Fixed VHD: footer at byte 41943040, checksum valid, current size 41943040 bytes (is a whole MiB), qemu sees 41943040 bytes"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&format!("start {:>12}  size {:>12}", 2048 * 512, 20480 * 512)), "{text}");
     let ova = dir.path().join("a.ova");
     ok(&export(&[raw.to_str().unwrap(), "-f", "ova", "--ova-digest", "sha1", "-o", ova.to_str().unwrap()]), "export ova");
     let x = dir.path().join("x");

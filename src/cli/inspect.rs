@@ -15,23 +15,46 @@ use crate::host::mount::{MountSpec, MountTree};
 /// Arguments of `imgforge inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A raw or qcow2 disk image.
+    /// A raw, qcow2 or fixed VHD disk image.
     pub image: PathBuf,
 }
 
 /// Prints partitions, filesystems and the root's os-release.
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let f = std::fs::File::open(&a.image).with_context(|| format!("Failed to open {}", a.image.display()))?;
-    // qcow2 is converted into an unnamed temporary file first.
-    let disk = match detect(&f)? {
-        ImageFormat::Raw => f,
+    // A fixed VHD is read in place (its data part is a raw disk); qcow2 is converted into an
+    // unnamed temporary file first.
+    let mut vhd_note = None;
+    let (disk, size) = match detect(&f)? {
+        ImageFormat::Raw => {
+            let len = f.metadata()?.len();
+            (f, len)
+        }
+        ImageFormat::Vhd => {
+            use crate::export::vhd::{VhdKind, find_footer};
+            let (at, footer) = find_footer(&f)?.context("VHD footer not found")?;
+            let checksum = if footer.checksum_ok { "valid" } else { "BAD" };
+            let note = format!(
+                "{} VHD: footer at byte {at}, checksum {checksum}, current size {} bytes ({} a whole MiB), qemu sees {} bytes, creator {:?}",
+                footer.kind().map_or("unknown".to_string(), |k| format!("{k:?}")),
+                footer.current_size,
+                if footer.current_size % (1 << 20) == 0 { "is" } else { "NOT" },
+                footer.qemu_size(),
+                String::from_utf8_lossy(&footer.creator_app)
+            );
+            if footer.kind() != Some(VhdKind::Fixed) {
+                anyhow::bail!("{}: {note}; inspect reads raw, qcow2 and fixed VHD disks", a.image.display());
+            }
+            vhd_note = Some(note);
+            (f, footer.current_size.min(at))
+        }
         _ => {
             let tmp = tempfile::tempfile_in(std::env::temp_dir())?;
             crate::disk::convert::to_raw(&a.image, &tmp, &AtomicU64::new(0))?;
-            tmp
+            let len = tmp.metadata()?.len();
+            (tmp, len)
         }
     };
-    let size = disk.metadata()?.len();
     let table = crate::disk::partition::read(&mut &disk, size)?;
     let parts = probe_all(&disk, &table)?;
     let os_release = match choose_root(&parts, None) {
@@ -53,11 +76,14 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({ "schema": 1, "image": a.image, "size": size, "table": format!("{:?}", table.kind), "partitions": list, "os_release": os_release })
+            serde_json::json!({ "schema": 1, "image": a.image, "size": size, "vhd": vhd_note, "table": format!("{:?}", table.kind), "partitions": list, "os_release": os_release })
         );
         return Ok(());
     }
     println!("{}: {} bytes, {:?} partition table", a.image.display(), size, table.kind);
+    if let Some(note) = &vhd_note {
+        println!("  {note}");
+    }
     for p in &parts {
         println!(
             "  {:>3}  start {:>12}  size {:>12}  {:6} label={:<18} uuid={}  {}",
