@@ -69,7 +69,7 @@ pub struct Manifest {
 }
 
 /// Writes the manifest under a temporary name and renames it into place.
-pub fn write(m: &Manifest, dest: &Path) -> anyhow::Result<()> {
+pub fn write<T: Serialize>(m: &T, dest: &Path) -> anyhow::Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".manifest-").tempfile_in(dir)?;
     serde_json::to_writer_pretty(&mut tmp, m)?;

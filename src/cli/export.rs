@@ -113,10 +113,6 @@ fn record_in_manifest(path: &Path, outputs: &[crate::manifest::OutputFile]) -> a
         list.retain(|e| e["path"].as_str() != Some(o.path.as_str()));
         list.push(serde_json::to_value(o)?);
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".manifest-").tempfile_in(dir)?;
-    serde_json::to_writer_pretty(&mut tmp, &v)?;
-    std::io::Write::write_all(&mut tmp, b"\n")?;
-    tmp.persist(path)?;
+    crate::manifest::write(&v, path)?;
     Ok(())
 }
