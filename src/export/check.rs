@@ -87,6 +87,7 @@ fn parse_header(h: &[u8]) -> Result<(u64, u64, u64, u64, u64), String> {
 /// grain markers in ascending LBA and its GT, then GD, FOOTER (header copy with the real
 /// gdOffset) and EOS as the last sector. Every GTE must point at the grain marker with the right
 /// LBA, every GDE at a GT, and every grain must inflate to 64 KiB (or the disk's tail).
+#[cfg(test)]
 pub fn check_stream_vmdk(r: impl Read + Seek) -> Result<VmdkReport, String> {
     check_stream_vmdk_with(r, &mut |_, _| {})
 }
@@ -491,7 +492,13 @@ fn unescape(s: &str) -> String {
 /// References order), manifest format and digests recomputed from the tar bytes, OVF
 /// cross-references (References ↔ tar members, Disk ↔ File, Disk capacity ↔ VMDK capacity,
 /// HostResource ↔ Disk, disk Item Parent ↔ a controller Item), and the VMDK structure.
+#[cfg(test)]
 pub fn check_ova(path: impl AsRef<Path>) -> Result<OvaReport, String> {
+    check_ova_with(path, &mut |_, _| {})
+}
+
+/// [`check_ova`], handing every decompressed grain of the disk to `on_grain(byte_offset, data)`.
+pub fn check_ova_with(path: impl AsRef<Path>, on_grain: &mut dyn FnMut(u64, &[u8])) -> Result<OvaReport, String> {
     let path = path.as_ref();
     let mut f = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let len = f.metadata().map_err(|e| e.to_string())?.len();
@@ -604,7 +611,7 @@ pub fn check_ova(path: impl AsRef<Path>) -> Result<OvaReport, String> {
     }
 
     let sec = Section { f: &mut f, start: disk_m.offset, len: disk_m.size, pos: 0 };
-    let vmdk = check_stream_vmdk(sec).map_err(|e| format!("{}: {e}", disk_m.name))?;
+    let vmdk = check_stream_vmdk_with(sec, on_grain).map_err(|e| format!("{}: {e}", disk_m.name))?;
     if vmdk.capacity * SECTOR != capacity {
         return Err(format!("Disk capacity {capacity} != VMDK capacity {} × 512", vmdk.capacity));
     }

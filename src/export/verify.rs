@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use super::check::Section;
+use super::check::{Section, VmdkReport};
 use super::format::Format;
 use super::input::Input;
 use super::spec::{CLUSTER, is_zero};
@@ -21,14 +21,13 @@ pub fn verify(format: Format, path: &Path, input: &Input) -> anyhow::Result<Opti
         Format::Vmdk => {
             let mut f = File::open(path)?;
             let len = f.metadata()?.len();
-            let (grains, bytes) = compare_vmdk(Section::new(&mut f, 0, len), input).map_err(fail)?;
+            let (grains, bytes) =
+                compare_vmdk(input, |on_grain| super::check::check_stream_vmdk_with(Section::new(&mut f, 0, len), on_grain))
+                    .map_err(fail)?;
             Ok(Some(format!("{}: {grains} grains ({bytes} compressed bytes) equal to the raw", path.display())))
         }
         Format::Ova => {
-            let report = super::check::check_ova(path).map_err(fail)?;
-            let disk = report.members.last().context("OVA without members")?;
-            let mut f = File::open(path)?;
-            let (grains, _) = compare_vmdk(Section::new(&mut f, disk.offset, disk.size), input).map_err(fail)?;
+            let (grains, _) = compare_vmdk(input, |on_grain| super::check::check_ova_with(path, on_grain).map(|r| r.vmdk)).map_err(fail)?;
             Ok(Some(format!("{}: members, manifest and OVF consistent; {grains} grains equal to the raw", path.display())))
         }
         Format::Vhd | Format::VhdDynamic => {
@@ -60,8 +59,9 @@ pub fn verify(format: Format, path: &Path, input: &Input) -> anyhow::Result<Opti
     }
 }
 
-/// Checks the stream VMDK in `r` and compares its grains with the raw. Returns (grains, bytes).
-fn compare_vmdk(r: Section<'_>, input: &Input) -> Result<(u64, u64), String> {
+/// Runs `check` (a stream-VMDK reader that reports each grain) and compares the grains with the
+/// raw. Returns (grains, compressed bytes).
+fn compare_vmdk(input: &Input, check: impl FnOnce(&mut dyn FnMut(u64, &[u8])) -> Result<VmdkReport, String>) -> Result<(u64, u64), String> {
     let mut covered: Vec<(u64, u64)> = Vec::new();
     let mut mismatch: Option<String> = None;
     let mut buf = Vec::new();
@@ -76,7 +76,7 @@ fn compare_vmdk(r: Section<'_>, input: &Input) -> Result<(u64, u64), String> {
             Err(e) => mismatch = Some(format!("reading the raw at {offset}: {e}")),
         }
     };
-    let report = super::check::check_stream_vmdk_with(r, &mut on_grain)?;
+    let report = check(&mut on_grain)?;
     if let Some(m) = mismatch {
         return Err(m);
     }
