@@ -10,6 +10,7 @@ mod logging;
 mod manifest;
 mod progress;
 mod provision;
+mod publish;
 mod recipe;
 mod seal;
 mod source;

@@ -23,11 +23,23 @@ pub struct Args {
     /// Download cache (default: $IMGFORGE_CACHE_DIR or /var/cache/imgforge).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// After the build, publish the raw to AWS with the recipe's [aws] settings (see `publish`).
+    #[arg(long)]
+    pub publish: bool,
+    /// With --publish: another endpoint for every AWS service (also AWS_ENDPOINT_URL).
+    #[arg(long, requires = "publish")]
+    pub endpoint_url: Option<String>,
 }
 
 /// Runs a build.
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let plan = load_plan(&a.recipe, &Overrides { output_dir: a.output_dir.clone() })?;
+    if a.publish && plan.aws.is_none() {
+        return Err(anyhow::Error::new(super::UsageError(format!(
+            "{}: --publish needs an [aws] section in the recipe (at least `region`, or an empty [aws] to use the AWS config's)",
+            a.recipe.display()
+        ))));
+    }
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("imgforge build needs root (loop devices, mounts, chroot): run it with sudo");
     }
@@ -41,5 +53,18 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         tracing::info!("built {} ({} bytes, sha256 {})", o.path, o.size, o.sha256);
     }
     events.result(serde_json::to_value(&manifest)?);
+    if let (true, Some(settings)) = (a.publish, plan.aws.clone()) {
+        let req = crate::publish::Request {
+            image: plan.output_dir.join(format!("{}.manifest.json", plan.name)),
+            settings,
+            endpoint_url: a.endpoint_url.clone(),
+            parent: None,
+            force: false,
+            dry_run: false,
+        };
+        if let Some(rec) = crate::publish::run(&req, &events)? {
+            super::publish::report(g, &events, &rec)?;
+        }
+    }
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct Recipe {
     /// Where and what to write.
     #[serde(default)]
     pub output: Output,
+    /// `[aws]`: publishing to AWS (see `aws.rs`).
+    pub aws: Option<super::aws::Aws>,
 }
 
 /// `[image]`

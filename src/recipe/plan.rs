@@ -139,6 +139,8 @@ pub struct BuildPlan {
     pub formats: Vec<Format>,
     /// Options for the formats.
     pub export: ExportOptions,
+    /// `[aws]`, checked (used by `build --publish`).
+    pub aws: Option<crate::publish::options::AwsSettings>,
 }
 
 /// Options from the command line that override the recipe.
@@ -181,6 +183,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         output_dir,
         formats: formats(src, &r.output.formats)?,
         export: export_options(src, &r.output)?,
+        aws: r.aws.as_ref().map(|a| super::aws::plan(src, a)).transpose()?,
     })
 }
 
