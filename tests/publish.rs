@@ -431,3 +431,35 @@ fn publish_rejects_bad_names_and_options() {
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("r.toml: line 10"), "{}", show(&o));
 }
+
+#[test]
+fn build_publish_records_the_ami_in_the_manifest() {
+    if !have_root("build_publish_records_the_ami_in_the_manifest") || !have_moto("build_publish_records_the_ami_in_the_manifest") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("publish-build");
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let region = "sa-east-1";
+    let text = small_head(up, "small-mbr.qcow2") + "[aws]\nname = \"{name}-{version}\"\ntags = { Stage = \"test\" }\nworkers = 4\n";
+    let r = recipe(dir.path(), &text);
+    let mut c = imgforge();
+    c.arg("build").arg(&r).arg("--output-dir").arg(dir.path().join("out")).arg("--publish");
+    aws_env(&mut c, &moto.url(), region);
+    let o = run(&mut c);
+    assert_clean(dir.path());
+    assert!(o.status.success(), "{}", show(&o));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/small.manifest.json")).unwrap()).unwrap();
+    let aws = &m["aws"];
+    assert_eq!(aws["name"], "small-1.0.0");
+    assert_eq!(aws["boot_mode"], "legacy-bios", "an MBR image without ESP");
+    let ami = aws["images"][region].as_str().unwrap();
+    let st = one_of_each(&moto.url(), region);
+    assert_eq!(st["images"][0]["ImageId"], ami);
+    let t = tags(&st["images"][0]);
+    assert_eq!(t["Version"], "1.0.0");
+    assert_eq!(t["Stage"], "test");
+    assert_eq!(t["SourceDigest"], format!("sha256:{}", m["outputs"][0]["sha256"].as_str().unwrap()));
+    assert!(t["Recipe"].ends_with("recipe.toml"), "{t:?}");
+    assert_readback(&moto.url(), region, aws["snapshot_id"].as_str().unwrap(), &nonzero_blocks(&dir.path().join("out/small.raw")));
+}

@@ -149,16 +149,40 @@ pub async fn upload(ebs: &aws_sdk_ebs::Client, job: Job, ledger: Arc<Ledger>, ba
         errors: Mutex::new(BTreeMap::new()),
         bar,
     });
+    // Without a bar (not a terminal: CI, logs), a line every 10 s says the upload is alive.
+    let ticker = shared.bar.is_none().then(|| {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let done = s.next.load(Ordering::Relaxed).min(s.job.candidates.len());
+                let bytes = s.bytes.load(Ordering::Relaxed);
+                tracing::info!(
+                    "snapshot {}: {done}/{} blocks read, {} sent, {:.1} MiB/s",
+                    s.job.snapshot,
+                    s.job.candidates.len(),
+                    indicatif::HumanBytes(bytes),
+                    bytes as f64 / 1048576.0 / start.elapsed().as_secs_f64()
+                );
+            }
+        })
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let (s, ebs, ledger) = (shared.clone(), ebs.clone(), ledger.clone());
         tasks.spawn(async move { worker(&s, &ebs, &ledger).await });
     }
+    let mut joined = Ok(());
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
-            return Err(UploadError::Worker { snapshot, message: e.to_string() });
+            joined = Err(UploadError::Worker { snapshot: snapshot.clone(), message: e.to_string() });
         }
     }
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    joined?;
     let mut errors = std::mem::take(&mut *lock(&shared.errors));
     if let Some((_, first)) = errors.pop_first() {
         let count = errors.len() + 1;
