@@ -463,3 +463,32 @@ fn build_publish_records_the_ami_in_the_manifest() {
     assert!(t["Recipe"].ends_with("recipe.toml"), "{t:?}");
     assert_readback(&moto.url(), region, aws["snapshot_id"].as_str().unwrap(), &nonzero_blocks(&dir.path().join("out/small.raw")));
 }
+
+#[test]
+fn publish_same_name_other_bytes_needs_force() {
+    if !have_moto("publish_same_name_other_bytes_needs_force") {
+        return;
+    }
+    let dir = testdir("publish-force");
+    let raw = image(dir.path(), "force.raw", 16, &[(0, 4)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let region = "ca-central-1";
+    let args = ["--json", raw.to_str().unwrap(), "--name", "fixed name"];
+    let o = run(&mut publish(&moto.url(), region, &args));
+    assert!(o.status.success(), "{}", show(&o));
+    let first = result(&o);
+    File::options().write(true).open(&raw).unwrap().write_all_at(b"changed", 4096).unwrap();
+    let o = run(&mut publish(&moto.url(), region, &args));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"), "{}", show(&o));
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let o = run(&mut publish(&moto.url(), region, &forced));
+    assert!(o.status.success(), "{}", show(&o));
+    let second = result(&o);
+    assert_ne!(first["images"][region], second["images"][region]);
+    assert_ne!(first["source_digest"], second["source_digest"]);
+    let st = one_of_each(&moto.url(), region);
+    assert_eq!(st["images"][0]["ImageId"], second["images"][region]);
+    assert_eq!(st["snapshots"][0]["SnapshotId"], second["snapshot_id"]);
+}

@@ -125,37 +125,20 @@ async fn publish(p: &Prepared, req: &Request, events: &Events) -> anyhow::Result
         considered: p.candidates.len() as u64,
         ..BlockStats::default()
     };
-    let mut replace = None;
-    if let Some(found) = ec2.find_image(&p.name).await? {
-        let digest = found.tags.get("SourceDigest").cloned().unwrap_or_default();
-        if digest == p.source_digest {
+    let replace = match existing(&ec2, p, req.force).await? {
+        Existing::None => None,
+        Existing::Replace(found) => Some(found),
+        Existing::Same(found) => {
             events.notice(&format!("AMI {} `{}` already holds this image ({}): reusing it", found.id, p.name, p.source_digest));
             if found.state != "available" {
                 ec2.wait_image(&found.id, IMAGE_WAIT).await?;
             }
-            if let Some(l) = ledger::load(&ledger::path_for(&p.input.path))?
-                .filter(|l| l.snapshot.as_deref().is_some_and(|s| !found.snapshots.iter().any(|f| f == s)))
-            {
-                // An interrupted earlier publish left a snapshot the AMI does not use.
-                if let Some(s) = l.snapshot {
-                    let _ = ec2.delete_snapshot(&s).await;
-                }
-            }
-            let _ = std::fs::remove_file(ledger::path_for(&p.input.path));
+            forget_ledger(&ec2, p, &found.snapshots).await?;
             let mut images = BTreeMap::from([(region.clone(), found.id.clone())]);
             images.extend(copies(&cfg, &ec2, p, &found.id).await?);
             return Ok(record(p, &region, images, found.snapshots.first().cloned().unwrap_or_default(), true, stats, 0, started));
         }
-        if !req.force {
-            bail!(
-                "an AMI named `{}` already exists in {region} ({}) with SourceDigest `{digest}`, not {}: choose another name (e.g. add {{timestamp}}) or pass --force to replace it",
-                p.name,
-                found.id,
-                p.source_digest
-            );
-        }
-        replace = Some(found);
-    }
+    };
     let pending = snapshot::start_or_resume(&ebs, &ec2, p, events).await?;
     let outcome = if pending.completed {
         upload::Outcome { digests: pending.done.clone(), resumed: pending.done.len() as u64, ..upload::Outcome::default() }
@@ -209,6 +192,52 @@ async fn publish(p: &Prepared, req: &Request, events: &Events) -> anyhow::Result
     Ok(rec)
 }
 
+/// What the name look-up found.
+enum Existing {
+    /// No AMI of that name.
+    None,
+    /// Ours, from the same bytes: reuse it.
+    Same(register::Found),
+    /// From other bytes, and `--force`: replace it.
+    Replace(register::Found),
+}
+
+/// Looks for our AMI of this name (before anything is created, so re-runs are idempotent).
+async fn existing(ec2: &Ec2, p: &Prepared, force: bool) -> anyhow::Result<Existing> {
+    let Some(found) = ec2.find_image(&p.name).await? else { return Ok(Existing::None) };
+    let digest = found.tags.get("SourceDigest").cloned().unwrap_or_default();
+    if digest == p.source_digest {
+        return Ok(Existing::Same(found));
+    }
+    if !force {
+        bail!(
+            "an AMI named `{}` already exists in {} ({}) with SourceDigest `{digest}`, not {}: choose another name (e.g. add {{timestamp}}) or pass --force to replace it",
+            p.name,
+            ec2.region,
+            found.id,
+            p.source_digest
+        );
+    }
+    Ok(Existing::Replace(found))
+}
+
+/// Drops the ledger of an interrupted publish whose AMI turned out to exist, deleting a
+/// snapshot of it that the AMI does not use.
+async fn forget_ledger(ec2: &Ec2, p: &Prepared, used: &[String]) -> anyhow::Result<()> {
+    let path = ledger::path_for(&p.input.path);
+    if let Some(s) = ledger::load(&path)?.and_then(|l| l.snapshot).filter(|s| !used.contains(s))
+        && let Err(e) = ec2.delete_snapshot(&s).await
+    {
+        tracing::warn!("{e}");
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("Failed to remove {}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn record(
     p: &Prepared,
@@ -249,7 +278,15 @@ async fn register_image(
     if let Some(old) = replace {
         events.notice(&format!("--force: deregistering AMI {} `{}` (other bytes) and deleting its snapshot(s)", old.id, p.name));
         ec2.deregister(&old.id).await?;
-        for s in &old.snapshots {
+        // The AMI's own mapping names its snapshot; our tags find it too (and any left behind).
+        let mut snapshots = old.snapshots.clone();
+        if let Some(d) = old.tags.get("SourceDigest") {
+            snapshots.extend(ec2.find_snapshots_by_tags(&[("BuiltBy", "imgforge"), ("Name", &p.name), ("SourceDigest", d)]).await?);
+        }
+        snapshots.sort();
+        snapshots.dedup();
+        snapshots.retain(|s| *s != pending.id);
+        for s in &snapshots {
             if let Err(e) = ec2.delete_snapshot(s).await {
                 tracing::warn!("{e}");
             }

@@ -123,17 +123,19 @@ impl Ec2 {
     /// Our snapshot tagged `key=value`, if any (finds a snapshot whose StartSnapshot answer was
     /// lost in a crash).
     pub async fn find_snapshot_by_tag(&self, key: &str, value: &str) -> Result<Option<String>, Ec2Error> {
-        let what = || format!("DescribeSnapshots tag:{key}");
+        Ok(self.find_snapshots_by_tags(&[(key, value)]).await?.into_iter().next())
+    }
+
+    /// Our snapshots carrying all of `tags`.
+    pub async fn find_snapshots_by_tags(&self, tags: &[(&str, &str)]) -> Result<Vec<String>, Ec2Error> {
+        let filters: Vec<Filter> = tags.iter().map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(*v).build()).collect();
+        let what = || format!("DescribeSnapshots {tags:?}");
         let out = retry(&Policy::NO_WARMUP, Instant::now(), &what, || {
-            self.client
-                .describe_snapshots()
-                .owner_ids("self")
-                .filters(Filter::builder().name(format!("tag:{key}")).values(value).build())
-                .send()
+            self.client.describe_snapshots().owner_ids("self").set_filters(Some(filters.clone())).send()
         })
         .await
-        .map_err(|f| self.err(format!("look up the snapshot tagged {key}={value}"), f.to_string()))?;
-        Ok(out.snapshots().iter().find_map(|s| s.snapshot_id().map(str::to_string)))
+        .map_err(|f| self.err(format!("look up snapshots tagged {tags:?}"), f.to_string()))?;
+        Ok(out.snapshots().iter().filter_map(|s| s.snapshot_id().map(str::to_string)).collect())
     }
 
     /// A snapshot's state; `None` when it does not exist.
