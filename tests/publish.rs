@@ -492,3 +492,42 @@ fn publish_same_name_other_bytes_needs_force() {
     assert_eq!(st["images"][0]["ImageId"], second["images"][region]);
     assert_eq!(st["snapshots"][0]["SnapshotId"], second["snapshot_id"]);
 }
+
+#[test]
+fn publish_copies_to_regions_and_shares() {
+    if !have_moto("publish_copies_to_regions_and_shares") {
+        return;
+    }
+    let dir = testdir("publish-copy");
+    let raw = image(dir.path(), "copy.raw", 16, &[(0, 4)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::None);
+    let region = "eu-north-1";
+    let args = ["--json", raw.to_str().unwrap(), "--copy-to-region", "us-west-2,ap-south-1", "--launch-permission", "111122223333"];
+    let o = run(&mut publish(&proxy.url(), region, &args));
+    assert!(o.status.success(), "{}", show(&o));
+    let r = result(&o);
+    let images = r["images"].as_object().unwrap();
+    assert_eq!(images.keys().collect::<Vec<_>>(), ["ap-south-1", "eu-north-1", "us-west-2"]);
+    for dest in ["us-west-2", "ap-south-1"] {
+        let st = state(&moto.url(), dest);
+        let imgs = st["images"].as_array().unwrap();
+        assert_eq!(imgs.len(), 1, "{dest}: {imgs:?}");
+        assert_eq!(imgs[0]["ImageId"], images[dest]);
+        assert_eq!(imgs[0]["Name"], r["name"]);
+    }
+    let copies = proxy.actions("CopyImage");
+    assert_eq!(copies.len(), 2);
+    assert!(
+        copies
+            .iter()
+            .all(|c| c.contains(&format!("SourceImageId={}", images[region].as_str().unwrap())) && c.contains("SourceRegion=eu-north-1"))
+    );
+    // Launch permission on the AMI in every region; create-volume permission on the snapshot.
+    let shares = proxy.actions("ModifyImageAttribute");
+    assert_eq!(shares.len(), 3, "{shares:?}");
+    assert!(shares.iter().all(|s| s.contains("111122223333")));
+    let snaps = proxy.actions("ModifySnapshotAttribute");
+    assert_eq!(snaps.len(), 1);
+    assert!(snaps[0].contains("111122223333") && snaps[0].contains(r["snapshot_id"].as_str().unwrap()));
+}
