@@ -531,3 +531,52 @@ fn publish_copies_to_regions_and_shares() {
     assert_eq!(snaps.len(), 1);
     assert!(snaps[0].contains("111122223333") && snaps[0].contains(r["snapshot_id"].as_str().unwrap()));
 }
+
+#[test]
+fn publish_waits_for_a_new_snapshot_to_exist() {
+    if !have_moto("publish_waits_for_a_new_snapshot_to_exist") {
+        return;
+    }
+    let dir = testdir("publish-notyet");
+    let raw = image(dir.path(), "notyet.raw", 16, &[(0, 4)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::NotYet(6));
+    let region = "us-west-1";
+    let o = run(&mut publish(&proxy.url(), region, &["--json", raw.to_str().unwrap(), "--workers", "2"]));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(proxy.faults.load(std::sync::atomic::Ordering::Relaxed), 6);
+    let r = result(&o);
+    assert_readback(&moto.url(), region, r["snapshot_id"].as_str().unwrap(), &nonzero_blocks(&raw));
+}
+
+#[test]
+fn publish_encrypted_sends_every_block_and_never_uses_a_parent() {
+    if !have_moto("publish_encrypted_sends_every_block_and_never_uses_a_parent") {
+        return;
+    }
+    let dir = testdir("publish-enc");
+    let raw = image(dir.path(), "enc.raw", 8, &[(0, 1)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::None);
+    let region = "eu-south-1";
+    let o = run(&mut publish(&proxy.url(), region, &["--json", raw.to_str().unwrap(), "--encrypted", "--kms-key-id", "alias/images"]));
+    assert!(o.status.success(), "{}", show(&o));
+    let r = result(&o);
+    // Holes and zero blocks too: an encrypted snapshot's unwritten blocks do not read as zeros.
+    assert_eq!(r["blocks"]["sent"].as_u64().unwrap(), 16, "{r:#}");
+    let start = proxy.seen.lock().unwrap().iter().find(|s| s.path == "/snapshots").unwrap().body.clone();
+    assert!(start.contains("\"Encrypted\":true") && start.contains("\"KmsKeyArn\":\"alias/images\""), "{start}");
+    // A parent with encryption: EBS forbids it, so a full upload without ParentSnapshotId.
+    let snap = r["snapshot_id"].as_str().unwrap().to_string();
+    let child = image(dir.path(), "enc-child.raw", 8, &[(0, 2)]);
+    let o = run(&mut publish(
+        &proxy.url(),
+        region,
+        &["--json", child.to_str().unwrap(), "--encrypted", "--parent-snapshot", &snap, "--parent-image", raw.to_str().unwrap()],
+    ));
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("full upload"), "{}", show(&o));
+    assert_eq!(result(&o)["blocks"]["sent"].as_u64().unwrap(), 16);
+    let starts: Vec<String> = proxy.seen.lock().unwrap().iter().filter(|s| s.path == "/snapshots").map(|s| s.body.clone()).collect();
+    assert!(!starts[1].contains("ParentSnapshotId"), "{}", starts[1]);
+}

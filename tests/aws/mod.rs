@@ -97,6 +97,8 @@ pub enum Fault {
     Deny,
     /// Each PUT delayed by this many ms.
     Slow(u64),
+    /// The first N PUTs answer "snapshot does not exist" (a new snapshot not visible yet).
+    NotYet(u64),
 }
 
 /// One request seen by the proxy.
@@ -266,6 +268,15 @@ fn serve(
                 }
             }
             Fault::Slow(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            Fault::NotYet(first) if n < first => {
+                faults.fetch_add(1, Ordering::Relaxed);
+                return out.write_all(&canned(
+                    "400 Bad Request",
+                    Some("ValidationException"),
+                    r#"{"message":"The snapshot 'snap-0' does not exist.","Reason":"INVALID_SNAPSHOT_ID"}"#,
+                ));
+            }
+            Fault::NotYet(_) => {}
             Fault::None => {}
         }
     }
