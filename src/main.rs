@@ -12,6 +12,7 @@ mod progress;
 mod provision;
 mod publish;
 mod recipe;
+mod s3;
 mod seal;
 mod source;
 mod stamp;

@@ -580,3 +580,35 @@ fn publish_encrypted_sends_every_block_and_never_uses_a_parent() {
     let starts: Vec<String> = proxy.seen.lock().unwrap().iter().filter(|s| s.path == "/snapshots").map(|s| s.body.clone()).collect();
     assert!(!starts[1].contains("ParentSnapshotId"), "{}", starts[1]);
 }
+
+#[test]
+fn export_uploads_outputs_to_s3_multipart() {
+    if !have_moto("export_uploads_outputs_to_s3_multipart") {
+        return;
+    }
+    let dir = testdir("publish-s3");
+    let raw = image(dir.path(), "art.raw", 48, &[(0, 20), (30, 10)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let region = "eu-west-2";
+    make_bucket(&moto.url(), region, "artifacts");
+    let mut c = imgforge();
+    c.arg("export")
+        .arg(&raw)
+        .args(["--format", "raw,qcow2", "-o"])
+        .arg(dir.path().join("out"))
+        .args(["--upload", "s3://artifacts/nightly/"]);
+    aws_env(&mut c, &moto.url(), region);
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let o = run(&mut c);
+    assert!(o.status.success(), "{}", show(&o));
+    for (file, parts) in [("art.raw", 3), ("art.qcow2", 2)] {
+        let local = std::fs::read(dir.path().join("out").join(file)).unwrap();
+        let got = object(&moto.url(), region, "artifacts", &format!("nightly/{file}"));
+        assert_eq!(got["size"].as_u64().unwrap(), local.len() as u64, "{file}");
+        assert_eq!(got["sha256"], hex::encode(sha2::Sha256::digest(&local)), "{file}");
+        // A multipart object's SHA-256 is the composite "<checksum of part checksums>-<parts>".
+        assert!(got["checksum"].as_str().unwrap().ends_with(&format!("-{parts}")), "{file}: {got}");
+    }
+    let o = run(imgforge().arg("export").arg(&raw).args(["--format", "raw", "--upload", "gs://x"]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+}

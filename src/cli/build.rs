@@ -26,8 +26,9 @@ pub struct Args {
     /// After the build, publish the raw to AWS with the recipe's [aws] settings (see `publish`).
     #[arg(long)]
     pub publish: bool,
-    /// With --publish: another endpoint for every AWS service (also AWS_ENDPOINT_URL).
-    #[arg(long, requires = "publish")]
+    /// Another endpoint for every AWS service, for --publish and [output] upload (also
+    /// AWS_ENDPOINT_URL).
+    #[arg(long)]
     pub endpoint_url: Option<String>,
 }
 
@@ -53,6 +54,13 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         tracing::info!("built {} ({} bytes, sha256 {})", o.path, o.size, o.sha256);
     }
     events.result(serde_json::to_value(&manifest)?);
+    if let Some(dest) = &plan.upload {
+        let mut files: Vec<PathBuf> = manifest.outputs.iter().map(|o| PathBuf::from(&o.path)).collect();
+        files.push(plan.output_dir.join(format!("{}.manifest.json", plan.name)));
+        for u in crate::s3::upload(dest, &files, a.endpoint_url.as_deref())? {
+            tracing::info!("uploaded {} to {}", u.path, u.url);
+        }
+    }
     if let (true, Some(settings)) = (a.publish, plan.aws.clone()) {
         let req = crate::publish::Request {
             image: plan.output_dir.join(format!("{}.manifest.json", plan.name)),

@@ -86,6 +86,8 @@ pub struct Output {
     /// `[output.qcow2]`
     #[serde(default)]
     pub qcow2: Qcow2Out,
+    /// Upload the outputs and the manifest to `s3://bucket/prefix` after the build.
+    pub upload: Option<Spanned<String>>,
 }
 
 /// `[output.vmdk]`

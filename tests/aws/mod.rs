@@ -321,6 +321,14 @@ if what == "blocks":
         token = r.get("NextToken")
         if not token: break
     print(json.dumps(out))
+elif what == "mkbucket":
+    boto3.client("s3", endpoint_url=endpoint, region_name=region).create_bucket(Bucket=sys.argv[4], CreateBucketConfiguration={"LocationConstraint": region})
+    print("{}")
+elif what == "object":
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region)
+    o = s3.get_object(Bucket=sys.argv[4], Key=sys.argv[5], ChecksumMode="ENABLED")
+    body = o["Body"].read()
+    print(json.dumps({"sha256": hashlib.sha256(body).hexdigest(), "size": len(body), "checksum": o.get("ChecksumSHA256"), "parts": o.get("PartsCount")}))
 else:
     snaps = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
     imgs = ec2.describe_images(Owners=["self"])["Images"]
@@ -341,6 +349,16 @@ fn python(endpoint: &str, region: &str, args: &[&str]) -> serde_json::Value {
 pub fn snapshot_blocks(endpoint: &str, region: &str, snap: &str) -> std::collections::BTreeMap<u64, String> {
     let v = python(endpoint, region, &["blocks", snap]);
     v.as_object().unwrap().iter().map(|(k, h)| (k.parse().unwrap(), h.as_str().unwrap().to_string())).collect()
+}
+
+/// Creates an S3 bucket.
+pub fn make_bucket(endpoint: &str, region: &str, bucket: &str) {
+    python(endpoint, region, &["mkbucket", bucket]);
+}
+
+/// An S3 object's SHA-256 (hex), size, stored checksum and part count.
+pub fn object(endpoint: &str, region: &str, bucket: &str, key: &str) -> serde_json::Value {
+    python(endpoint, region, &["object", bucket, key])
 }
 
 /// DescribeSnapshots and DescribeImages (owner self).
