@@ -5,6 +5,7 @@
 mod build;
 mod export;
 mod inspect;
+mod seal;
 mod validate;
 
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Export(export::Args),
     /// Show partitions, filesystems, labels and os-release of a raw or qcow2 image.
     Inspect(inspect::Args),
+    /// Scrub identities from a raw or qcow2 image (`--list` shows the operations).
+    Seal(seal::Args),
 }
 
 /// A bad command line value found after parsing (exit code 2).
@@ -68,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Validate(a) => validate::run(&cli.global, a),
         Command::Inspect(a) => inspect::run(&cli.global, a),
         Command::Export(a) => export::run(&cli.global, a),
+        Command::Seal(a) => seal::run(&cli.global, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,9 @@ pub struct Recipe {
     /// Where and what to write.
     #[serde(default)]
     pub output: Output,
+    /// Sealing operations and their options.
+    #[serde(default)]
+    pub seal: super::seal::Seal,
 }
 
 /// `[image]`

@@ -139,6 +139,8 @@ pub struct BuildPlan {
     pub formats: Vec<Format>,
     /// Options for the formats.
     pub export: ExportOptions,
+    /// Sealing.
+    pub seal: crate::seal::SealPlan,
 }
 
 /// Options from the command line that override the recipe.
@@ -181,6 +183,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         output_dir,
         formats: formats(src, &r.output.formats)?,
         export: export_options(src, &r.output)?,
+        seal: super::seal::seal_plan(src, &r.seal)?,
     })
 }
 
@@ -523,5 +526,23 @@ mod tests {
         assert!(e.message.contains("CPUs"), "{e}");
         let e = planned(&format!("{HEAD}[output.ova]\nram = 4\n")).unwrap_err();
         assert!(e.message.contains("unknown field `ram`"), "{e}");
+    }
+
+    #[test]
+    fn seal_section() {
+        let p = planned(&format!(
+            "{HEAD}[seal]\nenable = [\"user-accounts\"]\ndisable = [\"logfiles\"]\n[seal.machine-id]\nuninitialized = true\n[seal.residue]\nwarn = [\"ip\", \"private-key:/etc/ssl/private/\"]\n"
+        ))
+        .unwrap();
+        use crate::seal::catalog::Op;
+        assert!(p.seal.enabled.contains(&Op::UserAccounts) && !p.seal.enabled.contains(&Op::Logfiles));
+        assert!(p.seal.machine_id_uninitialized);
+        assert_eq!(p.seal.warn.len(), 2);
+        let e = planned(&format!("{HEAD}[seal]\ndisable = [\"logfiles\", \"machine_id\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("unknown operation `machine_id`") && e.contains("valid operations: cloud-init,"), "{e}");
+        let e = planned(&format!("{HEAD}[seal.residue]\nwarn = [\"secret\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("valid kinds: private-key"), "{e}");
+        let e = planned(&format!("{HEAD}[seal.machine-id]\nuninitialised = true\n")).unwrap_err().to_string();
+        assert!(e.contains("uninitialised"), "{e}");
     }
 }
