@@ -555,3 +555,56 @@ fn hostile_symlinks_never_reach_the_host() {
     let md = std::fs::symlink_metadata(img.join("etc/machine-id")).unwrap();
     assert!(md.is_file() && md.len() == 0);
 }
+
+/// One fixture per MAC flavour, through the operation: each bound file is rewritten or
+/// removed, MAC-free configuration is left byte-identical, and the report names each MAC.
+#[test]
+fn net_hwaddr_every_flavour() {
+    let mac = "52:54:00:12:34:56";
+    let flavours: [(&str, String, bool); 6] = [
+        (
+            "/etc/netplan/50-cloud-init.yaml",
+            format!(
+                "network:\n    ethernets:\n        eth0:\n            dhcp4: true\n            match:\n                macaddress: '{mac}'\n            set-name: eth0\n    version: 2\n"
+            ),
+            true,
+        ),
+        (
+            "/etc/NetworkManager/system-connections/Wired.nmconnection",
+            format!("[connection]\nid=Wired\ntype=ethernet\n\n[ethernet]\nmac-address={}\n\n[ipv4]\nmethod=auto\n", mac.to_uppercase()),
+            true,
+        ),
+        ("/etc/sysconfig/network-scripts/ifcfg-eth0", format!("DEVICE=eth0\nBOOTPROTO=dhcp\nHWADDR={mac}\nONBOOT=yes\n"), true),
+        ("/etc/systemd/network/20-wired.network", format!("[Match]\nMACAddress={mac}\n\n[Network]\nDHCP=yes\n"), true),
+        ("/etc/systemd/network/10-persistent.link", format!("[Match]\nMACAddress={mac}\n\n[Link]\nName=eth0\n"), false),
+        (
+            "/etc/udev/rules.d/70-persistent-net.rules",
+            format!("SUBSYSTEM==\"net\", ACTION==\"add\", DRIVERS==\"?*\", ATTR{{address}}==\"{mac}\", NAME=\"eth0\"\n"),
+            false,
+        ),
+    ];
+    let mut changed: Vec<(&str, bool)> = vec![
+        ("/etc/NetworkManager", false),
+        ("/etc/NetworkManager/system-connections", false),
+        ("/etc/sysconfig", false),
+        ("/etc/sysconfig/network-scripts", false),
+        ("/etc/udev", false),
+        ("/etc/udev/rules.d", false),
+    ];
+    changed.extend(flavours.iter().filter(|f| f.2).map(|f| (f.0, true)));
+    let r = check(
+        Op::NetHwaddr,
+        SealPlan::default(),
+        |d| {
+            for (p, text, _) in &flavours {
+                put(d, p, text);
+            }
+        },
+        &changed,
+    );
+    for (p, _, _) in &flavours {
+        let a = r.actions.iter().find(|a| a.path == *p).unwrap_or_else(|| panic!("{p} not in the report"));
+        assert!(a.detail.contains(mac), "{a:?}");
+    }
+    assert_eq!(r.actions.len(), flavours.len(), "{:?}", r.actions);
+}
