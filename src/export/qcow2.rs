@@ -142,6 +142,8 @@ impl Qcow2Writer {
                 (false, Some(r)) => {
                     run = None;
                     let host = self.pos;
+                    super::copy::preallocate(&self.file, host, ((i - r) * C) as u64)
+                        .map_err(|e| io::Error::new(e.kind(), format!("allocating qcow2 data at offset {host}: {e}")))?;
                     self.file
                         .write_all_at(&data[r * C..(i * C).min(data.len())], host)
                         .map_err(|e| io::Error::new(e.kind(), format!("writing qcow2 data at offset {host}: {e}")))?;
@@ -270,6 +272,10 @@ impl FormatWriter for Qcow2Writer {
             return Err(ioerr(format!("qcow2: bad chunk at {offset}+{} for a disk of {} bytes", data.len(), self.size)));
         }
         if self.compress { self.write_compressed(offset, data) } else { self.write_plain(offset, data) }
+    }
+
+    fn compresses(&self) -> bool {
+        self.compress
     }
 
     fn finish(mut self: Box<Self>) -> io::Result<()> {

@@ -210,6 +210,9 @@ impl FormatWriter for Named {
         let dest = self.dest;
         self.inner.finish().map_err(|e| std::io::Error::new(e.kind(), format!("{:#}", write_error(e, &dest))))
     }
+    fn compresses(&self) -> bool {
+        self.inner.compresses()
+    }
 }
 
 fn write_error(e: std::io::Error, dest: &Path) -> anyhow::Error {
