@@ -122,3 +122,59 @@ fn residue_fails_names_the_file_and_can_be_downgraded() {
     assert!(findings.iter().all(|f| f["severity"] == "warning"), "{report}");
     assert_clean(dir.path());
 }
+
+fn blkid_uuid(raw: &Path, start: u64) -> String {
+    let o = run(std::process::Command::new("blkid").args(["-p", "-o", "value", "-s", "UUID", "-O", &start.to_string()]).arg(raw));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// `fs-uuids`: both ext4 filesystems get new UUIDs, fsck-clean, and the fstab and kernel
+/// command line planted with the old root UUID name the new one.
+#[test]
+fn fs_uuids_change_every_ext4_and_their_references() {
+    if !have_root("fs_uuids_change_every_ext4_and_their_references") {
+        return;
+    }
+    let dir = testdir("seal-uuids");
+    let raw = copy_raw(dir.path());
+    let parts = sfdisk_parts(&raw);
+    let (_, root_start, root_size) = *parts.iter().find(|p| p.0 == 1).unwrap();
+    let (_, boot_start, boot_size) = *parts.iter().find(|p| p.0 == 16).unwrap();
+    let (old_root, old_boot) = (blkid_uuid(&raw, root_start), blkid_uuid(&raw, boot_start));
+    // Plant references with debugfs on a loop device of the root partition.
+    std::fs::write(dir.path().join("fstab"), format!("UUID={old_root} / ext4 defaults 0 1\nLABEL=BOOT /boot ext4 defaults 0 2\n")).unwrap();
+    std::fs::write(dir.path().join("cmdline"), format!("root=UUID={old_root} ro console=ttyS0\n")).unwrap();
+    let lo = run(std::process::Command::new("losetup")
+        .args(["--find", "--show", "--offset", &root_start.to_string(), "--sizelimit", &root_size.to_string()])
+        .arg(&raw));
+    let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();
+    let cmds = format!(
+        "rm /etc/fstab\nwrite {0}/fstab /etc/fstab\nmkdir /etc/kernel\nwrite {0}/cmdline /etc/kernel/cmdline\n",
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("cmds"), cmds).unwrap();
+    let dbg = run(std::process::Command::new("debugfs").arg("-w").arg("-f").arg(dir.path().join("cmds")).arg(&dev));
+    let _ = run(std::process::Command::new("losetup").args(["-d", &dev]));
+    assert!(dbg.status.success(), "{}", show(&dbg));
+
+    let o = run(imgforge().args(["seal", "--enable", "fs-uuids"]).arg(&raw));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_clean(dir.path());
+    let (new_root, new_boot) = (blkid_uuid(&raw, root_start), blkid_uuid(&raw, boot_start));
+    assert!(new_root.len() == 36 && new_root != old_root && new_boot != old_boot, "{old_root} {new_root} {old_boot} {new_boot}");
+    for (start, size) in [(root_start, root_size), (boot_start, boot_size)] {
+        let lo = run(std::process::Command::new("losetup")
+            .args(["--find", "--show", "--read-only", "--offset", &start.to_string(), "--sizelimit", &size.to_string()])
+            .arg(&raw));
+        let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();
+        let fsck = run(std::process::Command::new("e2fsck").args(["-fn", &dev]));
+        let _ = run(std::process::Command::new("losetup").args(["-d", &dev]));
+        assert!(fsck.status.success(), "{}", show(&fsck));
+    }
+    let m = RoMount::open(&raw, 1);
+    assert_eq!(m.read("/etc/fstab"), format!("UUID={new_root} / ext4 defaults 0 1\nLABEL=BOOT /boot ext4 defaults 0 2\n"));
+    assert_eq!(m.read("/etc/kernel/cmdline"), format!("root=UUID={new_root} ro console=ttyS0\n"));
+    drop(m);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("up.seal.json")).unwrap()).unwrap();
+    assert_eq!(report["fs_uuids"].as_array().unwrap().len(), 2, "{report}");
+}

@@ -1,7 +1,8 @@
 //! Boot test: build the cloud-like image with imgforge, with fixed VHD, streamOptimized VMDK and
 //! qcow2 outputs, and boot each output under qemu (OVMF; KVM where the host really has it, TCG
 //! otherwise) to a login prompt on the serial console. Under TCG a boot takes one to three
-//! minutes; two boots run at a time.
+//! minutes; two boots run at a time. The build enables `fs-uuids`: the image boots with new
+//! filesystem UUIDs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/util/mod.rs"]
@@ -29,7 +30,7 @@ fn built_cloud_image_boots_to_login() {
     let up = cloud_upstream();
     let dir = testdir("vmboot");
     let text = format!(
-        "[image]\nname = \"boot\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\"]\n[output]\nformats = [\"vhd\", \"vmdk\", \"qcow2\"]\n",
+        "[image]\nname = \"boot\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\"]\n[output]\nformats = [\"vhd\", \"vmdk\", \"qcow2\"]\n[seal]\nenable = [\"fs-uuids\"]\n",
         up = up.display()
     );
     let r = recipe(dir.path(), &text);

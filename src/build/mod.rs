@@ -145,9 +145,16 @@ fn customize(
     };
     let what = format!("mounting partition {} ({}) as /", root_part.part.index, root_part.fs.fstype);
     let mounted = t.time(events, "mount", &what, || Mounted::mount(disk, &parts, &root_part, grown.is_some(), false, events))?;
-    let result = inside(plan, opts, &mounted, stamp, t, events);
+    let mut cx = seal_context(plan, opts.seal_dry_run);
+    cx.filesystems = mounted::seal_filesystems(&parts, &mounted);
+    cx.disk_path = Some(mounted::fd_path(disk));
+    let result = inside(plan, opts, &mounted, &cx, stamp, t, events);
     let closed = t.time(events, "unmount", "unmounting and detaching", || mounted.close());
     match (result, closed) {
+        (Ok(r), Ok(())) if !r.1.fs_uuids.is_empty() => {
+            t.time(events, "fs-uuids", "setting new filesystem UUIDs", || crate::seal::fsuuid::apply(disk, &r.1.fs_uuids))?;
+            Ok(r)
+        }
         (Ok(r), Ok(())) => Ok(r),
         (Err(e), Ok(())) => Err(e),
         (Ok(_), Err(c)) => Err(c),
@@ -159,16 +166,16 @@ fn inside(
     plan: &BuildPlan,
     opts: &Options,
     m: &Mounted,
+    cx: &crate::seal::Context,
     stamp: &Stamp,
     t: &mut Timings,
     events: &Events,
 ) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
     let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
-    let cx = seal_context(plan, opts.seal_dry_run);
     let what = format!("sealing ({} operations{})", plan.seal.enabled.len(), if opts.seal_dry_run { ", dry run" } else { "" });
     // The scrub is the last write to the image: only trimming (no content change) follows.
-    let seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, &cx, events))?;
+    let seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
     if opts.seal_dry_run {
         return Ok((provisioners, seal));
     }
@@ -195,7 +202,7 @@ fn seal_context(plan: &BuildPlan, dry_run: bool) -> crate::seal::Context {
         }
     }
     let build_hostname = nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned());
-    crate::seal::Context { build_hostname, provisioner_paths: Vec::new(), host_paths, dry_run }
+    crate::seal::Context { build_hostname, host_paths, dry_run, ..Default::default() }
 }
 
 /// How a build ended.

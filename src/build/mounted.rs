@@ -44,6 +44,27 @@ pub fn probe_all(disk: &File, table: &PartitionTable) -> anyhow::Result<Vec<Prob
         .collect()
 }
 
+/// The disk's filesystems as sealing sees them (for `fs-uuids`).
+pub fn seal_filesystems(parts: &[Probed], m: &Mounted) -> Vec<crate::seal::Filesystem> {
+    parts
+        .iter()
+        .filter(|p| !p.fs.fstype.is_empty())
+        .map(|p| crate::seal::Filesystem {
+            partition: p.part.index,
+            start: p.part.start,
+            size: p.part.size,
+            fstype: p.fs.fstype.clone(),
+            uuid: p.fs.uuid.clone(),
+            target: m.partitions.iter().find(|(_, n)| *n == p.part.index).map(|(t, _)| t.clone()),
+        })
+        .collect()
+}
+
+/// A path other programs can open `file` by (this process's fd through /proc).
+pub fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(file)))
+}
+
 /// Picks the root partition: the recipe's choice, else the one with the x86-64 root type GUID,
 /// else the only Linux filesystem not labelled as /boot, else the one with a root label
 /// (cloudimg-rootfs, rootfs, root…), else the largest.
@@ -106,6 +127,8 @@ pub struct Mounted {
     held: Held,
     /// Filesystems mounted from the disk (mount point in the image, host path), for trimming.
     pub filesystems: Vec<(String, PathBuf)>,
+    /// Which partition is mounted where (mount point in the image, partition number).
+    pub partitions: Vec<(String, u32)>,
 }
 
 /// What must be released, in order: mounts, then loop devices, then the mount directory.
@@ -200,6 +223,7 @@ impl Mounted {
             held: Held { loops: vec![root_loop], tree: Some(tree), dir: Some(dir.clone()) },
             root,
             filesystems: vec![("/".into(), dir)],
+            partitions: vec![("/".into(), root_part.part.index)],
         };
         if grow_fs && fstype == "xfs" {
             let dir = me.root.path().to_path_buf();
@@ -243,6 +267,7 @@ impl Mounted {
             let spec = MountSpec { source: &dev, fstype: Some(&fstype), flags, data: fs_options(&fstype) };
             self.tree()?.mount_at(&spec, &target, &shown)?;
             self.filesystems.push((e.target.clone(), shown));
+            self.partitions.push((e.target.clone(), p.part.index));
         }
         Ok(())
     }

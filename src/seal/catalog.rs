@@ -134,7 +134,9 @@ impl Op {
             Op::BackupFiles => {
                 "/etc/passwd-, shadow-, group-, gshadow-, subuid-, subgid- and *.dpkg-old/-dist, *.rpmsave/-new, *.ucf-old/-dist, *~ under /etc"
             }
-            Op::FsUuids => "new filesystem UUIDs with fstab and GRUB updated to match (ext2/3/4 only; refuses anything it cannot update)",
+            Op::FsUuids => {
+                "new ext2/3/4 UUIDs with fstab, GRUB, kernel command lines and ESP configs updated; refuses if another file names them"
+            }
         }
     }
 

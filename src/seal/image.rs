@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 use super::{Context, SealPlan, SealReport};
-use crate::build::mounted::{Mounted, choose_root, probe_all};
+use crate::build::mounted::{Mounted, choose_root, fd_path, probe_all, seal_filesystems};
 use crate::disk::detect::{ImageFormat, detect};
 use crate::disk::workdisk::WorkDisk;
 use crate::progress::Events;
@@ -49,7 +49,8 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
         &format!("mounting partition {} ({}) as /{}", root.part.index, root.fs.fstype, if cx.dry_run { " read-only" } else { "" }),
     );
     let m = Mounted::mount(file, &parts, &root, false, cx.dry_run, events)?;
-    let result = super::run(&m.root, plan, cx, events).and_then(|r| {
+    let cx = Context { filesystems: seal_filesystems(&parts, &m), disk_path: Some(fd_path(file)), ..cx.clone() };
+    let result = super::run(&m.root, plan, &cx, events).and_then(|r| {
         if !cx.dry_run {
             crate::build::trim_all(&m)?;
         }
@@ -58,6 +59,9 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
     let closed = m.close();
     let report = result?;
     closed?;
+    if !cx.dry_run {
+        super::fsuuid::apply(file, &report.fs_uuids)?;
+    }
     Ok(report)
 }
 

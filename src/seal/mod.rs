@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use crate::chroot::resolve::Root;
 use crate::progress::Events;
 use catalog::Op;
-pub use plan::{Context, SealPlan};
+pub use plan::{Context, Filesystem, SealPlan};
 pub use report::{SealReport, SealSummary};
 use scrub::Scrubber;
 
@@ -47,6 +47,8 @@ pub struct Run<'a> {
     pub ssh_regenerators: Vec<String>,
     /// /etc/hostname before the scrub.
     pub old_hostname: Option<String>,
+    /// UUIDs `fs-uuids` changes after unmount.
+    pub uuid_changes: Vec<fsuuid::UuidChange>,
 }
 
 fn run_op(op: Op, r: &mut Run) -> anyhow::Result<()> {
@@ -76,14 +78,22 @@ fn run_op(op: Op, r: &mut Run) -> anyhow::Result<()> {
 }
 
 /// Image paths the residue scan never enters (pseudo filesystems during a build).
-const SCAN_SKIP: &[&str] = &["/proc", "/sys", "/dev", "/run"];
+pub(crate) const SCAN_SKIP: &[&str] = &["/proc", "/sys", "/dev", "/run"];
 
 /// Seals the mounted image at `root`. Residue findings are in the report; `report.check()`
 /// turns the ones not downgraded into an error.
 pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyhow::Result<SealReport> {
     let start = Instant::now();
-    let mut r =
-        Run { s: Scrubber::new(root, cx.dry_run), plan, cx, events, notes: Vec::new(), ssh_regenerators: Vec::new(), old_hostname: None };
+    let mut r = Run {
+        s: Scrubber::new(root, cx.dry_run),
+        plan,
+        cx,
+        events,
+        notes: Vec::new(),
+        ssh_regenerators: Vec::new(),
+        old_hostname: None,
+        uuid_changes: Vec::new(),
+    };
     let needles = prescan(&mut r).context("Failed to read the image's addresses and names before sealing")?;
     for op in Op::ALL {
         if plan.enabled.contains(&op) {
@@ -97,7 +107,10 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
     } else {
         residue::scan(root, &needles, SCAN_SKIP).context("Failed to scan the sealed image for residue")?
     };
-    Ok(report::assemble(plan, r.s.into_actions(), scan, r.ssh_regenerators, r.notes, cx.dry_run, start.elapsed().as_secs_f64()))
+    let mut report =
+        report::assemble(plan, r.s.into_actions(), scan, r.ssh_regenerators, r.notes, cx.dry_run, start.elapsed().as_secs_f64());
+    report.fs_uuids = r.uuid_changes;
+    Ok(report)
 }
 
 /// What the residue scan looks for, read before anything is removed: MACs and IPs in network

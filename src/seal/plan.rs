@@ -111,6 +111,27 @@ pub struct Context {
     pub host_paths: Vec<String>,
     /// Only print the plan.
     pub dry_run: bool,
+    /// The disk's filesystems (for `fs-uuids`).
+    pub filesystems: Vec<Filesystem>,
+    /// A path tools can open the disk by (mtools, for an ESP this kernel cannot mount).
+    pub disk_path: Option<std::path::PathBuf>,
+}
+
+/// A filesystem on the disk being sealed.
+#[derive(Debug, Clone, Default)]
+pub struct Filesystem {
+    /// Partition number.
+    pub partition: u32,
+    /// Byte offset of the partition in the disk.
+    pub start: u64,
+    /// Partition size.
+    pub size: u64,
+    /// Filesystem type ("ext4", "vfat", …).
+    pub fstype: String,
+    /// Its UUID as fstab writes it.
+    pub uuid: String,
+    /// Where it is mounted in the image; `None` if it is not.
+    pub target: Option<String>,
 }
 
 #[cfg(test)]

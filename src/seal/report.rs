@@ -60,6 +60,9 @@ pub struct SealReport {
     pub residue: Residue,
     /// Remarks.
     pub notes: Vec<String>,
+    /// Filesystem UUIDs changed after unmount (`fs-uuids`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fs_uuids: Vec<super::fsuuid::UuidChange>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -109,6 +112,7 @@ pub fn assemble(
         ssh_regenerators,
         residue: Residue { files: scan.files, bytes: scan.bytes, findings, notes: scan.notes },
         notes,
+        fs_uuids: Vec::new(),
         seconds,
     }
 }

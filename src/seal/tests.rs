@@ -490,11 +490,33 @@ fn dry_run_changes_nothing_and_lists_the_plan() {
 }
 
 #[test]
-fn fs_uuids_refuses() {
+fn fs_uuids_updates_every_reference_or_refuses() {
+    let old = "0a1b2c3d-0000-4000-8000-000000000001";
     let d = tempfile::tempdir().unwrap();
     base_tree(d.path());
-    let e = super::run(&Root::open(d.path()).unwrap(), &only(Op::FsUuids), &Context::default(), &Events::new(false)).unwrap_err();
-    assert!(format!("{e:#}").contains("refusing"), "{e:#}");
+    put(d.path(), "/etc/fstab", &format!("UUID={old} / ext4 defaults 0 1\n"));
+    put(d.path(), "/boot/grub/grub.cfg", &format!("search --fs-uuid --set=root {}\nlinux /vmlinuz root=UUID={old}\n", old.to_uppercase()));
+    put(d.path(), "/etc/app.conf", &format!("disk={old}\n"));
+    let fs = super::Filesystem {
+        partition: 1,
+        start: 1 << 20,
+        size: 1 << 30,
+        fstype: "ext4".into(),
+        uuid: old.into(),
+        target: Some("/".into()),
+    };
+    let cx = Context { filesystems: vec![fs], ..Context::default() };
+    let before = listing(d.path());
+    let e = super::run(&Root::open(d.path()).unwrap(), &only(Op::FsUuids), &cx, &Events::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains("refusing") && format!("{e:#}").contains("/etc/app.conf"), "{e:#}");
+    assert_eq!(listing(d.path()), before, "a refusal wrote something");
+    std::fs::remove_file(d.path().join("etc/app.conf")).unwrap();
+    let r = seal(d.path(), &only(Op::FsUuids), &cx);
+    let new = &r.fs_uuids[0].new;
+    assert_ne!(new, old);
+    assert_eq!(std::fs::read_to_string(d.path().join("etc/fstab")).unwrap(), format!("UUID={new} / ext4 defaults 0 1\n"));
+    let grub = std::fs::read_to_string(d.path().join("boot/grub/grub.cfg")).unwrap();
+    assert!(!grub.to_lowercase().contains(old) && grub.matches(new.as_str()).count() == 2, "{grub}");
 }
 
 /// Every path an operation touches is a symlink to the host (absolute, so it would escape a
