@@ -17,19 +17,16 @@ pub fn content_digest(file: &File, size: u64, stop: &(dyn Fn() -> bool + Sync)) 
     h.update(b"imgforge-content-v1\0");
     h.update(&size.to_le_bytes());
     let plan = chunks(&cluster_extents(file, size)?);
-    if plan.is_empty() {
-        return Ok(*h.finalize().as_bytes());
-    }
-    let map = map::read_only(file, size)?;
     for (start, end) in plan {
         if stop() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped by a signal"));
         }
-        let bytes =
-            map.get(start as usize..end as usize).ok_or_else(|| io::Error::other(format!("extent {start}..{end} outside the input")))?;
+        // One chunk mapped at a time: the mapped page-cache pages never add up to more than a
+        // chunk of resident memory.
+        let map = map::read_only(file, start, end - start)?;
         h.update(&start.to_le_bytes());
         h.update(&(end - start).to_le_bytes());
-        h.update_rayon(bytes);
+        h.update_rayon(&map);
     }
     Ok(*h.finalize().as_bytes())
 }
@@ -39,14 +36,15 @@ mod map {
     use std::fs::File;
     use std::io;
 
-    /// Maps the first `size` bytes of `file` read-only, advised for sequential reading.
-    pub fn read_only(file: &File, size: u64) -> io::Result<memmap2::Mmap> {
-        let len = usize::try_from(size).map_err(io::Error::other)?;
+    /// Maps `len` bytes of `file` from `offset` (a multiple of the page size) read-only,
+    /// advised for sequential reading.
+    pub fn read_only(file: &File, offset: u64, len: u64) -> io::Result<memmap2::Mmap> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
         // SAFETY: the mapping is read-only and only read through the returned `Mmap`, whose
         // lifetime ends with the digest. The input is a disk image no part of imgforge writes
         // while exporting; another process truncating it meanwhile would make the read fault
         // (SIGBUS) — the same trade the blake3 and ripgrep mmap readers make for speed.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+        let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(file)? };
         map.advise(memmap2::Advice::Sequential)?;
         Ok(map)
     }
