@@ -15,6 +15,7 @@ pub fn sparse_copy(src: &File, dst: &File, size: u64, len: u64, stop: &(dyn Fn()
     dst.set_len(len)?;
     let plan = chunks(&cluster_extents(src, size)?);
     let next = AtomicUsize::new(0);
+    let prealloc = !clones(dst);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -28,7 +29,7 @@ pub fn sparse_copy(src: &File, dst: &File, size: u64, len: u64, stop: &(dyn Fn()
                             return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped by a signal"));
                         }
                         if fallback.is_none() {
-                            match kernel_copy(src, dst, start, end) {
+                            match kernel_copy(src, dst, start, end, prealloc) {
                                 Ok(()) => {
                                     done.fetch_add(end - start, Ordering::Relaxed);
                                     continue;
@@ -65,8 +66,17 @@ pub fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-fn kernel_copy(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
-    preallocate(dst, start, end - start)?;
+/// Whether `file` lives on a filesystem where copy_file_range shares extents (reflink) instead
+/// of copying: XFS and btrfs. Preallocating there would force a real copy.
+fn clones(file: &File) -> bool {
+    use nix::sys::statfs::{BTRFS_SUPER_MAGIC, XFS_SUPER_MAGIC, fstatfs};
+    fstatfs(file).is_ok_and(|s| s.filesystem_type() == XFS_SUPER_MAGIC || s.filesystem_type() == BTRFS_SUPER_MAGIC)
+}
+
+fn kernel_copy(src: &File, dst: &File, start: u64, end: u64, prealloc: bool) -> io::Result<()> {
+    if prealloc {
+        preallocate(dst, start, end - start)?;
+    }
     let mut off_in = i64::try_from(start).map_err(io::Error::other)?;
     let mut off_out = off_in;
     let mut left = (end - start) as usize;
