@@ -1,0 +1,146 @@
+//! Configuration-management provisioners with the real tools, on the cloud-like upstream, as
+//! root (issue 6). One image per tool carries all of that tool's checks; each tool's failure
+//! cases stop early in the provisioning window. Tests skip with a reason only when the tool
+//! cannot be had here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::path::Path;
+use std::process::Output;
+
+use util::*;
+
+fn head(up: &Path, name: &str) -> String {
+    format!(
+        "[image]\nname = \"{name}\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n",
+        up = up.display()
+    )
+}
+
+/// Writes `files` (path relative to `dir`, content) and the recipe, then builds.
+fn build(dir: &Path, recipe_text: &str, files: &[(&str, &str)]) -> Output {
+    for (p, c) in files {
+        let p = dir.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, c).unwrap();
+    }
+    let r = recipe(dir, recipe_text);
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.join("out")));
+    assert_clean(dir);
+    o
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The manifest's report of provisioner `i`, printed with its time for the test log.
+fn step_report(dir: &Path, name: &str, i: usize) -> serde_json::Value {
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("out/{name}.manifest.json"))).unwrap()).unwrap();
+    let p = m["provisioners"][i].clone();
+    eprintln!("provisioner {}: {} s, summary {}", p["name"], p["seconds"], p["summary"]);
+    p
+}
+
+/// Nothing of a run is left in the image: the given paths, imgforge's run directory and the
+/// guards; and the residue scan found nothing.
+fn assert_nothing_left(dir: &Path, name: &str, m: &RoMount, paths: &[&str]) {
+    for p in paths.iter().chain(&["/run/imgforge", "/usr/sbin/policy-rc.d", "/root/.ansible", "/etc/salt/pki", "/var/lib/puppet/ssl"]) {
+        assert!(m.path(p).symlink_metadata().is_err(), "{p} left in the image");
+    }
+    let seal: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("out/{name}.seal.json"))).unwrap()).unwrap();
+    assert_eq!(seal["residue"]["findings"].as_array().unwrap().len(), 0, "{seal}");
+}
+
+const UNIT: &str = "[Unit]\nDescription=imgforge test\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
+
+// ---------------------------------------------------------------------------------------------
+// Ansible
+
+const PLAYBOOK: &str = r#"- hosts: all
+  roles:
+    - web
+  tasks:
+    - name: policy-rc.d is in place and /proc/1 exists
+      command: test -x /usr/sbin/policy-rc.d -a -e /proc/1/cmdline
+      changed_when: false
+"#;
+
+const ROLE_TASKS: &str = r#"- name: install a Debian package
+  apt:
+    name: hello
+    update_cache: yes
+- name: template a file
+  template:
+    src: app.conf.j2
+    dest: /etc/app.conf
+    mode: "0640"
+- name: create a user
+  user:
+    name: deploy
+    shell: /bin/bash
+- name: unit file
+  copy:
+    src: imgforge-test.service
+    dest: /etc/systemd/system/imgforge-test.service
+- name: enable the unit
+  systemd:
+    name: imgforge-test
+    enabled: yes
+"#;
+
+fn ansible_recipe(up: &Path, playbook: &str) -> String {
+    format!(
+        "{}[[provision]]\ntype = \"ansible\"\nname = \"site\"\nplaybook = \"{playbook}\"\nroles_path = [\"ansible/roles\"]\nextra_vars = {{ role = \"web\", port = 8080 }}\n",
+        head(up, "ans")
+    )
+}
+
+fn have_ansible(test: &str) -> bool {
+    let ok = std::process::Command::new("ansible-playbook").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped {test}: ansible-playbook is not installed (.ci/run installs it with pip)");
+    }
+    ok
+}
+
+#[test]
+fn ansible_playbook_end_to_end() {
+    if !have_root("ansible_playbook_end_to_end") || !have_ansible("ansible_playbook_end_to_end") {
+        return;
+    }
+    let up = cloud_upstream();
+    let dir = testdir("ansible");
+    let files = [
+        ("ansible/site.yml", PLAYBOOK),
+        ("ansible/roles/web/tasks/main.yml", ROLE_TASKS),
+        ("ansible/roles/web/templates/app.conf.j2", "role={{ role }} port={{ port }} build={{ lookup('env', 'IMGFORGE_BUILD') }}\n"),
+        ("ansible/roles/web/files/imgforge-test.service", UNIT),
+        ("ansible/fail.yml", "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: this task fails\n      command: /bin/false\n"),
+    ];
+    let o = build(dir.path(), &ansible_recipe(up, "ansible/site.yml"), &files);
+    assert!(o.status.success(), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("[site] TASK [web : template a file]"), "output not streamed with the label: {err}");
+    let p = step_report(dir.path(), "ans", 0);
+    assert_eq!(p["type"], "ansible");
+    assert_eq!(p["summary"]["failed"], 0);
+    assert!(p["summary"]["changed"].as_u64().unwrap() >= 5, "{p}");
+
+    let m = RoMount::open(&dir.path().join("out/ans.raw"), 1);
+    assert!(m.path("/usr/bin/hello").exists(), "package not installed");
+    assert_eq!(m.read("/etc/app.conf"), "role=web port=8080 build=1\n");
+    assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
+    let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
+    assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
+    assert_nothing_left(dir.path(), "ans", &m, &["/root/.ansible_async"]);
+    drop(m);
+
+    // A failing task fails the build, named.
+    let dir = testdir("ansible-fail");
+    let o = build(dir.path(), &ansible_recipe(up, "ansible/fail.yml"), &files);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("task \"this task fails\"") && err.contains("\"site\" (ansible) failed"), "{err}");
+}
