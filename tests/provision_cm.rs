@@ -35,12 +35,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The manifest's report of provisioner `i`, printed with its time for the test log.
+/// The manifest's report of provisioner `i`; every provisioner's time is printed for the test
+/// log (what each tool adds over a shell step).
 fn step_report(dir: &Path, name: &str, i: usize) -> serde_json::Value {
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("out/{name}.manifest.json"))).unwrap()).unwrap();
-    let p = m["provisioners"][i].clone();
-    eprintln!("provisioner {}: {} s, summary {}", p["name"], p["seconds"], p["summary"]);
-    p
+    for p in m["provisioners"].as_array().unwrap() {
+        eprintln!("{name}: provisioner {} ({}): {:.1} s, summary {}", p["name"], p["type"], p["seconds"].as_f64().unwrap(), p["summary"]);
+    }
+    eprintln!("{name}: build steps {}", m["steps"]);
+    m["provisioners"][i].clone()
 }
 
 /// Nothing of a run is left in the image: the given paths, imgforge's run directory and the
@@ -143,4 +146,157 @@ fn ansible_playbook_end_to_end() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("task \"this task fails\"") && err.contains("\"site\" (ansible) failed"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Salt (pip-installed into the image for the run)
+
+const SALT_STATES: &str = r#"hello:
+  pkg.installed:
+    - refresh: True
+/etc/rails-app.conf:
+  file.managed:
+    - contents: "port={{ pillar['app']['port'] }} id={{ grains['id'] }} build={{ salt['environ.get']('IMGFORGE_BUILD') }}"
+deploy:
+  user.present:
+    - shell: /bin/bash
+/etc/systemd/system/imgforge-test.service:
+  file.managed:
+    - source: salt://rails/imgforge-test.service
+imgforge-test:
+  service.enabled:
+    - require:
+      - file: /etc/systemd/system/imgforge-test.service
+"#;
+
+fn salt_recipe(up: &Path, extra: &str) -> String {
+    format!(
+        "{}[[provision]]\ntype = \"salt\"\nname = \"salt\"\nstate_tree = \"salt/states\"\npillar_tree = \"salt/pillar\"\nminion_id = \"rails-base-01\"\ninstall = \"pip\"\n{extra}",
+        head(up, "slt")
+    )
+}
+
+#[test]
+fn salt_masterless_end_to_end() {
+    if !have_root("salt_masterless_end_to_end") {
+        return;
+    }
+    if !std::process::Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped salt_masterless_end_to_end: install = \"pip\" needs the host's python3 -m pip");
+        return;
+    }
+    let up = cloud_upstream();
+    let files = [
+        ("salt/states/top.sls", "base:\n  'rails-base-*':\n    - rails\n  'db-*':\n    - broken\n"),
+        ("salt/states/rails/init.sls", SALT_STATES),
+        ("salt/states/rails/imgforge-test.service", UNIT),
+        ("salt/states/broken.sls", "broken:\n  cmd.run:\n    - name: /bin/false\n"),
+        ("salt/pillar/top.sls", "base:\n  'rails-base-*':\n    - app\n"),
+        ("salt/pillar/app.sls", "app:\n  port: 3000\n"),
+    ];
+    let dir = testdir("salt");
+    let o = build(dir.path(), &salt_recipe(up, ""), &files);
+    assert!(o.status.success(), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("[salt] ") && err.contains("summary: "), "output not streamed with the label: {err}");
+    let p = step_report(dir.path(), "slt", 0);
+    assert_eq!((p["type"].as_str(), p["summary"]["failed"].as_u64()), (Some("salt"), Some(0)), "{p}");
+    assert!(p["summary"]["changed"].as_u64().unwrap() >= 5, "{p}");
+
+    let m = RoMount::open(&dir.path().join("out/slt.raw"), 1);
+    assert!(m.path("/usr/bin/hello").exists(), "package not installed");
+    assert_eq!(m.read("/etc/rails-app.conf").trim_end(), "port=3000 id=rails-base-01 build=1");
+    assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
+    let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
+    assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
+    assert_nothing_left(
+        dir.path(),
+        "slt",
+        &m,
+        &["/opt/imgforge-salt", "/etc/salt", "/var/cache/salt", "/var/log/salt", "/run/systemd/system"],
+    );
+    drop(m);
+
+    // A failing state fails the build, listing the state and its comment.
+    let dir = testdir("salt-fail");
+    let o = build(dir.path(), &salt_recipe(up, "states = [\"rails\", \"broken\"]\n"), &files);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("1 salt state(s) failed") && err.contains("state \"broken\": Command \"/bin/false\" run"), "{err}");
+
+    // A highstate without a top file is refused before anything runs.
+    let dir = testdir("salt-notop");
+    let nontop: Vec<_> = files.iter().filter(|f| f.0 != "salt/states/top.sls").copied().collect();
+    let o = build(dir.path(), &salt_recipe(up, ""), &nontop);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("recipe.toml: line 9: [[provision]] #1") && err.contains("no top.sls"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Puppet (installed into the image from Debian's packages by a shell provisioner)
+
+const MANIFEST: &str = r#"package { 'hello': ensure => installed }
+user { 'deploy': ensure => present, shell => '/bin/bash' }
+file { '/etc/systemd/system/imgforge-test.service': source => 'puppet:///modules/app/imgforge-test.service' }
+-> service { 'imgforge-test': enable => true }
+include app
+"#;
+
+fn puppet_recipe(up: &Path, manifest: &str) -> String {
+    format!(
+        "{}[[provision]]\ntype = \"shell\"\nname = \"install puppet\"\ninline = [\"apt-get update -qq\", \"apt-get install -y -qq --no-install-recommends puppet >/dev/null\"]\n\n\
+         [[provision]]\ntype = \"puppet\"\nname = \"puppet\"\nmanifest = \"{manifest}\"\nmodule_path = [\"puppet/modules\"]\nfacts = {{ role = \"web\" }}\ncertname = \"web-base\"\n",
+        head(up, "pup")
+    )
+}
+
+#[test]
+fn puppet_apply_end_to_end() {
+    if !have_root("puppet_apply_end_to_end") {
+        return;
+    }
+    let up = cloud_upstream();
+    let files = [
+        ("puppet/site.pp", MANIFEST),
+        ("puppet/modules/app/manifests/init.pp", "class app {\n  file { '/etc/app.conf': content => template('app/app.conf.erb') }\n}\n"),
+        (
+            "puppet/modules/app/templates/app.conf.erb",
+            "role=<%= @facts['role'] %> certname=<%= @trusted['certname'] %> build=<%= ENV['IMGFORGE_BUILD'] %>\n",
+        ),
+        ("puppet/modules/app/files/imgforge-test.service", UNIT),
+        (
+            "puppet/fail.pp",
+            "exec { 'this resource fails': command => '/bin/false' }\nfile { '/etc/after-fail': content => 'x', require => Exec['this resource fails'] }\n",
+        ),
+    ];
+    let dir = testdir("puppet");
+    let o = build(dir.path(), &puppet_recipe(up, "puppet/site.pp"), &files);
+    assert!(o.status.success(), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("[puppet] Notice: /Stage[main]/App/File[/etc/app.conf]/ensure"), "output not streamed with the label: {err}");
+    let p = step_report(dir.path(), "pup", 1);
+    assert_eq!((p["type"].as_str(), p["summary"]["failed"].as_u64()), (Some("puppet"), Some(0)), "{p}");
+    assert!(p["summary"]["changed"].as_u64().unwrap() >= 5, "{p}");
+
+    let m = RoMount::open(&dir.path().join("out/pup.raw"), 1);
+    assert!(m.path("/usr/bin/hello").exists(), "package not installed");
+    assert_eq!(m.read("/etc/app.conf"), "role=web certname=web-base build=1\n");
+    assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
+    let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
+    assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
+    assert_nothing_left(
+        dir.path(),
+        "pup",
+        &m,
+        &["/etc/puppet/ssl", "/var/cache/puppet/state/last_run_report.yaml", "/var/cache/puppet/reports", "/var/lib/puppet/reports"],
+    );
+    drop(m);
+
+    // A failing resource fails the build, named.
+    let dir = testdir("puppet-fail");
+    let o = build(dir.path(), &puppet_recipe(up, "puppet/fail.pp"), &files);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("failed resources") && err.contains("Exec[this resource fails]"), "{err}");
 }

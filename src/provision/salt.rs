@@ -88,7 +88,8 @@ fn prepare_and_call(root: &Root, dir: &str, label: &str, p: &SaltPlan, events: &
     let out_file = format!("{dir}/result.json");
     let mut cmd = ChrootCmd::new(root.path(), &salt_call)
         .args(["-c", dir, "--local", "--retcode-passthrough", "--out=json", "--out-file", &out_file, "--log-level=info"])
-        .env("SYSTEMD_OFFLINE", "1");
+        .env("SYSTEMD_OFFLINE", "1")
+        .env("PYTHONWARNINGS", "ignore::DeprecationWarning");
     cmd = if p.states.is_empty() { cmd.arg("state.highstate") } else { cmd.arg("state.apply").arg(p.states.join(",")) };
     let done = stream(|o, e| Ok(cmd.spawn(o, e)?), label, events, |_| {})?;
     let json = root.read(Path::new(&out_file))?;
@@ -119,6 +120,8 @@ fn minion_config(dir: &str, id: &str) -> String {
         "sock_dir": format!("{dir}/sock"),
         "log_file": format!("{dir}/minion.log"),
         "pidfile": format!("{dir}/minion.pid"),
+        // Not derived from cachedir: the default would create /var/cache/salt/minion/extmods.
+        "extension_modules": format!("{dir}/cache/extmods"),
         "systemd.scope": false,
         "state_verbose": true,
     });
@@ -298,7 +301,7 @@ mod tests {
         let c: serde_json::Value = serde_json::from_str(&minion_config("/run/imgforge/salt-2", "rails-base-01")).unwrap();
         assert_eq!(c["id"], "rails-base-01");
         assert_eq!(c["file_client"], "local");
-        for k in ["pki_dir", "cachedir", "sock_dir", "log_file", "pidfile"] {
+        for k in ["pki_dir", "cachedir", "sock_dir", "log_file", "pidfile", "extension_modules"] {
             assert!(c[k].as_str().unwrap().starts_with("/run/imgforge/salt-2/"), "{k}");
         }
     }
