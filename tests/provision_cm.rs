@@ -93,9 +93,14 @@ const ROLE_TASKS: &str = r#"- name: install a Debian package
     enabled: yes
 "#;
 
+/// The same work as the playbook done by a shell step (another package, user and unit), as the
+/// baseline the tools' times are compared with in the test log.
+const SHELL_BASELINE: &str = "[[provision]]\ntype = \"shell\"\nname = \"shell baseline\"\ninline = [\"apt-get update -qq\", \"apt-get install -y -qq tree >/dev/null\", \"useradd -m -s /bin/bash deploy0\", \"echo role=web > /etc/app0.conf\", 'printf \"%s\\n\" \"[Service]\" ExecStart=/bin/true \"[Install]\" WantedBy=multi-user.target > /etc/systemd/system/base0.service', \"systemctl enable base0\"]\n\n";
+
 fn ansible_recipe(up: &Path, playbook: &str) -> String {
+    let baseline = if playbook.ends_with("site.yml") { SHELL_BASELINE } else { "" };
     format!(
-        "{}[[provision]]\ntype = \"ansible\"\nname = \"site\"\nplaybook = \"{playbook}\"\nroles_path = [\"ansible/roles\"]\nextra_vars = {{ role = \"web\", port = 8080 }}\n",
+        "{}{baseline}[[provision]]\ntype = \"ansible\"\nname = \"site\"\nplaybook = \"{playbook}\"\nroles_path = [\"ansible/roles\"]\nextra_vars = {{ role = \"web\", port = 8080 }}\n",
         head(up, "ans")
     )
 }
@@ -126,13 +131,13 @@ fn ansible_playbook_end_to_end() {
     assert!(o.status.success(), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("[site] TASK [web : template a file]"), "output not streamed with the label: {err}");
-    let p = step_report(dir.path(), "ans", 0);
+    let p = step_report(dir.path(), "ans", 1);
     assert_eq!(p["type"], "ansible");
     assert_eq!(p["summary"]["failed"], 0);
     assert!(p["summary"]["changed"].as_u64().unwrap() >= 5, "{p}");
 
     let m = RoMount::open(&dir.path().join("out/ans.raw"), 1);
-    assert!(m.path("/usr/bin/hello").exists(), "package not installed");
+    assert!(m.path("/usr/bin/hello").exists() && m.path("/usr/bin/tree").exists(), "package not installed");
     assert_eq!(m.read("/etc/app.conf"), "role=web port=8080 build=1\n");
     assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
     let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
@@ -146,6 +151,26 @@ fn ansible_playbook_end_to_end() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("task \"this task fails\"") && err.contains("\"site\" (ansible) failed"), "{err}");
+}
+
+#[test]
+fn ansible_missing_on_the_host_is_named_before_the_build() {
+    if !have_root("ansible_missing_on_the_host_is_named_before_the_build") {
+        return;
+    }
+    let dir = testdir("ansible-missing");
+    std::fs::write(dir.path().join("site.yml"), PLAYBOOK).unwrap();
+    std::fs::write(dir.path().join("up.img"), b"x").unwrap();
+    let text = format!(
+        "[image]\nname = \"x\"\nversion = \"1\"\n[source]\nurl = \"up.img\"\nsha256 = \"{}\"\n[[provision]]\ntype = \"ansible\"\nplaybook = \"site.yml\"\n",
+        "0".repeat(64)
+    );
+    let r = recipe(dir.path(), &text);
+    let o = run(imgforge().arg("build").arg(&r).env("PATH", dir.path()));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("ansible-playbook is not on the build host's PATH") && err.contains("pip install ansible"), "{err}");
+    assert!(!err.contains("verifying"), "the build started: {err}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ impl Timings {
 /// Runs a build; returns the manifest written next to the outputs, or the seal plan of a
 /// `--seal-dry-run` (then nothing is written).
 pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<Outcome> {
+    crate::provision::preflight(&plan.steps)?;
     let version = match &plan.version {
         Some(v) => v.clone(),
         None => version::git_describe(&plan.recipe_dir)?,

@@ -31,10 +31,14 @@ pub fn remote_tmp() -> String {
     format!("{RUN_DIR}/ansible-tmp")
 }
 
+/// ansible-playbook on the host's PATH, or what to install.
+pub fn check_host() -> anyhow::Result<PathBuf> {
+    find_on_path("ansible-playbook").ok_or_else(|| anyhow!("ansible-playbook is not on the build host's PATH: {INSTALL_HINT}"))
+}
+
 /// Runs one playbook against the mounted image; the summary is the play recap.
 pub fn run(root: &Root, label: &str, p: &AnsiblePlan, events: &Events) -> anyhow::Result<Summary> {
-    let exe =
-        find_on_path("ansible-playbook").ok_or_else(|| anyhow!("ansible-playbook is not on the build host's PATH: {INSTALL_HINT}"))?;
+    let exe = check_host()?;
     let work = tempfile::Builder::new().prefix("imgforge-ansible-").tempdir().context("Failed to create a temporary directory")?;
     let env = environment(work.path(), p)?;
     let inventory = work.path().join("inventory.json");

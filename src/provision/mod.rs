@@ -72,6 +72,16 @@ pub fn image_paths(step: &Step, n: usize) -> Vec<String> {
     }
 }
 
+/// Checks, before a build starts, that the host has what the steps run on the host.
+pub fn preflight(steps: &[NamedStep]) -> anyhow::Result<()> {
+    for (i, s) in steps.iter().enumerate() {
+        if let Step::Ansible(_) = s.step {
+            ansible::check_host().with_context(|| format!("provisioner {} \"{}\" (ansible)", i + 1, s.label))?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs every step in order; stops at the first failure, naming the step and its index.
 pub fn run_all(steps: &[NamedStep], root: &Root, events: &Events) -> anyhow::Result<Vec<StepReport>> {
     let total = steps.len();

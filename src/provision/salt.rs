@@ -163,7 +163,10 @@ fn install(root: &Root, dir: &str, label: &str, events: &Events) -> anyhow::Resu
         }
     }
     let pip = pip.arg(SALT_REQUIREMENT);
-    check(stream(|o, e| Ok(pip.spawn(o, e)?), label, events, |_| {})?, &format!("pip install {SALT_REQUIREMENT}"))
+    let start = std::time::Instant::now();
+    check(stream(|o, e| Ok(pip.spawn(o, e)?), label, events, |_| {})?, &format!("pip install {SALT_REQUIREMENT}"))?;
+    events.output(label, &format!("installed {SALT_REQUIREMENT} into {VENV} in {:.1} s", start.elapsed().as_secs_f64()));
+    Ok(())
 }
 
 fn check(done: super::shell::Finished, what: &str) -> anyhow::Result<()> {

@@ -107,9 +107,24 @@ pub fn stream(
     })
 }
 
-/// Spawns a host command with the given stdout/stderr and drops it, so that our copies of the
-/// pipe's write end are closed (else the reader never sees EOF).
+/// Spawns a host command (ansible-playbook, pip) with the given stdout/stderr and drops it, so
+/// that our copies of the pipe's write end are closed (else the reader never sees EOF). It leads
+/// its own process group (a stop request kills the group) and dies with imgforge
+/// (`PR_SET_PDEATHSIG`): it works in our private mount namespace and would keep it, and the
+/// image's loop devices, alive.
 pub fn spawn_host(mut cmd: std::process::Command, stdout: Stdio, stderr: Stdio) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[allow(unsafe_code)]
+    // SAFETY: the closure makes one async-signal-safe syscall and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
     cmd.stdout(stdout).stderr(stderr).spawn()
 }
 
@@ -139,6 +154,11 @@ fn wait(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
             // Killing the intermediate process takes PID 1 of the namespace with it
             // (PDEATHSIG), and with it every process the provisioner started.
             let _ = child.kill();
+            // A host command leads its own process group (`spawn_host`): take its helpers too.
+            // A chrooted command's child leads none, and this finds no group.
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = child.wait();
             return Err(crate::host::signals::Interrupted.into());
         }

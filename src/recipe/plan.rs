@@ -557,6 +557,12 @@ fn puppet_step(dir: &Path, s: PuppetStep, image: &str) -> Result<Step, String> {
     let manifest = existing(dir, &s.manifest, "manifest")?;
     let module_path = s.module_path.iter().map(|d| existing_dir(dir, d, "module_path directory")).collect::<Result<Vec<_>, _>>()?;
     let hiera_config = s.hiera_config.as_deref().map(|h| existing(dir, h, "hiera_config")).transpose()?;
+    // Its directory (with the data it names) is copied in for the run: not the recipe's own.
+    if let Some(h) = &hiera_config
+        && h.parent().is_none_or(|p| p == dir)
+    {
+        return Err("hiera_config must sit in its own directory with its data (e.g. puppet/hiera/hiera.yaml): that directory is copied into the image for the run".into());
+    }
     if let Some(bad) = s.facts.keys().find(|k| k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
         return Err(format!("fact name `{bad}` must be letters, digits and `_` (it becomes FACTER_{bad})"));
     }
@@ -677,6 +683,9 @@ mod tests {
         assert!(e.message.contains("not a directory"), "{e}");
         let e = plan_text("[[provision]]\ntype = \"puppet\"\nmanifest = \"pp/site.pp\"\nfacts = { \"bad-name\" = \"x\" }\n").unwrap_err();
         assert!(e.message.contains("FACTER_bad-name"), "{e}");
+        std::fs::write(dir.path().join("hiera.yaml"), b"version: 5\n").unwrap();
+        let e = plan_text("[[provision]]\ntype = \"puppet\"\nmanifest = \"pp/site.pp\"\nhiera_config = \"hiera.yaml\"\n").unwrap_err();
+        assert!(e.message.contains("its own directory"), "{e}");
     }
 
     #[test]
