@@ -64,6 +64,7 @@ const UNIT: &str = "[Unit]\nDescription=imgforge test\n[Service]\nExecStart=/bin
 const PLAYBOOK: &str = r#"- hosts: all
   roles:
     - web
+    - extra
   tasks:
     - name: policy-rc.d is in place and /proc/1 exists
       command: test -x /usr/sbin/policy-rc.d -a -e /proc/1/cmdline
@@ -100,7 +101,7 @@ const SHELL_BASELINE: &str = "[[provision]]\ntype = \"shell\"\nname = \"shell ba
 fn ansible_recipe(up: &Path, playbook: &str) -> String {
     let baseline = if playbook.ends_with("site.yml") { SHELL_BASELINE } else { "" };
     format!(
-        "{}{baseline}[[provision]]\ntype = \"ansible\"\nname = \"site\"\nplaybook = \"{playbook}\"\nroles_path = [\"ansible/roles\"]\nextra_vars = {{ role = \"web\", port = 8080 }}\n",
+        "{}{baseline}[[provision]]\ntype = \"ansible\"\nname = \"site\"\nplaybook = \"{playbook}\"\nroles_path = [\"ansible/roles\"]\nrequirements = \"ansible/requirements.yml\"\nextra_vars = {{ role = \"web\", port = 8080 }}\n",
         head(up, "ans")
     )
 }
@@ -127,6 +128,20 @@ fn ansible_playbook_end_to_end() {
         ("ansible/roles/web/files/imgforge-test.service", UNIT),
         ("ansible/fail.yml", "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: this task fails\n      command: /bin/false\n"),
     ];
+    // A role from requirements.yml (a local tarball: no galaxy server here).
+    let extra = dir.path().join("extra-role");
+    std::fs::create_dir_all(extra.join("extra/tasks")).unwrap();
+    std::fs::create_dir_all(extra.join("extra/meta")).unwrap();
+    std::fs::write(extra.join("extra/tasks/main.yml"), "- copy: { content: \"from requirements\\n\", dest: /etc/extra-role }\n").unwrap();
+    std::fs::write(
+        extra.join("extra/meta/main.yml"),
+        "galaxy_info: { author: t, description: t, license: MIT, min_ansible_version: '2.9', platforms: [] }\ndependencies: []\n",
+    )
+    .unwrap();
+    let tar = dir.path().join("extra.tar.gz");
+    assert!(std::process::Command::new("tar").arg("czf").arg(&tar).arg("-C").arg(&extra).arg("extra").status().unwrap().success());
+    std::fs::create_dir_all(dir.path().join("ansible")).unwrap();
+    std::fs::write(dir.path().join("ansible/requirements.yml"), format!("- src: file://{}\n  name: extra\n", tar.display())).unwrap();
     let o = build(dir.path(), &ansible_recipe(up, "ansible/site.yml"), &files);
     assert!(o.status.success(), "{}", show(&o));
     let err = stderr(&o);
@@ -139,6 +154,7 @@ fn ansible_playbook_end_to_end() {
     let m = RoMount::open(&dir.path().join("out/ans.raw"), 1);
     assert!(m.path("/usr/bin/hello").exists() && m.path("/usr/bin/tree").exists(), "package not installed");
     assert_eq!(m.read("/etc/app.conf"), "role=web port=8080 build=1\n");
+    assert_eq!(m.read("/etc/extra-role"), "from requirements\n");
     assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
     let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
     assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
@@ -147,6 +163,8 @@ fn ansible_playbook_end_to_end() {
 
     // A failing task fails the build, named.
     let dir = testdir("ansible-fail");
+    let mut files = files.to_vec();
+    files.push(("ansible/requirements.yml", "---\n"));
     let o = build(dir.path(), &ansible_recipe(up, "ansible/fail.yml"), &files);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = stderr(&o);

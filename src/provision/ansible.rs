@@ -78,11 +78,24 @@ fn environment(work: &Path, p: &AnsiblePlan) -> anyhow::Result<BTreeMap<String, 
     env.insert("PATH".into(), host_path().into());
     let local_tmp = work.join("tmp");
     std::fs::create_dir(&local_tmp).with_context(|| format!("Failed to create {}", local_tmp.display()))?;
-    let mut roles = p.roles_path.clone();
-    roles.push(work.join("roles"));
-    let mut collections = p.collections_path.clone();
-    collections.push(work.join("collections"));
-    let set: [(&str, OsString); 14] = [
+    // The recipe's directories first, then what requirements installs, then ansible's defaults
+    // (collections installed with ansible-galaxy next to ansible-core live there).
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let roles: Vec<PathBuf> = p
+        .roles_path
+        .iter()
+        .cloned()
+        .chain([work.join("roles"), home.join(".ansible/roles")])
+        .chain(["/usr/share/ansible/roles", "/etc/ansible/roles"].map(PathBuf::from))
+        .collect();
+    let collections: Vec<PathBuf> = p
+        .collections_path
+        .iter()
+        .cloned()
+        .chain([work.join("collections"), home.join(".ansible/collections")])
+        .chain(["/usr/share/ansible/collections"].map(PathBuf::from))
+        .collect();
+    let set: [(&str, OsString); 13] = [
         ("ANSIBLE_LOCAL_TEMP", local_tmp.into()),
         ("ANSIBLE_REMOTE_TMP", remote_tmp().into()),
         ("ANSIBLE_ROLES_PATH", std::env::join_paths(&roles)?),
@@ -91,7 +104,6 @@ fn environment(work: &Path, p: &AnsiblePlan) -> anyhow::Result<BTreeMap<String, 
         ("ANSIBLE_RETRY_FILES_ENABLED", "0".into()),
         ("ANSIBLE_PYTHON_INTERPRETER", "auto_silent".into()),
         ("ANSIBLE_STDOUT_CALLBACK", "default".into()),
-        ("ANSIBLE_HOME", work.join("home").into()),
         ("PYTHONUNBUFFERED", "1".into()),
         ("LANG", "C.UTF-8".into()),
         ("DEBIAN_FRONTEND", "noninteractive".into()),
@@ -144,8 +156,9 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     f.write_all(data).with_context(|| format!("Failed to write {}", path.display()))
 }
 
-/// `ansible-galaxy install -r` roles and collections into `work` (found through the search
-/// paths set in `environment`).
+/// `ansible-galaxy role|collection install -r` into `work` (found through the search paths set
+/// in `environment`), each only when the file has that kind: `collection install` refuses a
+/// roles-only list.
 fn install_requirements(
     playbook_exe: &Path,
     req: &Path,
@@ -155,7 +168,12 @@ fn install_requirements(
     events: &Events,
 ) -> anyhow::Result<()> {
     let galaxy = playbook_exe.with_file_name("ansible-galaxy");
-    for (what, dir) in [("role", "roles"), ("collection", "collections")] {
+    let text = std::fs::read_to_string(req).with_context(|| format!("Failed to read {}", req.display()))?;
+    let (roles, collections) = requirement_kinds(&text);
+    for (what, dir, wanted) in [("role", "roles", roles), ("collection", "collections", collections)] {
+        if !wanted {
+            continue;
+        }
         let mut cmd = Command::new(&galaxy);
         cmd.args([what, "install", "-r"]).arg(req).arg("-p").arg(work.join(dir));
         let done = run_host(cmd, env, label, events, |_| {})?;
@@ -164,6 +182,16 @@ fn install_requirements(
         }
     }
     Ok(())
+}
+
+/// Whether a requirements.yml lists roles (a top-level list, or `roles:`) and collections
+/// (`collections:`), from its top-level lines. Pure.
+fn requirement_kinds(text: &str) -> (bool, bool) {
+    let top: Vec<&str> =
+        text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with([' ', '\t', '#']) && !l.starts_with("---")).collect();
+    let roles = top.iter().any(|l| l.starts_with("roles:") || l.starts_with('-'));
+    let collections = top.iter().any(|l| l.starts_with("collections:"));
+    (roles, collections)
 }
 
 fn run_host(
@@ -290,6 +318,13 @@ mod tests {
         o.line("[ERROR]: the connection plugin 'community.general.chroot' was not found");
         let e = format!("{:#}", o.finish(&done(1)).unwrap_err());
         assert!(e.contains("pip install ansible"), "{e}");
+    }
+
+    #[test]
+    fn requirements_kinds() {
+        assert_eq!(requirement_kinds("---\n- src: file:///r.tar.gz\n  name: r\n"), (true, false));
+        assert_eq!(requirement_kinds("# c\ncollections:\n  - name: community.general\n"), (false, true));
+        assert_eq!(requirement_kinds("roles:\n  - name: a\ncollections:\n  - b\n"), (true, true));
     }
 
     #[test]
