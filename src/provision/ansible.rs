@@ -48,6 +48,13 @@ pub fn run(root: &Root, label: &str, p: &AnsiblePlan, events: &Events) -> anyhow
     if let Some(req) = &p.requirements {
         install_requirements(&exe, req, work.path(), &env, label, events)?;
     }
+    for f in reboot_users(p) {
+        events.notice(&format!(
+            "{}: uses the reboot module, which cannot work in an image build (the image is not booted); \
+             skip it when IMGFORGE_BUILD is set and test the booted image instead",
+            f.display()
+        ));
+    }
     let mut cmd = Command::new(&exe);
     cmd.arg("-i").arg(&inventory).arg("--extra-vars").arg(format!("@{}", vars.display()));
     if !p.tags.is_empty() {
@@ -212,6 +219,32 @@ fn run_host(
     )
 }
 
+/// The playbook and role YAML files that call the reboot module.
+fn reboot_users(p: &AnsiblePlan) -> Vec<PathBuf> {
+    let mut files = vec![p.playbook.clone()];
+    let mut dirs: Vec<PathBuf> = p.roles_path.clone();
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                Ok(t) if t.is_file() && path.extension().is_some_and(|x| x == "yml" || x == "yaml") => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files.into_iter().filter(|f| std::fs::read_to_string(f).is_ok_and(|t| calls_reboot(&t))).collect()
+}
+
+/// Whether YAML text has a task calling `reboot` / `ansible.builtin.reboot`. Pure.
+fn calls_reboot(text: &str) -> bool {
+    text.lines().any(|l| {
+        let t = l.trim_start().trim_start_matches("- ");
+        t.starts_with("reboot:") || t.starts_with("ansible.builtin.reboot:") || t == "reboot" || t == "ansible.builtin.reboot"
+    })
+}
+
 /// What the default callback's output says: the failed tasks and the recap.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -318,6 +351,13 @@ mod tests {
         o.line("[ERROR]: the connection plugin 'community.general.chroot' was not found");
         let e = format!("{:#}", o.finish(&done(1)).unwrap_err());
         assert!(e.contains("pip install ansible"), "{e}");
+    }
+
+    #[test]
+    fn reboot_is_spotted() {
+        assert!(calls_reboot("- name: r\n  ansible.builtin.reboot:\n    msg: x\n"));
+        assert!(calls_reboot("  - reboot:\n"));
+        assert!(!calls_reboot("- name: reboot required?\n  stat: { path: /var/run/reboot-required }\n"));
     }
 
     #[test]
