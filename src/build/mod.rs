@@ -66,6 +66,7 @@ impl Timings {
 /// Runs a build; returns the manifest written next to the outputs, or the seal plan of a
 /// `--seal-dry-run` (then nothing is written).
 pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<Outcome> {
+    crate::provision::preflight(&plan.steps)?;
     let version = match &plan.version {
         Some(v) => v.clone(),
         None => version::git_describe(&plan.recipe_dir)?,
@@ -192,17 +193,14 @@ fn inside(
 /// What sealing needs from the build: the host's name and the host paths given to
 /// provisioners (the residue scan looks for both).
 fn seal_context(plan: &BuildPlan, dry_run: bool) -> crate::seal::Context {
-    use crate::recipe::plan::{Script, Step};
     let mut host_paths = vec![plan.recipe_dir.display().to_string()];
-    for s in &plan.steps {
-        match &s.step {
-            Step::Shell { script: Script::File(p), .. } => host_paths.push(p.display().to_string()),
-            Step::File { source, .. } | Step::Overlay { source, .. } => host_paths.push(source.display().to_string()),
-            Step::Shell { .. } => {}
-        }
+    let mut provisioner_paths = Vec::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        host_paths.extend(crate::provision::host_inputs(&s.step).iter().map(|p| p.display().to_string()));
+        provisioner_paths.extend(crate::provision::image_paths(&s.step, i + 1));
     }
     let build_hostname = nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned());
-    crate::seal::Context { build_hostname, host_paths, dry_run, ..Default::default() }
+    crate::seal::Context { build_hostname, provisioner_paths, host_paths, dry_run, ..Default::default() }
 }
 
 /// How a build ended.
