@@ -68,7 +68,7 @@ pub fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// Whether `file` lives on a filesystem where copy_file_range shares extents (reflink) instead
 /// of copying: XFS and btrfs. Preallocating there would force a real copy.
-fn clones(file: &File) -> bool {
+pub fn clones(file: &File) -> bool {
     use nix::sys::statfs::{BTRFS_SUPER_MAGIC, XFS_SUPER_MAGIC, fstatfs};
     fstatfs(file).is_ok_and(|s| s.filesystem_type() == XFS_SUPER_MAGIC || s.filesystem_type() == BTRFS_SUPER_MAGIC)
 }

@@ -92,6 +92,9 @@ pub fn feed_counted(
         let _ = back_tx.send(Vec::with_capacity(CHUNK as usize));
     }
     std::thread::scope(|s| {
+        // Owned here, so that an early return (a writer failed) drops it before the scope joins
+        // the reader: a reader waiting for a buffer then sees the channel closed and ends.
+        let back_tx = back_tx;
         s.spawn(move || {
             for &(start, end) in &plan {
                 let Ok(mut buf) = back_rx.recv() else { return };
