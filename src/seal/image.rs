@@ -3,7 +3,7 @@
 //! the same name (a temporary file renamed over it only when complete). A dry run mounts the
 //! disk read-only and writes nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
@@ -69,14 +69,14 @@ fn write_back_qcow2(path: &Path, work: &WorkDisk, events: &Events) -> anyhow::Re
     use crate::export::format::Format;
     let size = work.file().metadata()?.len();
     let name = path.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or_else(crate::stamp::build_time);
     let input = crate::export::input::Input {
-        path: PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(work.file()))),
+        path: fd_path(work.file()),
         file: work.file().try_clone().context("Failed to reopen the working disk")?,
         size,
         name,
         sha256: None,
-        epoch,
+        // export reads SOURCE_DATE_EPOCH itself; this is the fallback.
+        epoch: crate::stamp::build_time(),
         manifest: None,
     };
     let targets = [crate::export::run::Target { format: Format::Qcow2, dest: path.to_path_buf() }];
