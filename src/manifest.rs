@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::provision::StepReport;
-use crate::seal::SealReport;
+use crate::seal::SealSummary;
 
 /// One output file.
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +63,7 @@ pub struct Manifest {
     /// Seconds per build step.
     pub steps: BTreeMap<String, f64>,
     /// What sealing did.
-    pub seal: SealReport,
+    pub seal: SealSummary,
     /// imgforge version.
     pub imgforge_version: String,
 }

@@ -104,8 +104,32 @@ fn cloud_image_end_to_end() {
     assert!(m.path("/etc/systemd/system/multi-user.target.wants/imgforge-ssh-keygen.service").symlink_metadata().is_ok());
     assert_eq!(std::fs::metadata(m.path("/etc/machine-id")).unwrap().len(), 0);
     assert!(!m.path("/usr/sbin/policy-rc.d").exists());
+    // Sealing: the upstream's instance state, addresses, histories and logs are gone.
+    assert_eq!(std::fs::read_link(m.path("/var/lib/dbus/machine-id")).unwrap(), Path::new("/etc/machine-id"));
+    assert!(std::fs::read_dir(m.path("/var/lib/cloud")).unwrap().next().is_none(), "cloud-init state left");
+    for gone in [
+        "/var/log/cloud-init.log",
+        "/root/.bash_history",
+        "/home/debian/.bash_history",
+        "/var/lib/dhcp/dhclient.eth0.leases",
+        "/etc/udev/rules.d/70-persistent-net.rules",
+    ] {
+        assert!(m.path(gone).symlink_metadata().is_err(), "{gone} left in the image");
+    }
+    let syslog = std::fs::metadata(m.path("/var/log/syslog")).unwrap();
+    assert_eq!((syslog.len(), std::os::unix::fs::PermissionsExt::mode(&syslog.permissions()) & 0o777), (0, 0o640));
+    assert_eq!(m.read("/etc/hostname"), "localhost\n");
+    assert!(!m.read("/etc/hosts").contains("upstream-builder"));
+    let netplan = m.read("/etc/netplan/50-cloud-init.yaml");
+    assert!(!netplan.contains("macaddress") && !netplan.contains("set-name") && netplan.contains("dhcp4: true"), "{netplan}");
     assert_eq!(std::fs::read_link(m.path("/etc/resolv.conf")).unwrap(), Path::new("../run/systemd/resolve/stub-resolv.conf"));
     drop(m);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/cloud.seal.json")).unwrap()).unwrap();
+    let actions = report["actions"].as_array().unwrap();
+    assert!(actions.iter().any(|a| a["action"] == "ran" && a["path"] == "cloud-init clean --logs"), "{report}");
+    assert!(actions.iter().any(|a| a["op"] == "net-hwaddr" && a["path"] == "/etc/netplan/50-cloud-init.yaml"), "{report}");
+    assert_eq!(report["residue"]["findings"].as_array().unwrap().len(), 0, "{report}");
+    assert!(report["residue"]["files"].as_u64().unwrap() > 10_000, "{report}");
 
     // The grown root filesystem fills its partition.
     let df = RoMount::open(&raw, 1);

@@ -122,7 +122,7 @@ fn small_qcow2_end_to_end() {
     let mut names: Vec<String> =
         std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["small.manifest.json", "small.qcow2", "small.raw", "small.vhd"]);
+    assert_eq!(names, ["small.manifest.json", "small.qcow2", "small.raw", "small.seal.json", "small.vhd"]);
 }
 
 fn stderr(o: &std::process::Output) -> String {

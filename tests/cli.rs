@@ -68,3 +68,28 @@ fn bad_usage_exits_2() {
     let o = run(imgforge().args(["build"]));
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
 }
+
+#[test]
+fn unknown_seal_operation_exits_2_with_the_valid_names() {
+    assert_recipe_error(&format!("{HEAD}\n[seal]\ndisable = [\"logs\"]\n"), 10, "unknown operation `logs`");
+    let (_, out, _d) = validate(&format!("{HEAD}\n[seal]\nenable = [\"fs-uuid\"]\n"));
+    assert!(out.contains("valid operations: cloud-init, ca-certificates,") && out.contains("fs-uuids"), "{out}");
+    // The same on the command line.
+    let o = run(imgforge().args(["seal", "--disable", "nope", "/nonexistent.raw"]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown seal operation `nope`; valid operations: cloud-init"), "{}", show(&o));
+}
+
+#[test]
+fn seal_list_names_every_operation_with_its_default() {
+    let o = run(imgforge().args(["seal", "--list"]));
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for (name, default) in
+        [("ssh-hostkeys", "on"), ("machine-id", "on"), ("net-hwaddr", "on"), ("fs-uuids", "off"), ("user-accounts", "off")]
+    {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing: {out}"));
+        assert_eq!(line.split_whitespace().nth(1), Some(default), "{line}");
+    }
+    assert_eq!(out.lines().count(), 21, "{out}");
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Usage: vm-tests/boot-to-login.sh IMAGE [--format raw|qcow2|vpc|vmdk]
-#            [--timeout SECONDS] [--mac MAC] [--log FILE]
+#            [--timeout SECONDS] [--mac MAC] [--log FILE] [--until TEXT]
 #
 # Boots IMAGE under qemu-system-x86_64 (q35, UEFI via OVMF, 2 GiB RAM, virtio
 # disk, user-mode virtio NIC, -snapshot so IMAGE is never modified) and waits
@@ -10,6 +10,7 @@
 #   --timeout  seconds to wait for the prompt (default 600)
 #   --mac      MAC address of the NIC (default 52:54:00:12:34:56)
 #   --log      keep the serial console log in FILE (default: temp file)
+#   --until    wait for TEXT on the serial console instead of `login:`
 #
 # Exit 0 and print the elapsed seconds when `login:` shows up; exit 1 and
 # print the last 40 lines of the serial log on timeout or if qemu dies.
@@ -35,6 +36,7 @@ FORMAT=
 TIMEOUT=600
 MAC=52:54:00:12:34:56
 LOG_FILE=
+UNTIL=login:
 while (($#)); do
     case $1 in
     --format) (($# >= 2)) || usage; FORMAT=$2; shift 2 ;;
@@ -45,6 +47,8 @@ while (($#)); do
     --mac=*) MAC=${1#*=}; shift ;;
     --log) (($# >= 2)) || usage; LOG_FILE=$2; shift 2 ;;
     --log=*) LOG_FILE=${1#*=}; shift ;;
+    --until) (($# >= 2)) || usage; UNTIL=$2; shift 2 ;;
+    --until=*) UNTIL=${1#*=}; shift ;;
     -h | --help) usage 0 ;;
     -*) log "unknown option: $1"; usage ;;
     *)
@@ -182,7 +186,7 @@ QEMU_PID=$!
 
 status=1
 while ((SECONDS - START < TIMEOUT)); do
-    if grep -aq 'login:' "$SERIAL_LOG" 2>/dev/null; then
+    if grep -aqF -- "$UNTIL" "$SERIAL_LOG" 2>/dev/null; then
         status=0
         break
     fi
@@ -196,12 +200,12 @@ done
 ELAPSED=$((SECONDS - START))
 
 if ((status == 0)); then
-    log "reached login: prompt after ${ELAPSED}s"
+    log "reached '$UNTIL' after ${ELAPSED}s"
     echo "$ELAPSED"
     exit 0
 fi
 if ((ELAPSED >= TIMEOUT)); then
-    log "no login: prompt within ${TIMEOUT}s"
+    log "no '$UNTIL' within ${TIMEOUT}s"
 fi
 log "last 40 lines of the serial log ($SERIAL_LOG):"
 tail -n 40 "$SERIAL_LOG" | sed 's/\x1b\[[0-9;=?]*[A-Za-z]//g; s/\r$//' >&2 || true

@@ -1,7 +1,8 @@
 //! Boot test: build the cloud-like image with imgforge, with fixed VHD, streamOptimized VMDK and
-//! qcow2 outputs, and boot each output under qemu (OVMF; KVM where the host really has it, TCG
+//! qcow2 outputs, and boot each of those outputs under qemu (OVMF; KVM where the host really has it, TCG
 //! otherwise) to a login prompt on the serial console. Under TCG a boot takes one to three
-//! minutes; two boots run at a time.
+//! minutes; two boots run at a time. The build enables `fs-uuids`: the image boots with new
+//! filesystem UUIDs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/util/mod.rs"]
@@ -9,26 +10,35 @@ mod util;
 
 use util::*;
 
+/// VM tests run one at a time: each already boots two VMs on a 2-core host.
+static VMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn have_qemu(test: &str) -> bool {
+    let ok = std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("skipped {test}: qemu-system-x86_64 is not installed");
+    }
+    ok
+}
+
 #[test]
 fn built_cloud_image_boots_to_login() {
-    if !have_root("built_cloud_image_boots_to_login") {
+    if !have_root("built_cloud_image_boots_to_login") || !have_qemu("built_cloud_image_boots_to_login") {
         return;
     }
-    if std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
-        eprintln!("skipped built_cloud_image_boots_to_login: qemu-system-x86_64 is not installed");
-        return;
-    }
+    let _one = VMS.lock().unwrap_or_else(|e| e.into_inner());
     let up = cloud_upstream();
     let dir = testdir("vmboot");
     let text = format!(
-        "[image]\nname = \"boot\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\"]\n[output]\nformats = [\"vhd\", \"vmdk\", \"qcow2\"]\n",
+        "[image]\nname = \"boot\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\"]\n[output]\nformats = [\"vhd\", \"vmdk\", \"qcow2\"]\n[seal]\nenable = [\"fs-uuids\"]\n",
         up = up.display()
     );
     let r = recipe(dir.path(), &text);
     let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
     assert!(o.status.success(), "{}", show(&o));
     assert_clean(dir.path());
-    let images = [("boot.raw", "raw"), ("boot.vhd", "vpc"), ("boot.vmdk", "vmdk"), ("boot.qcow2", "qcow2")];
+    // The raw itself boots (twice) in `sealed_image_clones_are_distinct_machines`.
+    let images = [("boot.vhd", "vpc"), ("boot.vmdk", "vmdk"), ("boot.qcow2", "qcow2")];
     for pair in images.chunks(2) {
         std::thread::scope(|s| {
             for &(file, format) in pair {
@@ -49,4 +59,84 @@ fn boot_to_login(image: &std::path::Path, format: &str, log: &std::path::Path) {
     assert!(serial.contains("login:"), "{format}: {serial}");
     // The getty banner carries the provisioner's mark: this is our image, not the upstream.
     assert!(serial.contains("booted-from-imgforge"), "{format}: {serial}");
+}
+
+/// Prints the VM's identity on the serial console once it has an address and sshd ran.
+const REPORT_UNIT: &str = "[Unit]\nDescription=imgforge vm-test identity report\nAfter=network-online.target ssh.service imgforge-ssh-keygen.service\nWants=network-online.target\n\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/report-identity\n\n[Install]\nWantedBy=multi-user.target\n";
+const REPORT_SCRIPT: &str = r#"#!/bin/sh
+ip=
+for i in $(seq 180); do
+  ip=$(ip -4 -o addr show scope global | awk '{print $4}' | head -n 1)
+  [ -n "$ip" ] && break
+  sleep 1
+done
+key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | awk '{print $2}')
+echo "IMGFORGE-IDENTITY machine-id=$(cat /etc/machine-id) ip=$ip sshd=$(systemctl is-active ssh) hostkey=$key END" > /dev/ttyS0
+"#;
+
+/// Two VMs from one sealed image, with different MACs (one the upstream build's own): both get
+/// a DHCP address, run sshd, and have machine ids and SSH host keys of their own, unlike each
+/// other and unlike the upstream image.
+#[test]
+fn sealed_image_clones_are_distinct_machines() {
+    const TEST: &str = "sealed_image_clones_are_distinct_machines";
+    if !have_root(TEST) || !have_qemu(TEST) {
+        return;
+    }
+    let _one = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    let up = cloud_upstream();
+    let dir = testdir("vmseal");
+    std::fs::write(dir.path().join("report-identity"), REPORT_SCRIPT).unwrap();
+    std::fs::write(dir.path().join("report.service"), REPORT_UNIT).unwrap();
+    let text = format!(
+        "[image]\nname = \"sealed\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\"systemctl enable report-identity.service\"]\n",
+        up = up.display()
+    );
+    let r = recipe(dir.path(), &text);
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_clean(dir.path());
+    let raw = dir.path().join("out/sealed.raw");
+
+    // The upstream image's identity.
+    let upraw = up.join("noble-like-cloudimg-amd64.raw");
+    let m = RoMount::open(&upraw, 1);
+    let up_id = m.read("/etc/machine-id").trim().to_string();
+    let fp = run(std::process::Command::new("ssh-keygen").arg("-lf").arg(m.path("/etc/ssh/ssh_host_ed25519_key.pub")));
+    let up_key = String::from_utf8_lossy(&fp.stdout).split_whitespace().nth(1).unwrap().to_string();
+    drop(m);
+
+    let macs = ["52:54:00:12:34:56", "52:54:00:ab:cd:ef"];
+    let reports: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = macs
+            .iter()
+            .enumerate()
+            .map(|(i, mac)| {
+                let (raw, log) = (&raw, dir.path().join(format!("serial-{i}.log")));
+                s.spawn(move || {
+                    let boot = run(std::process::Command::new(repo().join("vm-tests/boot-to-login.sh"))
+                        .arg(raw)
+                        .args(["--format", "raw", "--timeout", "900", "--mac", mac, "--until", " END", "--log"])
+                        .arg(&log));
+                    let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+                    assert!(boot.status.success(), "VM {i} ({mac}): {}\n{serial}", show(&boot));
+                    serial.lines().find(|l| l.contains("IMGFORGE-IDENTITY")).unwrap().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let field = |r: &str, k: &str| -> String {
+        r.split_whitespace().find_map(|f| f.strip_prefix(&format!("{k}="))).unwrap_or_default().to_string()
+    };
+    for r in &reports {
+        assert!(field(r, "ip").starts_with("10.0.2."), "no DHCP address: {r}");
+        assert_eq!(field(r, "sshd"), "active", "{r}");
+        assert_eq!(field(r, "machine-id").len(), 32, "{r}");
+        assert!(field(r, "hostkey").starts_with("SHA256:"), "{r}");
+        assert_ne!(field(r, "machine-id"), up_id, "machine id of the upstream image: {r}");
+        assert_ne!(field(r, "hostkey"), up_key, "host key of the upstream image: {r}");
+    }
+    assert_ne!(field(&reports[0], "machine-id"), field(&reports[1], "machine-id"), "{reports:?}");
+    assert_ne!(field(&reports[0], "hostkey"), field(&reports[1], "hostkey"), "{reports:?}");
 }

@@ -42,6 +42,8 @@ pub struct Options {
     pub on_error: OnError,
     /// Download cache.
     pub cache_dir: PathBuf,
+    /// Stop after printing the seal plan (nothing sealed, no outputs).
+    pub seal_dry_run: bool,
 }
 
 /// Step timings, in order.
@@ -61,8 +63,10 @@ impl Timings {
     }
 }
 
-/// Runs a build; returns the manifest written next to the outputs.
-pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<Manifest> {
+/// Runs a build; returns the manifest written next to the outputs, or the seal plan of a
+/// `--seal-dry-run` (then nothing is written).
+pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<Outcome> {
+    crate::provision::preflight(&plan.steps)?;
     let version = match &plan.version {
         Some(v) => v.clone(),
         None => version::git_describe(&plan.recipe_dir)?,
@@ -86,8 +90,9 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
         source_digest: format!("{}:{}", src.algo.name().to_ascii_lowercase(), src.digest),
         ancestor: src.url.clone(),
     };
-    match customize(plan, &work, size, &stamp, &mut t, events) {
-        Ok((provisioners, seal)) => finish(plan, work, &src, &stamp, provisioners, seal, t, events),
+    match customize(plan, opts, &work, size, &stamp, &mut t, events) {
+        Ok((_, seal)) if opts.seal_dry_run => Ok(Outcome::SealPlan(seal)),
+        Ok((provisioners, seal)) => finish(plan, work, &src, &stamp, provisioners, seal, t, events).map(Outcome::Built),
         Err(e) => {
             if opts.on_error == OnError::Keep {
                 let kept = plan.output_dir.join(format!("{}.failed.raw", plan.name));
@@ -107,6 +112,7 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
 /// released before this returns.
 fn customize(
     plan: &BuildPlan,
+    opts: &Options,
     work: &WorkDisk,
     size: u64,
     stamp: &Stamp,
@@ -139,10 +145,17 @@ fn customize(
         None => (parts, root_part),
     };
     let what = format!("mounting partition {} ({}) as /", root_part.part.index, root_part.fs.fstype);
-    let mounted = t.time(events, "mount", &what, || Mounted::mount(disk, &parts, &root_part, grown.is_some(), events))?;
-    let result = inside(plan, &mounted, stamp, t, events);
+    let mounted = t.time(events, "mount", &what, || Mounted::mount(disk, &parts, &root_part, grown.is_some(), false, events))?;
+    let mut cx = seal_context(plan, opts.seal_dry_run);
+    cx.filesystems = mounted::seal_filesystems(&parts, &mounted);
+    cx.disk_path = Some(mounted::fd_path(disk));
+    let result = inside(plan, opts, &mounted, &cx, stamp, t, events);
     let closed = t.time(events, "unmount", "unmounting and detaching", || mounted.close());
     match (result, closed) {
+        (Ok(r), Ok(())) if !r.1.fs_uuids.is_empty() => {
+            t.time(events, "fs-uuids", "setting new filesystem UUIDs", || crate::seal::fsuuid::apply(disk, &r.1.fs_uuids))?;
+            Ok(r)
+        }
         (Ok(r), Ok(())) => Ok(r),
         (Err(e), Ok(())) => Err(e),
         (Ok(_), Err(c)) => Err(c),
@@ -150,12 +163,53 @@ fn customize(
     }
 }
 
-fn inside(plan: &BuildPlan, m: &Mounted, stamp: &Stamp, t: &mut Timings, events: &Events) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
+fn inside(
+    plan: &BuildPlan,
+    opts: &Options,
+    m: &Mounted,
+    cx: &crate::seal::Context,
+    stamp: &Stamp,
+    t: &mut Timings,
+    events: &Events,
+) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
     let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
-    let seal = t.time(events, "seal", "sealing (SSH host keys, machine-id)", || Ok(crate::seal::minimal(&m.root)?))?;
+    let what = format!("sealing ({} operations{})", plan.seal.enabled.len(), if opts.seal_dry_run { ", dry run" } else { "" });
+    // The scrub is the last write to the image: only trimming (no content change) follows.
+    let seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
+    if opts.seal_dry_run {
+        return Ok((provisioners, seal));
+    }
+    let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
+    if let Err(e) = seal.check(&report_path.display().to_string()) {
+        // The build fails and writes no image, but the report says what was found.
+        let _ = crate::manifest::write(&seal, &report_path);
+        return Err(e);
+    }
     t.time(events, "trim", "trimming free space", || trim_all(m))?;
     Ok((provisioners, seal))
+}
+
+/// What sealing needs from the build: the host's name and the host paths given to
+/// provisioners (the residue scan looks for both).
+fn seal_context(plan: &BuildPlan, dry_run: bool) -> crate::seal::Context {
+    let mut host_paths = vec![plan.recipe_dir.display().to_string()];
+    let mut provisioner_paths = Vec::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        host_paths.extend(crate::provision::host_inputs(&s.step).iter().map(|p| p.display().to_string()));
+        provisioner_paths.extend(crate::provision::image_paths(&s.step, i + 1));
+    }
+    let build_hostname = nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned());
+    crate::seal::Context { build_hostname, provisioner_paths, host_paths, dry_run, ..Default::default() }
+}
+
+/// How a build ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Outputs written.
+    Built(Box<Manifest>),
+    /// `--seal-dry-run`: the plan, nothing written.
+    SealPlan(SealReport),
 }
 
 /// Installs the provisioning guards, runs the provisioners, and restores the guards whatever
@@ -185,7 +239,7 @@ fn provision_window(plan: &BuildPlan, m: &Mounted, events: &Events) -> anyhow::R
     Ok(reports)
 }
 
-fn trim_all(m: &Mounted) -> anyhow::Result<()> {
+pub(crate) fn trim_all(m: &Mounted) -> anyhow::Result<()> {
     for (target, host) in &m.filesystems {
         let dir = std::fs::File::open(host).with_context(|| format!("Failed to open {}", host.display()))?;
         match crate::host::trim::trim(&dir, host) {
@@ -208,7 +262,7 @@ fn finish(
     seal: SealReport,
     mut t: Timings,
     events: &Events,
-) -> anyhow::Result<Manifest> {
+) -> anyhow::Result<Box<Manifest>> {
     let dest = plan.output_dir.join(format!("{}.raw", plan.name));
     let out = t.time(events, "output", &format!("writing {}", dest.display()), || {
         // Hash (from the page cache) while the kernel writes the disk back; both before the rename.
@@ -256,6 +310,8 @@ fn finish(
         };
         outputs.extend(more);
     }
+    let seal_name = format!("{}.seal.json", plan.name);
+    crate::manifest::write(&seal, &plan.output_dir.join(&seal_name))?;
     let manifest = Manifest {
         schema: 1,
         name: plan.name.clone(),
@@ -274,10 +330,10 @@ fn finish(
         outputs,
         provisioners,
         steps: t.0,
-        seal,
+        seal: seal.summary(&seal_name),
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let path = plan.output_dir.join(format!("{}.manifest.json", plan.name));
     crate::manifest::write(&manifest, &path)?;
-    Ok(manifest)
+    Ok(Box::new(manifest))
 }

@@ -44,6 +44,27 @@ pub fn probe_all(disk: &File, table: &PartitionTable) -> anyhow::Result<Vec<Prob
         .collect()
 }
 
+/// The disk's filesystems as sealing sees them (for `fs-uuids`).
+pub fn seal_filesystems(parts: &[Probed], m: &Mounted) -> Vec<crate::seal::Filesystem> {
+    parts
+        .iter()
+        .filter(|p| !p.fs.fstype.is_empty())
+        .map(|p| crate::seal::Filesystem {
+            partition: p.part.index,
+            start: p.part.start,
+            size: p.part.size,
+            fstype: p.fs.fstype.clone(),
+            uuid: p.fs.uuid.clone(),
+            target: m.partitions.iter().find(|(_, n)| *n == p.part.index).map(|(t, _)| t.clone()),
+        })
+        .collect()
+}
+
+/// A path other programs can open `file` by (this process's fd through /proc).
+pub fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(file)))
+}
+
 /// Picks the root partition: the recipe's choice, else the one with the x86-64 root type GUID,
 /// else the only Linux filesystem not labelled as /boot, else the one with a root label
 /// (cloudimg-rootfs, rootfs, root…), else the largest.
@@ -106,6 +127,8 @@ pub struct Mounted {
     held: Held,
     /// Filesystems mounted from the disk (mount point in the image, host path), for trimming.
     pub filesystems: Vec<(String, PathBuf)>,
+    /// Which partition is mounted where (mount point in the image, partition number).
+    pub partitions: Vec<(String, u32)>,
 }
 
 /// What must be released, in order: mounts, then loop devices, then the mount directory.
@@ -174,16 +197,25 @@ fn fs_options(fstype: &str) -> Option<&'static str> {
 
 impl Mounted {
     /// Attaches and mounts the root and its fstab mounts, then the pseudo filesystems.
-    /// With `grow_fs`, the root filesystem is first grown to fill its (grown) partition.
-    pub fn mount(disk: &File, parts: &[Probed], root_part: &Probed, grow_fs: bool, events: &Events) -> anyhow::Result<Self> {
+    /// With `grow_fs`, the root filesystem is first grown to fill its (grown) partition. With
+    /// `read_only`, the disk's filesystems are attached and mounted read-only (a dry run).
+    pub fn mount(
+        disk: &File,
+        parts: &[Probed],
+        root_part: &Probed,
+        grow_fs: bool,
+        read_only: bool,
+        events: &Events,
+    ) -> anyhow::Result<Self> {
         let dir = mount_dir().context("Failed to create the mount directory")?;
         let mut tree = MountTree::new(dir.clone());
-        let root_loop = LoopDevice::attach(disk, root_part.part.start, root_part.part.size, false)?;
+        let root_loop = LoopDevice::attach(disk, root_part.part.start, root_part.part.size, read_only)?;
+        let ro = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
         let fstype = root_part.fs.fstype.clone();
         if grow_fs {
             grow_offline(root_loop.path(), &fstype, events)?;
         }
-        let spec = MountSpec { source: root_loop.path(), fstype: Some(&fstype), flags: MountFlags::empty(), data: fs_options(&fstype) };
+        let spec = MountSpec { source: root_loop.path(), fstype: Some(&fstype), flags: ro, data: fs_options(&fstype) };
         let dir_fd = File::open(&dir).with_context(|| format!("Failed to open {}", dir.display()))?;
         tree.mount_at(&spec, &dir_fd, &dir)?;
         let root = Root::open(&dir)?;
@@ -191,12 +223,13 @@ impl Mounted {
             held: Held { loops: vec![root_loop], tree: Some(tree), dir: Some(dir.clone()) },
             root,
             filesystems: vec![("/".into(), dir)],
+            partitions: vec![("/".into(), root_part.part.index)],
         };
         if grow_fs && fstype == "xfs" {
             let dir = me.root.path().to_path_buf();
             Command::new("xfs_growfs").arg(&dir).run_checked("grow the root XFS filesystem")?;
         }
-        me.mount_fstab(disk, parts, root_part, events)?;
+        me.mount_fstab(disk, parts, root_part, read_only, events)?;
         me.mount_pseudo()?;
         Ok(me)
     }
@@ -205,7 +238,7 @@ impl Mounted {
         self.held.tree.as_mut().context("the image is already unmounted")
     }
 
-    fn mount_fstab(&mut self, disk: &File, parts: &[Probed], root_part: &Probed, events: &Events) -> anyhow::Result<()> {
+    fn mount_fstab(&mut self, disk: &File, parts: &[Probed], root_part: &Probed, read_only: bool, events: &Events) -> anyhow::Result<()> {
         let fstab = self.root.read(Path::new("/etc/fstab"))?.unwrap_or_default();
         let supported = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
         for e in secondary_mounts(&parse_fstab(&String::from_utf8_lossy(&fstab))) {
@@ -224,15 +257,17 @@ impl Mounted {
                 ));
                 continue;
             }
-            let lo = LoopDevice::attach(disk, p.part.start, p.part.size, false)?;
+            let lo = LoopDevice::attach(disk, p.part.start, p.part.size, read_only)?;
             self.root.mkdir_all(Path::new(&e.target), 0o755)?;
             let target = self.root.dir(Path::new(&e.target))?;
             let shown = self.root.shown(Path::new(&e.target));
             let dev = lo.path().to_path_buf();
             self.held.loops.push(lo);
-            let spec = MountSpec { source: &dev, fstype: Some(&fstype), flags: MountFlags::empty(), data: fs_options(&fstype) };
+            let flags = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
+            let spec = MountSpec { source: &dev, fstype: Some(&fstype), flags, data: fs_options(&fstype) };
             self.tree()?.mount_at(&spec, &target, &shown)?;
             self.filesystems.push((e.target.clone(), shown));
+            self.partitions.push((e.target.clone(), p.part.index));
         }
         Ok(())
     }

@@ -69,6 +69,12 @@ impl ChrootCmd {
         self
     }
 
+    /// Adds arguments.
+    pub fn args<S: Into<String>>(mut self, a: impl IntoIterator<Item = S>) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
     /// Sets an environment variable (replacing a default of the same name).
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.retain(|(key, _)| key != k);

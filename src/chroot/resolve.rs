@@ -218,6 +218,19 @@ impl Root {
         Ok(names)
     }
 
+    /// Removes a file, symlink or whole directory tree, never following a symlink (a symlink
+    /// inside the tree is removed, not what it points to); `false` if nothing was there.
+    pub fn remove_tree(&self, path: &Path) -> Result<bool> {
+        let Some(st) = self.lstat(path)? else { return Ok(false) };
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return self.remove_file(path);
+        }
+        for name in self.list(path)? {
+            self.remove_tree(&path.join(name))?;
+        }
+        self.remove_dir(path)
+    }
+
     /// Creates a symlink `path` → `target` (target stored as is, never resolved by us).
     pub fn symlink(&self, target: &Path, path: &Path) -> Result<()> {
         let (dir, name) = self.parent(path)?;
@@ -234,6 +247,20 @@ fn io_err(op: &'static str, path: &Path, e: &std::io::Error) -> ResolveError {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn remove_tree_does_not_follow_symlinks_out() {
+        let (host, img, root) = hostile();
+        std::fs::create_dir_all(img.path().join("run/x/a/b")).unwrap();
+        std::fs::write(img.path().join("run/x/a/b/f"), b"1").unwrap();
+        symlink(host.path(), img.path().join("run/x/a/out")).unwrap();
+        assert!(root.remove_tree(Path::new("/run/x")).unwrap());
+        assert!(!img.path().join("run/x").exists() && host.path().join("secret").exists());
+        assert!(!root.remove_tree(Path::new("/run/x")).unwrap());
+        // A symlink given as the path itself is removed, not followed.
+        assert!(root.remove_tree(Path::new("/etc/ssh")).unwrap());
+        assert!(host.path().join("secret").exists());
+    }
 
     fn hostile() -> (tempfile::TempDir, tempfile::TempDir, Root) {
         let host = tempfile::tempdir().unwrap();

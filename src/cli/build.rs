@@ -30,6 +30,10 @@ pub struct Args {
     /// AWS_ENDPOINT_URL).
     #[arg(long)]
     pub endpoint_url: Option<String>,
+    /// Provision, then print what sealing would remove or rewrite, and stop: nothing is sealed
+    /// and no output is written.
+    #[arg(long)]
+    pub seal_dry_run: bool,
 }
 
 /// Runs a build.
@@ -48,8 +52,18 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     crate::host::namespace::enter_private_mount_namespace()?;
     crate::host::signals::install().context("Failed to install signal handlers")?;
     let events = Events::new(g.json);
-    let opts = Options { on_error: a.on_error, cache_dir: a.cache_dir.clone().unwrap_or_else(crate::source::fetch::default_cache_dir) };
-    let manifest = crate::build::run(&plan, &opts, &events)?;
+    let opts = Options {
+        on_error: a.on_error,
+        cache_dir: a.cache_dir.clone().unwrap_or_else(crate::source::fetch::default_cache_dir),
+        seal_dry_run: a.seal_dry_run,
+    };
+    let manifest = match crate::build::run(&plan, &opts, &events)? {
+        crate::build::Outcome::Built(m) => m,
+        crate::build::Outcome::SealPlan(report) => {
+            print!("{}", report.text());
+            return Ok(());
+        }
+    };
     for o in &manifest.outputs {
         tracing::info!("built {} ({} bytes, sha256 {})", o.path, o.size, o.sha256);
     }

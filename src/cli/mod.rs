@@ -6,6 +6,7 @@ mod build;
 mod export;
 mod inspect;
 mod publish;
+mod seal;
 mod validate;
 
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Upload a raw disk (or a build's raw) into an EBS snapshot and register an AMI.
     Publish(publish::Args),
+    /// Scrub identities from a raw or qcow2 image (`--list` shows the operations).
+    Seal(seal::Args),
 }
 
 /// A bad command line value found after parsing (exit code 2).
@@ -72,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(&cli.global, a),
         Command::Export(a) => export::run(&cli.global, a),
         Command::Publish(a) => publish::run(&cli.global, a),
+        Command::Seal(a) => seal::run(&cli.global, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

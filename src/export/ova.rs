@@ -310,6 +310,9 @@ impl FormatWriter for OvaWriter {
     fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.vmdk.write(offset, data)
     }
+    fn compresses(&self) -> bool {
+        true
+    }
 
     fn finish(self: Box<Self>) -> io::Result<()> {
         let (mut f, _) = self.finish_inner()?;

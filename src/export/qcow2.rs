@@ -89,6 +89,8 @@ pub struct Qcow2Writer {
     pos: u64,
     /// Output assembled by one `write` call in compressed mode.
     out: Vec<u8>,
+    /// Allocate data runs before writing them (ext4 and the like; not XFS/btrfs).
+    prealloc: bool,
 }
 
 impl Qcow2Writer {
@@ -101,6 +103,7 @@ impl Qcow2Writer {
             )));
         }
         truncate_if_needed(&file)?;
+        let prealloc = !super::copy::clones(&file);
         let l1_size = spec.size.div_ceil(CLUSTER * L2_ENTRIES) as usize;
         Ok(Self {
             file,
@@ -111,6 +114,7 @@ impl Qcow2Writer {
             refs: vec![1], // the header cluster
             pos: CLUSTER,
             out: Vec::new(),
+            prealloc,
         })
     }
 
@@ -142,6 +146,10 @@ impl Qcow2Writer {
                 (false, Some(r)) => {
                     run = None;
                     let host = self.pos;
+                    if self.prealloc {
+                        super::copy::preallocate(&self.file, host, ((i - r) * C) as u64)
+                            .map_err(|e| io::Error::new(e.kind(), format!("allocating qcow2 data at offset {host}: {e}")))?;
+                    }
                     self.file
                         .write_all_at(&data[r * C..(i * C).min(data.len())], host)
                         .map_err(|e| io::Error::new(e.kind(), format!("writing qcow2 data at offset {host}: {e}")))?;
@@ -270,6 +278,10 @@ impl FormatWriter for Qcow2Writer {
             return Err(ioerr(format!("qcow2: bad chunk at {offset}+{} for a disk of {} bytes", data.len(), self.size)));
         }
         if self.compress { self.write_compressed(offset, data) } else { self.write_plain(offset, data) }
+    }
+
+    fn compresses(&self) -> bool {
+        self.compress
     }
 
     fn finish(mut self: Box<Self>) -> io::Result<()> {

@@ -2,7 +2,7 @@
 //! under an unnamed temporary file (gone if we die), then names them all.
 //!
 //! Raw and fixed VHD are kernel copies of the data extents; the other formats share one read of
-//! the input (`feed`). IDs come from the manifest's SHA-256 or a BLAKE3 content digest, computed
+//! the input (`feed`). IDs come from the manifest's SHA-256 or an XXH3 content digest, computed
 //! first when a writer needs them up front, else while the copies run.
 
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -209,6 +209,9 @@ impl FormatWriter for Named {
     fn finish(self: Box<Self>) -> std::io::Result<()> {
         let dest = self.dest;
         self.inner.finish().map_err(|e| std::io::Error::new(e.kind(), format!("{:#}", write_error(e, &dest))))
+    }
+    fn compresses(&self) -> bool {
+        self.inner.compresses()
     }
 }
 

@@ -62,6 +62,12 @@ pub trait FormatWriter: Send {
     fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()>;
     /// Completes the output.
     fn finish(self: Box<Self>) -> std::io::Result<()>;
+    /// Whether `write` spends its time compressing (then reading ahead on another thread pays);
+    /// writers that only copy bytes into the page cache run in the reading thread, because a
+    /// concurrent read and buffered write of one process on ext4 cost three times their sum.
+    fn compresses(&self) -> bool {
+        false
+    }
 }
 
 /// True when every byte is zero (compared 16 bytes at a time).

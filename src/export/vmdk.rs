@@ -371,6 +371,10 @@ impl<W: Write + Send> VmdkWriter<W> {
 }
 
 impl<W: Write + Send> FormatWriter for VmdkWriter<W> {
+    fn compresses(&self) -> bool {
+        true
+    }
+
     fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.write_chunk(offset, data)
     }

@@ -4,6 +4,7 @@ pub mod error;
 pub mod model;
 pub mod parse;
 pub mod plan;
+pub mod seal;
 pub mod size;
 
 pub use error::RecipeError;

@@ -26,6 +26,9 @@ pub struct Recipe {
     pub output: Output,
     /// `[aws]`: publishing to AWS (see `aws.rs`).
     pub aws: Option<super::aws::Aws>,
+    /// Sealing operations and their options.
+    #[serde(default)]
+    pub seal: super::seal::Seal,
 }
 
 /// `[image]`
@@ -165,4 +168,75 @@ pub struct OverlayStep {
     pub source: String,
     /// "user:group" for everything copied (default "root:root").
     pub owner: Option<String>,
+}
+
+/// `type = "ansible"`: `ansible-playbook` on the host, chroot connection into the image.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnsibleStep {
+    /// A label for logs.
+    pub name: Option<String>,
+    /// The playbook, relative to the recipe.
+    pub playbook: String,
+    /// Role directories, relative to the recipe (ANSIBLE_ROLES_PATH).
+    #[serde(default)]
+    pub roles_path: Vec<String>,
+    /// Collection directories, relative to the recipe (ANSIBLE_COLLECTIONS_PATH).
+    #[serde(default)]
+    pub collections_path: Vec<String>,
+    /// A requirements.yml installed with `ansible-galaxy install -r` into a temporary directory
+    /// on the host before the run.
+    pub requirements: Option<String>,
+    /// Extra variables (`--extra-vars`, as JSON).
+    #[serde(default)]
+    pub extra_vars: BTreeMap<String, toml::Value>,
+    /// Only tasks with these tags (`--tags`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Skip tasks with these tags (`--skip-tags`).
+    #[serde(default)]
+    pub skip_tags: Vec<String>,
+}
+
+/// `type = "salt"`: masterless `salt-call --local` chrooted in the image.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaltStep {
+    /// A label for logs.
+    pub name: Option<String>,
+    /// The state tree (file_roots), relative to the recipe; needs a top.sls for a highstate.
+    pub state_tree: String,
+    /// The pillar tree (pillar_roots), relative to the recipe.
+    pub pillar_tree: Option<String>,
+    /// The minion id the top file is matched against.
+    pub minion_id: String,
+    /// States to apply (`state.apply a,b`); empty means a highstate.
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// "none" (default: salt-call must be in the image) or "pip" (install salt into a venv at
+    /// /opt/imgforge-salt for the run).
+    pub install: Option<String>,
+    /// With install = "pip": keep the venv in the image (default false: removed after the run).
+    #[serde(default)]
+    pub keep: bool,
+}
+
+/// `type = "puppet"`: `puppet apply` chrooted in the image.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PuppetStep {
+    /// A label for logs.
+    pub name: Option<String>,
+    /// The manifest (a file or a directory of manifests), relative to the recipe.
+    pub manifest: String,
+    /// Module directories, relative to the recipe (`--modulepath`).
+    #[serde(default)]
+    pub module_path: Vec<String>,
+    /// A hiera.yaml, relative to the recipe (its data directory must sit beside it).
+    pub hiera_config: Option<String>,
+    /// Facts, exported as `FACTER_<name>`.
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+    /// The node name (`--certname`; default the image name).
+    pub certname: Option<String>,
 }

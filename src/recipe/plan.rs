@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::error::RecipeError;
-use super::model::{FileStep, OverlayStep, Recipe, ShellStep};
+use super::model::{AnsibleStep, FileStep, OverlayStep, PuppetStep, Recipe, SaltStep, ShellStep};
 use super::parse::{Src, recipe_dir, step};
 use super::size::parse_size;
 
@@ -97,6 +97,73 @@ pub enum Step {
         /// Owner "user:group".
         owner: Option<String>,
     },
+    /// `ansible-playbook` on the host through the chroot connection.
+    Ansible(Box<AnsiblePlan>),
+    /// `salt-call --local` chrooted.
+    Salt(Box<SaltPlan>),
+    /// `puppet apply` chrooted.
+    Puppet(Box<PuppetPlan>),
+}
+
+/// A validated `type = "ansible"` step; every path exists.
+#[derive(Debug, Clone)]
+pub struct AnsiblePlan {
+    /// Playbook.
+    pub playbook: PathBuf,
+    /// Role directories.
+    pub roles_path: Vec<PathBuf>,
+    /// Collection directories.
+    pub collections_path: Vec<PathBuf>,
+    /// requirements.yml.
+    pub requirements: Option<PathBuf>,
+    /// `--extra-vars`, as one JSON object.
+    pub extra_vars: String,
+    /// `--tags`.
+    pub tags: Vec<String>,
+    /// `--skip-tags`.
+    pub skip_tags: Vec<String>,
+}
+
+/// How salt gets into the image for a `type = "salt"` step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaltInstall {
+    /// `salt-call` is already in the image.
+    None,
+    /// Installed with pip into a venv for the run.
+    Pip {
+        /// Leave the venv in the image.
+        keep: bool,
+    },
+}
+
+/// A validated `type = "salt"` step.
+#[derive(Debug, Clone)]
+pub struct SaltPlan {
+    /// file_roots.
+    pub state_tree: PathBuf,
+    /// pillar_roots.
+    pub pillar_tree: Option<PathBuf>,
+    /// Minion id.
+    pub minion_id: String,
+    /// States; empty = highstate.
+    pub states: Vec<String>,
+    /// Install mode.
+    pub install: SaltInstall,
+}
+
+/// A validated `type = "puppet"` step.
+#[derive(Debug, Clone)]
+pub struct PuppetPlan {
+    /// Manifest file or directory.
+    pub manifest: PathBuf,
+    /// Module directories.
+    pub module_path: Vec<PathBuf>,
+    /// hiera.yaml.
+    pub hiera_config: Option<PathBuf>,
+    /// Facts (name → value), exported as FACTER_name.
+    pub facts: BTreeMap<String, String>,
+    /// `--certname`.
+    pub certname: String,
 }
 
 /// A step with its label.
@@ -143,6 +210,8 @@ pub struct BuildPlan {
     pub upload: Option<crate::s3::S3Url>,
     /// `[aws]`, checked (used by `build --publish`).
     pub aws: Option<crate::publish::options::AwsSettings>,
+    /// Sealing.
+    pub seal: crate::seal::SealPlan,
 }
 
 /// Options from the command line that override the recipe.
@@ -165,7 +234,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
     let version = r.image.version.as_ref().map(|v| check_version(src, v)).transpose()?;
     let source = source_plan(src, &dir, &r.source)?;
     let disk_size = r.disk.size.as_ref().map(|s| disk_size(src, s)).transpose()?;
-    let steps = r.provision.iter().enumerate().map(|(i, t)| named_step(src, &dir, t, i)).collect::<Result<_, _>>()?;
+    let steps = r.provision.iter().enumerate().map(|(i, t)| named_step(src, &dir, t, i, &name)).collect::<Result<_, _>>()?;
     let output_dir = match (&overrides.output_dir, &r.output.dir) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) => dir.join(d.get_ref()),
@@ -187,6 +256,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         export: export_options(src, &r.output)?,
         upload: r.output.upload.as_ref().map(|u| crate::s3::parse_url(u.get_ref()).map_err(|e| src.at(u.span(), e))).transpose()?,
         aws: r.aws.as_ref().map(|a| super::aws::plan(src, a)).transpose()?,
+        seal: super::seal::seal_plan(src, &r.seal)?,
     })
 }
 
@@ -356,7 +426,7 @@ fn export_options(src: Src<'_>, o: &crate::recipe::model::Output) -> Result<Expo
     })
 }
 
-fn named_step(src: Src<'_>, dir: &Path, t: &Spanned<toml::Table>, i: usize) -> Result<NamedStep, RecipeError> {
+fn named_step(src: Src<'_>, dir: &Path, t: &Spanned<toml::Table>, i: usize, image: &str) -> Result<NamedStep, RecipeError> {
     let kind = t.get_ref().get("type").and_then(|v| v.as_str()).unwrap_or("");
     let at = |m: String| {
         let hint = if m.contains("not found") {
@@ -379,12 +449,26 @@ fn named_step(src: Src<'_>, dir: &Path, t: &Spanned<toml::Table>, i: usize) -> R
             let s: OverlayStep = step(src, t, i)?;
             (s.name.clone(), "overlay", overlay_step(dir, s).map_err(at)?)
         }
-        "" => return Err(at("missing `type`".into()).hint("add type = \"shell\", \"file\" or \"overlay\"")),
-        other => return Err(at(format!("unknown provisioner type `{other}`")).hint("use type = \"shell\", \"file\" or \"overlay\"")),
+        "ansible" => {
+            let s: AnsibleStep = step(src, t, i)?;
+            (s.name.clone(), "ansible", ansible_step(dir, s).map_err(at)?)
+        }
+        "salt" => {
+            let s: SaltStep = step(src, t, i)?;
+            (s.name.clone(), "salt", salt_step(dir, s).map_err(at)?)
+        }
+        "puppet" => {
+            let s: PuppetStep = step(src, t, i)?;
+            (s.name.clone(), "puppet", puppet_step(dir, s, image).map_err(at)?)
+        }
+        "" => return Err(at("missing `type`".into()).hint(TYPES_HINT)),
+        other => return Err(at(format!("unknown provisioner type `{other}`")).hint(TYPES_HINT)),
     };
     let label = label.unwrap_or_else(|| format!("{kind} #{}", i + 1));
     Ok(NamedStep { label, kind, step })
 }
+
+const TYPES_HINT: &str = "use type = \"shell\", \"file\", \"overlay\", \"ansible\", \"salt\" or \"puppet\"";
 
 fn existing(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, String> {
     let p = dir.join(rel);
@@ -421,6 +505,80 @@ fn overlay_step(dir: &Path, s: OverlayStep) -> Result<Step, String> {
     }
     check_owner(s.owner.as_deref())?;
     Ok(Step::Overlay { source, owner: s.owner })
+}
+
+fn ansible_step(dir: &Path, s: AnsibleStep) -> Result<Step, String> {
+    let playbook = existing(dir, &s.playbook, "playbook")?;
+    let dirs = |list: &[String], what: &str| list.iter().map(|d| existing_dir(dir, d, what)).collect::<Result<Vec<_>, _>>();
+    let roles_path = dirs(&s.roles_path, "roles_path directory")?;
+    let collections_path = dirs(&s.collections_path, "collections_path directory")?;
+    let requirements = s.requirements.as_deref().map(|r| existing(dir, r, "requirements")).transpose()?;
+    let vars: serde_json::Map<String, serde_json::Value> =
+        s.extra_vars.into_iter().map(|(k, v)| Ok((k, toml_to_json(v)?))).collect::<Result<_, String>>()?;
+    let extra_vars = serde_json::Value::Object(vars).to_string();
+    Ok(Step::Ansible(Box::new(AnsiblePlan {
+        playbook,
+        roles_path,
+        collections_path,
+        requirements,
+        extra_vars,
+        tags: s.tags,
+        skip_tags: s.skip_tags,
+    })))
+}
+
+fn toml_to_json(v: toml::Value) -> Result<serde_json::Value, String> {
+    match v {
+        toml::Value::Datetime(d) => Ok(serde_json::Value::String(d.to_string())),
+        other => serde_json::to_value(other).map_err(|e| format!("extra_vars: {e}")),
+    }
+}
+
+fn salt_step(dir: &Path, s: SaltStep) -> Result<Step, String> {
+    let state_tree = existing_dir(dir, &s.state_tree, "state_tree directory")?;
+    let pillar_tree = s.pillar_tree.as_deref().map(|p| existing_dir(dir, p, "pillar_tree directory")).transpose()?;
+    // salt-call itself is known to pass a highstate without a top file.
+    if s.states.is_empty() && !state_tree.join("top.sls").is_file() {
+        return Err(format!(
+            "state_tree {} has no top.sls, and `states` is empty: a highstate needs a top file (or list the states to apply)",
+            s.state_tree
+        ));
+    }
+    if s.minion_id.is_empty() || !s.minion_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("minion_id `{}` must be letters, digits, `-`, `_` and `.`", s.minion_id));
+    }
+    let install = match (s.install.as_deref().unwrap_or("none"), s.keep) {
+        ("none", false) => SaltInstall::None,
+        ("none", true) => return Err("keep = true only applies to install = \"pip\"".into()),
+        ("pip", keep) => SaltInstall::Pip { keep },
+        (other, _) => return Err(format!("install = \"{other}\" is not one of \"none\", \"pip\"")),
+    };
+    if let Some(bad) = s.states.iter().find(|st| st.is_empty() || st.contains([',', ' '])) {
+        return Err(format!("state `{bad}` is not a state name such as \"nginx\" or \"web.tls\""));
+    }
+    Ok(Step::Salt(Box::new(SaltPlan { state_tree, pillar_tree, minion_id: s.minion_id, states: s.states, install })))
+}
+
+fn puppet_step(dir: &Path, s: PuppetStep, image: &str) -> Result<Step, String> {
+    let manifest = existing(dir, &s.manifest, "manifest")?;
+    let module_path = s.module_path.iter().map(|d| existing_dir(dir, d, "module_path directory")).collect::<Result<Vec<_>, _>>()?;
+    let hiera_config = s.hiera_config.as_deref().map(|h| existing(dir, h, "hiera_config")).transpose()?;
+    // Its directory (with the data it names) is copied in for the run: not the recipe's own.
+    if let Some(h) = &hiera_config
+        && h.parent().is_none_or(|p| p == dir)
+    {
+        return Err("hiera_config must sit in its own directory with its data (e.g. puppet/hiera/hiera.yaml): that directory is copied into the image for the run".into());
+    }
+    if let Some(bad) = s.facts.keys().find(|k| k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+        return Err(format!("fact name `{bad}` must be letters, digits and `_` (it becomes FACTER_{bad})"));
+    }
+    let certname = s.certname.unwrap_or_else(|| image.to_string());
+    Ok(Step::Puppet(Box::new(PuppetPlan { manifest, module_path, hiera_config, facts: s.facts, certname })))
+}
+
+fn existing_dir(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, String> {
+    let p = existing(dir, rel, what)?;
+    if p.is_dir() { Ok(p) } else { Err(format!("{what} {rel} is not a directory (looked at {})", p.display())) }
 }
 
 /// "0644" / "644" / "0o644" → 0o644. Pure.
@@ -500,6 +658,43 @@ mod tests {
     }
 
     #[test]
+    fn cm_provisioners_plan_and_name_missing_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["up.img", "SUMS", "site.yml", "salt/top.sls", "pp/site.pp", "pp/modules/m/manifests/init.pp"] {
+            std::fs::create_dir_all(dir.path().join(d).parent().unwrap()).unwrap();
+            std::fs::write(dir.path().join(d), b"x").unwrap();
+        }
+        let plan_text = |t: &str| {
+            let path = dir.path().join("r.toml");
+            std::fs::write(&path, format!("{HEAD}{t}")).unwrap();
+            load_plan(&path, &Overrides::default())
+        };
+        let p = plan_text(
+            "[[provision]]\ntype = \"ansible\"\nplaybook = \"site.yml\"\nextra_vars = { role = \"web\", port = 80 }\ntags = [\"a\"]\n\n\
+             [[provision]]\ntype = \"salt\"\nstate_tree = \"salt\"\nminion_id = \"rails-base-01\"\ninstall = \"pip\"\n\n\
+             [[provision]]\ntype = \"puppet\"\nmanifest = \"pp/site.pp\"\nmodule_path = [\"pp/modules\"]\nfacts = { role = \"web\" }\n",
+        )
+        .unwrap();
+        assert!(matches!(&p.steps[0].step, Step::Ansible(a) if a.extra_vars == r#"{"port":80,"role":"web"}"# && a.tags == ["a"]));
+        assert!(matches!(&p.steps[1].step, Step::Salt(s) if s.install == SaltInstall::Pip { keep: false } && s.states.is_empty()));
+        assert!(matches!(&p.steps[2].step, Step::Puppet(pp) if pp.certname == "base" && pp.facts["role"] == "web"));
+        assert_eq!((p.steps[0].kind, p.steps[1].label.as_str()), ("ansible", "salt #2"));
+        let e = plan_text("[[provision]]\ntype = \"ansible\"\nplaybook = \"nope.yml\"\n").unwrap_err();
+        assert!(e.message.contains("playbook not found: nope.yml") && e.line == Some(7), "{e}");
+        let e = plan_text("[[provision]]\ntype = \"salt\"\nstate_tree = \"pp\"\nminion_id = \"x\"\n").unwrap_err();
+        assert!(e.message.contains("no top.sls") && e.line == Some(7), "{e}");
+        let e = plan_text("[[provision]]\ntype = \"salt\"\nstate_tree = \"salt\"\nminion_id = \"x\"\ninstall = \"apt\"\n").unwrap_err();
+        assert!(e.message.contains("install = \"apt\""), "{e}");
+        let e = plan_text("[[provision]]\ntype = \"puppet\"\nmanifest = \"pp/site.pp\"\nmodule_path = [\"pp/site.pp\"]\n").unwrap_err();
+        assert!(e.message.contains("not a directory"), "{e}");
+        let e = plan_text("[[provision]]\ntype = \"puppet\"\nmanifest = \"pp/site.pp\"\nfacts = { \"bad-name\" = \"x\" }\n").unwrap_err();
+        assert!(e.message.contains("FACTER_bad-name"), "{e}");
+        std::fs::write(dir.path().join("hiera.yaml"), b"version: 5\n").unwrap();
+        let e = plan_text("[[provision]]\ntype = \"puppet\"\nmanifest = \"pp/site.pp\"\nhiera_config = \"hiera.yaml\"\n").unwrap_err();
+        assert!(e.message.contains("its own directory"), "{e}");
+    }
+
+    #[test]
     fn bad_name_and_format() {
         assert!(planned(&HEAD.replace("\"base\"", "\"Base_1\"")).unwrap_err().message.contains("not allowed"));
         let e = planned(&format!("{HEAD}[output]\nformats = [\"raw\", \"vhdx\"]\n")).unwrap_err();
@@ -529,5 +724,23 @@ mod tests {
         assert!(e.message.contains("CPUs"), "{e}");
         let e = planned(&format!("{HEAD}[output.ova]\nram = 4\n")).unwrap_err();
         assert!(e.message.contains("unknown field `ram`"), "{e}");
+    }
+
+    #[test]
+    fn seal_section() {
+        let p = planned(&format!(
+            "{HEAD}[seal]\nenable = [\"user-accounts\"]\ndisable = [\"logfiles\"]\n[seal.machine-id]\nuninitialized = true\n[seal.residue]\nwarn = [\"ip\", \"private-key:/etc/ssl/private/\"]\n"
+        ))
+        .unwrap();
+        use crate::seal::catalog::Op;
+        assert!(p.seal.enabled.contains(&Op::UserAccounts) && !p.seal.enabled.contains(&Op::Logfiles));
+        assert!(p.seal.machine_id_uninitialized);
+        assert_eq!(p.seal.warn.len(), 2);
+        let e = planned(&format!("{HEAD}[seal]\ndisable = [\"logfiles\", \"machine_id\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("unknown operation `machine_id`") && e.contains("valid operations: cloud-init,"), "{e}");
+        let e = planned(&format!("{HEAD}[seal.residue]\nwarn = [\"secret\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("valid kinds: private-key"), "{e}");
+        let e = planned(&format!("{HEAD}[seal.machine-id]\nuninitialised = true\n")).unwrap_err().to_string();
+        assert!(e.contains("uninitialised"), "{e}");
     }
 }

@@ -1,86 +1,147 @@
-//! Minimal sealing so the output is a usable template: SSH host keys removed (and something in
-//! the image regenerates them on first boot), machine-id emptied, never deleted. Every path is
-//! resolved inside the image root. The full catalogue of operations comes later.
+//! Sealing: the identity scrub, as named operations (see `catalog`), run in catalogue order as
+//! the last write to the image, then a residue scan that proves it. Every change goes through
+//! `scrub::Scrubber` (in-root resolution, never following a final symlink, recorded per
+//! operation); a dry run records the same plan without writing.
 
-use std::path::Path;
+pub mod accounts;
+pub mod catalog;
+pub mod cloud;
+pub mod fsuuid;
+pub mod homes;
+pub mod identity;
+pub mod image;
+pub mod leftovers;
+pub mod net;
+pub mod network;
+pub mod plan;
+pub mod report;
+pub mod residue;
+pub mod scrub;
+pub mod ssh;
+pub mod walk;
 
-use crate::chroot::resolve::{ResolveError, Root};
+use std::time::Instant;
 
-/// What sealing did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SealReport {
-    /// Paths removed.
-    pub removed: Vec<String>,
-    /// Paths rewritten or created.
-    pub rewritten: Vec<String>,
-    /// How SSH host keys come back on first boot.
-    pub ssh_regenerator: Option<String>,
+use anyhow::Context as _;
+
+use crate::chroot::resolve::Root;
+use crate::progress::Events;
+use catalog::Op;
+pub use plan::{Context, Filesystem, SealPlan};
+pub use report::{SealReport, SealSummary};
+use scrub::Scrubber;
+
+/// One seal run in progress: what operations read and write.
+pub struct Run<'a> {
+    /// Records and applies changes.
+    pub s: Scrubber<'a>,
+    /// What was asked.
+    pub plan: &'a SealPlan,
+    /// What the build knows.
+    pub cx: &'a Context,
+    /// For the output of image commands.
+    pub events: &'a Events,
+    /// Remarks for the report.
+    pub notes: Vec<String>,
+    /// What regenerates SSH host keys.
+    pub ssh_regenerators: Vec<String>,
+    /// /etc/hostname before the scrub.
+    pub old_hostname: Option<String>,
+    /// UUIDs `fs-uuids` changes after unmount.
+    pub uuid_changes: Vec<fsuuid::UuidChange>,
 }
 
-/// The oneshot unit installed when nothing else in the image regenerates SSH host keys.
-pub const KEYGEN_UNIT: &str = "[Unit]\nDescription=Generate SSH host keys on first boot (installed by imgforge)\nConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key\nBefore=ssh.service sshd.service\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n[Install]\nWantedBy=multi-user.target ssh.service sshd.service\n";
+fn run_op(op: Op, r: &mut Run) -> anyhow::Result<()> {
+    match op {
+        Op::CloudInit => cloud::cloud_init(r),
+        Op::CaCertificates => accounts::ca_certificates(r),
+        Op::CloudAgents => cloud::cloud_agents(r),
+        Op::CmAgents => cloud::cm_agents(r),
+        Op::ProvisionerFiles => leftovers::provisioner_files(r),
+        Op::SshHostkeys => ssh::hostkeys(r),
+        Op::SshUserdir => ssh::userdir(r),
+        Op::UserAccounts => accounts::user_accounts(r),
+        Op::MachineId => identity::machine_id(r),
+        Op::RandomSeed => identity::random_seed(r),
+        Op::NetHwaddr => network::hwaddr(r),
+        Op::DhcpLeases => network::leases(r),
+        Op::Hostname => identity::hostname(r),
+        Op::ShellHistory => leftovers::shell_history(r),
+        Op::Logfiles => leftovers::logfiles(r),
+        Op::TmpFiles => leftovers::tmp_files(r),
+        Op::PackageCache => leftovers::package_cache(r),
+        Op::CrashData => leftovers::crash_data(r),
+        Op::Utmp => leftovers::utmp(r),
+        Op::BackupFiles => leftovers::backup_files(r),
+        Op::FsUuids => fsuuid::fs_uuids(r),
+    }
+}
 
-const KEYGEN_UNIT_PATH: &str = "/etc/systemd/system/imgforge-ssh-keygen.service";
+/// Image paths the residue scan never enters (pseudo filesystems during a build).
+pub(crate) const SCAN_SKIP: &[&str] = &["/proc", "/sys", "/dev", "/run"];
 
-/// Runs the minimal seal.
-pub fn minimal(root: &Root) -> Result<SealReport, ResolveError> {
-    let mut report = SealReport::default();
-    ssh_host_keys(root, &mut report)?;
-    machine_id(root, &mut report)?;
+/// Seals the mounted image at `root`. Residue findings are in the report; `report.check()`
+/// turns the ones not downgraded into an error.
+pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyhow::Result<SealReport> {
+    let start = Instant::now();
+    let mut r = Run {
+        s: Scrubber::new(root, cx.dry_run),
+        plan,
+        cx,
+        events,
+        notes: Vec::new(),
+        ssh_regenerators: Vec::new(),
+        old_hostname: None,
+        uuid_changes: Vec::new(),
+    };
+    let needles = prescan(&mut r).context("Failed to read the image's addresses and names before sealing")?;
+    for op in Op::ALL {
+        if plan.enabled.contains(&op) {
+            r.s.set_op(op);
+            run_op(op, &mut r).with_context(|| format!("seal operation {} failed", op.name()))?;
+        }
+    }
+    let scan = if cx.dry_run {
+        r.notes.push("dry run: no residue scan".into());
+        residue::Scan::default()
+    } else {
+        residue::scan(root, &needles, SCAN_SKIP).context("Failed to scan the sealed image for residue")?
+    };
+    let mut report =
+        report::assemble(plan, r.s.into_actions(), scan, r.ssh_regenerators, r.notes, cx.dry_run, start.elapsed().as_secs_f64());
+    report.fs_uuids = r.uuid_changes;
     Ok(report)
 }
 
-fn ssh_host_keys(root: &Root, report: &mut SealReport) -> Result<(), ResolveError> {
-    for name in root.list(Path::new("/etc/ssh"))? {
-        let name = name.to_string_lossy();
-        if name.starts_with("ssh_host_") {
-            let p = format!("/etc/ssh/{name}");
-            if root.remove_file(Path::new(&p))? {
-                report.removed.push(p);
-            }
+/// What the residue scan looks for, read before anything is removed: MACs and IPs in network
+/// configuration and leases, the image's previous host name and the build host's, and the
+/// paths the build gave provisioners.
+fn prescan(r: &mut Run) -> anyhow::Result<residue::Needles> {
+    let mut n = residue::Needles::default();
+    for p in network::address_sources(&r.s)? {
+        if let Some(data) = r.s.read(&p)? {
+            let (macs, ips) = net::addresses(&String::from_utf8_lossy(&data));
+            n.macs.extend(macs);
+            n.ips.extend(ips);
         }
     }
-    if !root.exists(Path::new("/usr/sbin/sshd"))? {
-        return Ok(());
-    }
-    let known = [
-        "/usr/lib/systemd/system/sshd-keygen.service",
-        "/usr/lib/systemd/system/sshd-keygen@.service",
-        "/lib/systemd/system/sshd-keygen.service",
-    ];
-    for k in known {
-        if root.exists(Path::new(k))? {
-            report.ssh_regenerator = Some(k.to_string());
-            return Ok(());
+    if let Some(h) = r.s.read("/etc/hostname")? {
+        let h = String::from_utf8_lossy(&h).trim().to_string();
+        if !identity::is_neutral_hostname(&h) && h != r.plan.hostname {
+            n.hostnames.push(h.clone());
+            r.old_hostname = Some(h);
         }
     }
-    // Install our own oneshot and enable it for both unit names sshd has across distros.
-    root.mkdir_all(Path::new("/etc/systemd/system/multi-user.target.wants"), 0o755)?;
-    root.write(Path::new(KEYGEN_UNIT_PATH), KEYGEN_UNIT.as_bytes(), 0o644)?;
-    let link = Path::new("/etc/systemd/system/multi-user.target.wants/imgforge-ssh-keygen.service");
-    root.remove_file(link)?;
-    root.symlink(Path::new(KEYGEN_UNIT_PATH), link)?;
-    report.rewritten.extend([KEYGEN_UNIT_PATH.to_string(), link.display().to_string()]);
-    report.ssh_regenerator = Some(KEYGEN_UNIT_PATH.to_string());
-    Ok(())
+    n.hostnames.extend(r.cx.build_hostname.iter().filter(|h| !identity::is_neutral_hostname(h)).cloned());
+    n.paths.extend(r.cx.host_paths.iter().cloned());
+    n.paths.extend(r.cx.provisioner_paths.iter().cloned());
+    n.paths.push(crate::provision::shell::RUN_DIR.to_string());
+    for v in [&mut n.macs, &mut n.ips, &mut n.hostnames, &mut n.paths] {
+        v.sort();
+        v.dedup();
+    }
+    Ok(n)
 }
 
-fn machine_id(root: &Root, report: &mut SealReport) -> Result<(), ResolveError> {
-    let etc = Path::new("/etc/machine-id");
-    let is_regular = root.lstat(etc)?.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
-    if is_regular {
-        root.write(etc, b"", 0o444)?;
-    } else {
-        // Absent, or a symlink (possibly pointing out of the image): an empty regular file.
-        let f = root.create_replacing(etc, 0o444)?;
-        drop(f);
-    }
-    report.rewritten.push(etc.display().to_string());
-    let dbus = Path::new("/var/lib/dbus/machine-id");
-    if root.lstat(dbus)?.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
-        root.remove_file(dbus)?;
-        root.symlink(Path::new("/etc/machine-id"), dbus)?;
-        report.rewritten.push(dbus.display().to_string());
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,86 @@
+//! `imgforge seal IMAGE`: sealing an existing image file. A raw disk is sealed in place; a
+//! qcow2 is turned into a raw working copy beside it, sealed, and written back as qcow2 under
+//! the same name (a temporary file renamed over it only when complete). A dry run mounts the
+//! disk read-only and writes nothing.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+
+use super::{Context, SealPlan, SealReport};
+use crate::build::mounted::{Mounted, choose_root, fd_path, probe_all, seal_filesystems};
+use crate::disk::detect::{ImageFormat, detect};
+use crate::disk::workdisk::WorkDisk;
+use crate::progress::Events;
+
+/// Seals the image at `path`.
+pub fn seal_image(path: &Path, plan: &SealPlan, cx: &Context, events: &Events) -> anyhow::Result<SealReport> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!cx.dry_run)
+        .open(path)
+        .with_context(|| format!("Failed to open {}", path.display()))?;
+    let format = detect(&file).with_context(|| format!("Failed to read {}", path.display()))?;
+    match format {
+        ImageFormat::Raw => seal_raw(&file, plan, cx, events),
+        ImageFormat::Qcow2 => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let work = WorkDisk::create(dir)?;
+            let progress = std::sync::atomic::AtomicU64::new(0);
+            crate::disk::convert::to_raw(path, work.file(), &progress)
+                .with_context(|| format!("Failed to read the qcow2 image {}", path.display()))?;
+            let report = seal_raw(work.file(), plan, cx, events)?;
+            if !cx.dry_run {
+                write_back_qcow2(path, &work, events)?;
+            }
+            Ok(report)
+        }
+        other => bail!("{}: a {} image; imgforge seal takes raw or qcow2 images", path.display(), other.name()),
+    }
+}
+
+fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events) -> anyhow::Result<SealReport> {
+    let size = file.metadata().context("Failed to stat the image")?.len();
+    let table = crate::disk::partition::read(&mut &*file, size).context("Failed to read the partition table")?;
+    let parts = probe_all(file, &table)?;
+    let root = choose_root(&parts, None)?;
+    events.step(
+        "mount",
+        &format!("mounting partition {} ({}) as /{}", root.part.index, root.fs.fstype, if cx.dry_run { " read-only" } else { "" }),
+    );
+    let m = Mounted::mount(file, &parts, &root, false, cx.dry_run, events)?;
+    let cx = Context { filesystems: seal_filesystems(&parts, &m), disk_path: Some(fd_path(file)), ..cx.clone() };
+    let result = super::run(&m.root, plan, &cx, events).and_then(|r| {
+        if !cx.dry_run {
+            crate::build::trim_all(&m)?;
+        }
+        Ok(r)
+    });
+    let closed = m.close();
+    let report = result?;
+    closed?;
+    if !cx.dry_run {
+        super::fsuuid::apply(file, &report.fs_uuids)?;
+    }
+    Ok(report)
+}
+
+fn write_back_qcow2(path: &Path, work: &WorkDisk, events: &Events) -> anyhow::Result<()> {
+    use crate::export::format::Format;
+    let size = work.file().metadata()?.len();
+    let name = path.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let input = crate::export::input::Input {
+        path: fd_path(work.file()),
+        file: work.file().try_clone().context("Failed to reopen the working disk")?,
+        size,
+        name,
+        sha256: None,
+        // export reads SOURCE_DATE_EPOCH itself; this is the fallback.
+        epoch: crate::stamp::build_time(),
+        manifest: None,
+    };
+    let targets = [crate::export::run::Target { format: Format::Qcow2, dest: path.to_path_buf() }];
+    let fin = crate::export::run::Finish { sha256: false, sync: true, verify: false };
+    crate::export::run::export(&input, &targets, &crate::export::options::ExportOptions::default(), fin, events)?;
+    Ok(())
+}

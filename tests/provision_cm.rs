@@ -1,0 +1,345 @@
+//! Configuration-management provisioners with the real tools, on the cloud-like upstream, as
+//! root (issue 6). One image per tool carries all of that tool's checks; each tool's failure
+//! cases stop early in the provisioning window. Tests skip with a reason only when the tool
+//! cannot be had here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::path::Path;
+use std::process::Output;
+
+use util::*;
+
+fn head(up: &Path, name: &str) -> String {
+    format!(
+        "[image]\nname = \"{name}\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n",
+        up = up.display()
+    )
+}
+
+/// Writes `files` (path relative to `dir`, content) and the recipe, then builds.
+fn build(dir: &Path, recipe_text: &str, files: &[(&str, &str)]) -> Output {
+    for (p, c) in files {
+        let p = dir.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, c).unwrap();
+    }
+    let r = recipe(dir, recipe_text);
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.join("out")));
+    assert_clean(dir);
+    o
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The manifest's report of provisioner `i`; every provisioner's time is printed for the test
+/// log (what each tool adds over a shell step).
+fn step_report(dir: &Path, name: &str, i: usize) -> serde_json::Value {
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("out/{name}.manifest.json"))).unwrap()).unwrap();
+    for p in m["provisioners"].as_array().unwrap() {
+        eprintln!("{name}: provisioner {} ({}): {:.1} s, summary {}", p["name"], p["type"], p["seconds"].as_f64().unwrap(), p["summary"]);
+    }
+    eprintln!("{name}: build steps {}", m["steps"]);
+    m["provisioners"][i].clone()
+}
+
+/// Nothing of a run is left in the image: the given paths, imgforge's run directory and the
+/// guards; and the residue scan found nothing.
+fn assert_nothing_left(dir: &Path, name: &str, m: &RoMount, paths: &[&str]) {
+    for p in paths.iter().chain(&["/run/imgforge", "/usr/sbin/policy-rc.d", "/root/.ansible", "/etc/salt/pki", "/var/lib/puppet/ssl"]) {
+        assert!(m.path(p).symlink_metadata().is_err(), "{p} left in the image");
+    }
+    let seal: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("out/{name}.seal.json"))).unwrap()).unwrap();
+    assert_eq!(seal["residue"]["findings"].as_array().unwrap().len(), 0, "{seal}");
+}
+
+const UNIT: &str = "[Unit]\nDescription=imgforge test\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
+
+// ---------------------------------------------------------------------------------------------
+// Ansible
+
+const PLAYBOOK: &str = r#"- hosts: all
+  roles:
+    - web
+    - extra
+  tasks:
+    - name: policy-rc.d is in place and /proc/1 exists
+      command: test -x /usr/sbin/policy-rc.d -a -e /proc/1/cmdline
+      changed_when: false
+"#;
+
+const ROLE_TASKS: &str = r#"- name: install a Debian package
+  apt:
+    name: hello
+    update_cache: yes
+- name: template a file
+  template:
+    src: app.conf.j2
+    dest: /etc/app.conf
+    mode: "0640"
+- name: create a user
+  user:
+    name: deploy
+    shell: /bin/bash
+- name: unit file
+  copy:
+    src: imgforge-test.service
+    dest: /etc/systemd/system/imgforge-test.service
+- name: enable the unit
+  systemd:
+    name: imgforge-test
+    enabled: yes
+"#;
+
+/// The same work as the playbook done by a shell step (another package, user and unit), as the
+/// baseline the tools' times are compared with in the test log.
+const SHELL_BASELINE: &str = "[[provision]]\ntype = \"shell\"\nname = \"shell baseline\"\ninline = [\"apt-get update -qq\", \"apt-get install -y -qq tree >/dev/null\", \"useradd -m -s /bin/bash deploy0\", \"echo role=web > /etc/app0.conf\", 'printf \"%s\\n\" \"[Service]\" ExecStart=/bin/true \"[Install]\" WantedBy=multi-user.target > /etc/systemd/system/base0.service', \"systemctl enable base0\"]\n\n";
+
+fn ansible_recipe(up: &Path, playbook: &str) -> String {
+    let baseline = if playbook.ends_with("site.yml") { SHELL_BASELINE } else { "" };
+    format!(
+        "{}{baseline}[[provision]]\ntype = \"ansible\"\nname = \"site\"\nplaybook = \"{playbook}\"\nroles_path = [\"ansible/roles\"]\nrequirements = \"ansible/requirements.yml\"\nextra_vars = {{ role = \"web\", port = 8080 }}\n",
+        head(up, "ans")
+    )
+}
+
+fn have_ansible(test: &str) -> bool {
+    let ok = std::process::Command::new("ansible-playbook").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped {test}: ansible-playbook is not installed (.ci/run installs it with pip)");
+    }
+    ok
+}
+
+#[test]
+fn ansible_playbook_end_to_end() {
+    if !have_root("ansible_playbook_end_to_end") || !have_ansible("ansible_playbook_end_to_end") {
+        return;
+    }
+    let up = cloud_upstream();
+    let dir = testdir("ansible");
+    let files = [
+        ("ansible/site.yml", PLAYBOOK),
+        ("ansible/roles/web/tasks/main.yml", ROLE_TASKS),
+        ("ansible/roles/web/templates/app.conf.j2", "role={{ role }} port={{ port }} build={{ lookup('env', 'IMGFORGE_BUILD') }}\n"),
+        ("ansible/roles/web/files/imgforge-test.service", UNIT),
+        ("ansible/fail.yml", "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: this task fails\n      command: /bin/false\n"),
+    ];
+    // A role from requirements.yml (a local tarball: no galaxy server here).
+    let extra = dir.path().join("extra-role");
+    std::fs::create_dir_all(extra.join("extra/tasks")).unwrap();
+    std::fs::create_dir_all(extra.join("extra/meta")).unwrap();
+    std::fs::write(extra.join("extra/tasks/main.yml"), "- copy: { content: \"from requirements\\n\", dest: /etc/extra-role }\n").unwrap();
+    std::fs::write(
+        extra.join("extra/meta/main.yml"),
+        "galaxy_info: { author: t, description: t, license: MIT, min_ansible_version: '2.9', platforms: [] }\ndependencies: []\n",
+    )
+    .unwrap();
+    let tar = dir.path().join("extra.tar.gz");
+    assert!(std::process::Command::new("tar").arg("czf").arg(&tar).arg("-C").arg(&extra).arg("extra").status().unwrap().success());
+    std::fs::create_dir_all(dir.path().join("ansible")).unwrap();
+    std::fs::write(dir.path().join("ansible/requirements.yml"), format!("- src: file://{}\n  name: extra\n", tar.display())).unwrap();
+    let o = build(dir.path(), &ansible_recipe(up, "ansible/site.yml"), &files);
+    assert!(o.status.success(), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("[site] TASK [web : template a file]"), "output not streamed with the label: {err}");
+    let p = step_report(dir.path(), "ans", 1);
+    assert_eq!(p["type"], "ansible");
+    assert_eq!(p["summary"]["failed"], 0);
+    assert!(p["summary"]["changed"].as_u64().unwrap() >= 5, "{p}");
+
+    let m = RoMount::open(&dir.path().join("out/ans.raw"), 1);
+    assert!(m.path("/usr/bin/hello").exists() && m.path("/usr/bin/tree").exists(), "package not installed");
+    assert_eq!(m.read("/etc/app.conf"), "role=web port=8080 build=1\n");
+    assert_eq!(m.read("/etc/extra-role"), "from requirements\n");
+    assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
+    let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
+    assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
+    assert_nothing_left(dir.path(), "ans", &m, &["/root/.ansible_async"]);
+    drop(m);
+
+    // A failing task fails the build, named.
+    let dir = testdir("ansible-fail");
+    let mut files = files.to_vec();
+    files.push(("ansible/requirements.yml", "---\n"));
+    let o = build(dir.path(), &ansible_recipe(up, "ansible/fail.yml"), &files);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("task \"this task fails\"") && err.contains("\"site\" (ansible) failed"), "{err}");
+}
+
+#[test]
+fn ansible_missing_on_the_host_is_named_before_the_build() {
+    if !have_root("ansible_missing_on_the_host_is_named_before_the_build") {
+        return;
+    }
+    let dir = testdir("ansible-missing");
+    std::fs::write(dir.path().join("site.yml"), PLAYBOOK).unwrap();
+    std::fs::write(dir.path().join("up.img"), b"x").unwrap();
+    let text = format!(
+        "[image]\nname = \"x\"\nversion = \"1\"\n[source]\nurl = \"up.img\"\nsha256 = \"{}\"\n[[provision]]\ntype = \"ansible\"\nplaybook = \"site.yml\"\n",
+        "0".repeat(64)
+    );
+    let r = recipe(dir.path(), &text);
+    let o = run(imgforge().arg("build").arg(&r).env("PATH", dir.path()));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("ansible-playbook is not on the build host's PATH") && err.contains("pip install ansible"), "{err}");
+    assert!(!err.contains("verifying"), "the build started: {err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Salt (pip-installed into the image for the run)
+
+const SALT_STATES: &str = r#"hello:
+  pkg.installed:
+    - refresh: True
+/etc/rails-app.conf:
+  file.managed:
+    - contents: "port={{ pillar['app']['port'] }} id={{ grains['id'] }} build={{ salt['environ.get']('IMGFORGE_BUILD') }}"
+deploy:
+  user.present:
+    - shell: /bin/bash
+/etc/systemd/system/imgforge-test.service:
+  file.managed:
+    - source: salt://rails/imgforge-test.service
+imgforge-test:
+  service.enabled:
+    - require:
+      - file: /etc/systemd/system/imgforge-test.service
+"#;
+
+fn salt_recipe(up: &Path, extra: &str) -> String {
+    format!(
+        "{}[[provision]]\ntype = \"salt\"\nname = \"salt\"\nstate_tree = \"salt/states\"\npillar_tree = \"salt/pillar\"\nminion_id = \"rails-base-01\"\ninstall = \"pip\"\n{extra}",
+        head(up, "slt")
+    )
+}
+
+#[test]
+fn salt_masterless_end_to_end() {
+    if !have_root("salt_masterless_end_to_end") {
+        return;
+    }
+    if !std::process::Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped salt_masterless_end_to_end: install = \"pip\" needs the host's python3 -m pip");
+        return;
+    }
+    let up = cloud_upstream();
+    let files = [
+        ("salt/states/top.sls", "base:\n  'rails-base-*':\n    - rails\n  'db-*':\n    - broken\n"),
+        ("salt/states/rails/init.sls", SALT_STATES),
+        ("salt/states/rails/imgforge-test.service", UNIT),
+        ("salt/states/broken.sls", "broken:\n  cmd.run:\n    - name: /bin/false\n"),
+        ("salt/pillar/top.sls", "base:\n  'rails-base-*':\n    - app\n"),
+        ("salt/pillar/app.sls", "app:\n  port: 3000\n"),
+    ];
+    let dir = testdir("salt");
+    let o = build(dir.path(), &salt_recipe(up, ""), &files);
+    assert!(o.status.success(), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("[salt] ") && err.contains("summary: "), "output not streamed with the label: {err}");
+    let p = step_report(dir.path(), "slt", 0);
+    assert_eq!((p["type"].as_str(), p["summary"]["failed"].as_u64()), (Some("salt"), Some(0)), "{p}");
+    assert!(p["summary"]["changed"].as_u64().unwrap() >= 5, "{p}");
+
+    let m = RoMount::open(&dir.path().join("out/slt.raw"), 1);
+    assert!(m.path("/usr/bin/hello").exists(), "package not installed");
+    assert_eq!(m.read("/etc/rails-app.conf").trim_end(), "port=3000 id=rails-base-01 build=1");
+    assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
+    let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
+    assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
+    assert_nothing_left(
+        dir.path(),
+        "slt",
+        &m,
+        &["/opt/imgforge-salt", "/etc/salt", "/var/cache/salt", "/var/log/salt", "/run/systemd/system"],
+    );
+    drop(m);
+
+    // A failing state fails the build, listing the state and its comment.
+    let dir = testdir("salt-fail");
+    let o = build(dir.path(), &salt_recipe(up, "states = [\"rails\", \"broken\"]\n"), &files);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("1 salt state(s) failed") && err.contains("state \"broken\": Command \"/bin/false\" run"), "{err}");
+
+    // A highstate without a top file is refused before anything runs.
+    let dir = testdir("salt-notop");
+    let nontop: Vec<_> = files.iter().filter(|f| f.0 != "salt/states/top.sls").copied().collect();
+    let o = build(dir.path(), &salt_recipe(up, ""), &nontop);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("recipe.toml: line 9: [[provision]] #1") && err.contains("no top.sls"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Puppet (installed into the image from Debian's packages by a shell provisioner)
+
+const MANIFEST: &str = r#"package { 'hello': ensure => installed }
+user { 'deploy': ensure => present, shell => '/bin/bash' }
+file { '/etc/systemd/system/imgforge-test.service': source => 'puppet:///modules/app/imgforge-test.service' }
+-> service { 'imgforge-test': enable => true }
+include app
+"#;
+
+fn puppet_recipe(up: &Path, manifest: &str) -> String {
+    format!(
+        "{}[[provision]]\ntype = \"shell\"\nname = \"install puppet\"\ninline = [\"apt-get update -qq\", \"apt-get install -y -qq --no-install-recommends puppet >/dev/null\"]\n\n\
+         [[provision]]\ntype = \"puppet\"\nname = \"puppet\"\nmanifest = \"{manifest}\"\nmodule_path = [\"puppet/modules\"]\nfacts = {{ role = \"web\" }}\ncertname = \"web-base\"\n",
+        head(up, "pup")
+    )
+}
+
+#[test]
+fn puppet_apply_end_to_end() {
+    if !have_root("puppet_apply_end_to_end") {
+        return;
+    }
+    let up = cloud_upstream();
+    let files = [
+        ("puppet/site.pp", MANIFEST),
+        ("puppet/modules/app/manifests/init.pp", "class app {\n  file { '/etc/app.conf': content => template('app/app.conf.erb') }\n}\n"),
+        (
+            "puppet/modules/app/templates/app.conf.erb",
+            "role=<%= @facts['role'] %> certname=<%= @trusted['certname'] %> build=<%= ENV['IMGFORGE_BUILD'] %>\n",
+        ),
+        ("puppet/modules/app/files/imgforge-test.service", UNIT),
+        (
+            "puppet/fail.pp",
+            "exec { 'this resource fails': command => '/bin/false' }\nfile { '/etc/after-fail': content => 'x', require => Exec['this resource fails'] }\n",
+        ),
+    ];
+    let dir = testdir("puppet");
+    let o = build(dir.path(), &puppet_recipe(up, "puppet/site.pp"), &files);
+    assert!(o.status.success(), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("[puppet] Notice: /Stage[main]/App/File[/etc/app.conf]/ensure"), "output not streamed with the label: {err}");
+    let p = step_report(dir.path(), "pup", 1);
+    assert_eq!((p["type"].as_str(), p["summary"]["failed"].as_u64()), (Some("puppet"), Some(0)), "{p}");
+    assert!(p["summary"]["changed"].as_u64().unwrap() >= 5, "{p}");
+
+    let m = RoMount::open(&dir.path().join("out/pup.raw"), 1);
+    assert!(m.path("/usr/bin/hello").exists(), "package not installed");
+    assert_eq!(m.read("/etc/app.conf"), "role=web certname=web-base build=1\n");
+    assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
+    let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
+    assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
+    assert_nothing_left(
+        dir.path(),
+        "pup",
+        &m,
+        &["/etc/puppet/ssl", "/var/cache/puppet/state/last_run_report.yaml", "/var/cache/puppet/reports", "/var/lib/puppet/reports"],
+    );
+    drop(m);
+
+    // A failing resource fails the build, named.
+    let dir = testdir("puppet-fail");
+    let o = build(dir.path(), &puppet_recipe(up, "puppet/fail.pp"), &files);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains("failed resources") && err.contains("Exec[this resource fails]"), "{err}");
+}
