@@ -24,7 +24,11 @@ pub async fn load(region: Option<&str>, endpoint_url: Option<&str>) -> anyhow::R
                 .operation_timeout(CALL_TIMEOUT)
                 .build(),
         );
-    loader = loader.http_client(https_client());
+    // The HTTPS client for every AWS call: rustls with ring, trusting the system's CA store.
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
+    loader = loader.http_client(https);
     if let Some(r) = region {
         loader = loader.region(aws_config::Region::new(r.to_string()));
     }
@@ -36,13 +40,6 @@ pub async fn load(region: Option<&str>, endpoint_url: Option<&str>) -> anyhow::R
         anyhow::bail!("no AWS region: give --region, set [aws] region in the recipe, or set AWS_REGION");
     }
     Ok(cfg)
-}
-
-/// The HTTPS client for every AWS call: rustls with ring, trusting the system's CA store.
-fn https_client() -> aws_smithy_http_client::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring))
-        .build_https()
 }
 
 /// An EC2 client for `region` (copies go to other regions).
