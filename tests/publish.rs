@@ -203,6 +203,32 @@ fn publish_survives_throttling_5xx_and_dropped_connections() {
 }
 
 #[test]
+fn publish_over_https_trusts_the_system_store_and_aws_ca_bundle() {
+    if !have_moto("publish_over_https_trusts_the_system_store_and_aws_ca_bundle") {
+        return;
+    }
+    let dir = testdir("publish-tls");
+    let raw = image(dir.path(), "tls.raw", 32, &[(0, 4), (10, 2)]);
+    let (moto, _ca) = start_moto_tls(dir.path());
+    let region = "eu-west-3";
+    // A certificate nobody vouches for is refused at once, not retried for a minute.
+    let t = Instant::now();
+    let mut c = publish(&moto.url(), region, &[raw.to_str().unwrap()]);
+    c.env_remove("AWS_CA_BUNDLE");
+    let o = run(&mut c);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("certificate") && err.contains("AWS_CA_BUNDLE"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "a refused certificate took {:?}", t.elapsed());
+    // With the CA in AWS_CA_BUNDLE (as the AWS CLI reads it): the whole publish over TLS.
+    let o = run(&mut publish(&moto.url(), region, &["--json", raw.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", show(&o));
+    let r = result(&o);
+    assert_readback(&moto.url(), region, r["snapshot_id"].as_str().unwrap(), &nonzero_blocks(&raw));
+    one_of_each(&moto.url(), region);
+}
+
+#[test]
 fn publish_fails_fast_on_access_denied() {
     if !have_moto("publish_fails_fast_on_access_denied") {
         return;
@@ -396,6 +422,41 @@ fn publish_dry_run_prints_calls_and_makes_none() {
     assert_eq!(complete["params"]["ChangedBlocksCount"].as_u64().unwrap() as usize, puts);
     assert!(proxy.seen.lock().unwrap().is_empty(), "dry run made calls");
     assert!(!dir.path().join("dry.raw.publish.jsonl").exists());
+}
+
+#[test]
+fn publish_takes_the_architecture_from_the_build_manifest() {
+    let dir = testdir("publish-arch");
+    // No partition table at all: only the manifest can say what the image is.
+    let raw = image(dir.path(), "arm.raw", 16, &[(0, 2)]);
+    let manifest = |arch: &str| {
+        let m = dir.path().join(format!("arm-{arch}.manifest.json"));
+        let v = serde_json::json!({
+            "name": "arm", "version": "1.0", "architecture": arch,
+            "outputs": [{"format": "raw", "path": raw.to_str().unwrap(), "size": 16 * MIB, "sha256": ""}],
+        });
+        std::fs::write(&m, serde_json::to_string(&v).unwrap()).unwrap();
+        m
+    };
+    let proxy = start_proxy(1, Fault::None);
+    let m = manifest("arm64");
+    let o = run(&mut publish(&proxy.url(), "eu-west-1", &[m.to_str().unwrap(), "--dry-run"]));
+    assert!(o.status.success(), "{}", show(&o));
+    let reg = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["dry_run"] == "ec2.RegisterImage")
+        .unwrap();
+    assert_eq!(reg["params"]["Architecture"], "arm64");
+    // arm64 boots only with UEFI on EC2.
+    assert_eq!(reg["params"]["BootMode"], "uefi");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("assuming x86_64"), "{}", show(&o));
+    // An architecture AWS does not take is refused before any call.
+    let m = manifest("i386");
+    let o = run(&mut publish(&proxy.url(), "eu-west-1", &[m.to_str().unwrap(), "--dry-run"]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("i386"), "{}", show(&o));
+    assert!(proxy.seen.lock().unwrap().is_empty(), "dry run made calls");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -24,11 +26,7 @@ pub async fn load(region: Option<&str>, endpoint_url: Option<&str>) -> anyhow::R
                 .operation_timeout(CALL_TIMEOUT)
                 .build(),
         );
-    // The HTTPS client for every AWS call: rustls with ring, trusting the system's CA store.
-    let https = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring))
-        .build_https();
-    loader = loader.http_client(https);
+    loader = loader.http_client(https_client(std::env::var_os("AWS_CA_BUNDLE").as_deref())?);
     if let Some(r) = region {
         loader = loader.region(aws_config::Region::new(r.to_string()));
     }
@@ -40,6 +38,25 @@ pub async fn load(region: Option<&str>, endpoint_url: Option<&str>) -> anyhow::R
         anyhow::bail!("no AWS region: give --region, set [aws] region in the recipe, or set AWS_REGION");
     }
     Ok(cfg)
+}
+
+/// The HTTPS client for every AWS call: rustls with ring, trusting the system's CA store
+/// (`SSL_CERT_FILE`/`SSL_CERT_DIR` override it) plus the PEM bundle in `AWS_CA_BUNDLE`, as the
+/// AWS CLI does (a TLS-inspecting proxy, a private endpoint).
+fn https_client(ca_bundle: Option<&std::ffi::OsStr>) -> anyhow::Result<aws_sdk_ebs::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls;
+    let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring));
+    if let Some(path) = ca_bundle.filter(|p| !p.is_empty()) {
+        let path = std::path::Path::new(path);
+        let pem = std::fs::read(path).with_context(|| format!("AWS_CA_BUNDLE: cannot read {}", path.display()))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            anyhow::bail!("AWS_CA_BUNDLE: {} holds no PEM certificate", path.display());
+        }
+        let store = tls::TrustStore::empty().with_native_roots(true).with_pem_certificate(pem);
+        let ctx = tls::TlsContext::builder().with_trust_store(store).build().context("AWS_CA_BUNDLE: unusable certificates")?;
+        builder = builder.tls_context(ctx);
+    }
+    Ok(builder.build_https())
 }
 
 /// An EC2 client for `region` (copies go to other regions).

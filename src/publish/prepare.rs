@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::blocks::{self, Mode};
 use super::name::{NameVars, default_template, render};
-use super::options::{Arch, AwsSettings, BootMode, check_combination};
+use super::options::{Arch, AwsSettings, BootMode, check_combination, parse_arch};
 use crate::cli::UsageError;
 use crate::disk::partition::{self, types};
 use crate::export::input::Input;
@@ -101,11 +101,15 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
     };
     let has_esp =
         table.as_ref().is_some_and(|t| t.partitions.iter().any(|p| p.type_guid == Some(types::EFI_SYSTEM) || p.mbr_type == Some(0xEF)));
-    let arch = match req.settings.architecture {
-        Some(a) => a,
-        None => detect_arch(table.as_ref()).unwrap_or_else(|| {
+    let arch = match (req.settings.architecture, &meta.architecture) {
+        (Some(a), _) => a,
+        // The build read it from the image's own executables.
+        (None, Some(m)) => parse_arch(m).map_err(|e| {
+            usage(format!("{}: the build found {e}; AWS takes x86_64 or arm64 images", input.manifest.as_deref().unwrap_or(&req.image).display()))
+        })?,
+        (None, None) => detect_arch(table.as_ref()).unwrap_or_else(|| {
             notices.push(
-                "no x86-64 or aarch64 root partition type GUID in the image: assuming x86_64 (set [aws] architecture or --architecture)"
+                "no architecture in a build manifest and no x86-64 or aarch64 root partition type GUID in the image: assuming x86_64 (set [aws] architecture or --architecture)"
                     .into(),
             );
             Arch::X86_64
@@ -207,6 +211,7 @@ struct ManifestFields {
     commit: Option<String>,
     recipe: Option<String>,
     source: Option<String>,
+    architecture: Option<String>,
 }
 
 fn manifest_fields(input: &Input) -> ManifestFields {
@@ -224,6 +229,7 @@ fn manifest_fields(input: &Input) -> ManifestFields {
         commit: s(&v["git_commit"]),
         recipe: s(&v["recipe"]).map(|r| r.chars().take(255).collect()),
         source: s(&v["source"]["digest"]),
+        architecture: s(&v["architecture"]),
     }
 }
 

@@ -52,9 +52,27 @@ pub fn classify_parts(status: Option<u16>, code: Option<&str>, message: Option<&
     Class::Fatal
 }
 
+/// Whether an error (or one of its causes) is the TLS layer refusing the server's certificate:
+/// no retry helps.
+pub fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        let text = x.to_string();
+        if text.contains("invalid peer certificate") || text.contains("certificate verify failed") {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
+/// What to do about a refused certificate.
+const CERTIFICATE_HINT: &str = "the endpoint's TLS certificate is not trusted: if a proxy or private endpoint uses its own CA, set AWS_CA_BUNDLE (or SSL_CERT_FILE) to that CA's PEM file";
+
 /// Classifies an SDK error.
-pub fn classify<E: ProvideErrorMetadata>(e: &SdkError<E>) -> Class {
+pub fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E>) -> Class {
     match e {
+        SdkError::DispatchFailure(_) if certificate_refused(e) => Class::Fatal,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Class::Retry,
         SdkError::ServiceError(s) => classify_parts(Some(s.raw().status().as_u16()), s.err().code(), s.err().message()),
         _ => Class::Fatal,
@@ -141,7 +159,10 @@ where
             Class::NotYet => since.elapsed() < policy.warmup && attempt < policy.attempts.saturating_mul(3),
             Class::Fatal => false,
         };
-        let message = format!("{}", DisplayErrorContext(&e));
+        let mut message = format!("{}", DisplayErrorContext(&e));
+        if certificate_refused(&e) {
+            message = format!("{message}; {CERTIFICATE_HINT}");
+        }
         if !retry {
             return Err(Failed { attempts: attempt, class, message });
         }

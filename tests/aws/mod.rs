@@ -15,13 +15,18 @@ use std::time::{Duration, Instant};
 pub struct Moto {
     child: Child,
     pub port: u16,
+    /// Serves HTTPS (see [`start_moto_tls`]).
+    tls: bool,
 }
 
 impl Moto {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
     }
 }
+
+/// The CA of each HTTPS endpoint: [`aws_env`] hands it to imgforge and boto3 as AWS_CA_BUNDLE.
+static CAS: Mutex<std::collections::BTreeMap<String, std::path::PathBuf>> = Mutex::new(std::collections::BTreeMap::new());
 
 impl Drop for Moto {
     fn drop(&mut self) {
@@ -50,17 +55,59 @@ pub fn have_moto(test: &str) -> bool {
 
 /// Starts moto on a free port of 127.0.0.1, logging into `log`.
 pub fn start_moto(log: &Path) -> Moto {
+    spawn_moto(log, &[])
+}
+
+/// Starts moto speaking HTTPS on 127.0.0.1 with a certificate for that address, signed by a
+/// throwaway CA made here with openssl. Returns the server and the CA's PEM.
+pub fn start_moto_tls(dir: &Path) -> (Moto, std::path::PathBuf) {
+    let sh = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    sh(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=imgforge test CA"]].concat());
+    sh(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let mut moto = spawn_moto(&dir.join("moto.log"), &["-c", cert.to_str().unwrap(), "-k", key.to_str().unwrap()]);
+    moto.tls = true;
+    let ca = dir.join("ca.pem");
+    CAS.lock().unwrap().insert(moto.url(), ca.clone());
+    (moto, ca)
+}
+
+fn spawn_moto(log: &Path, extra: &[&str]) -> Moto {
     for _ in 0..3 {
         let port = free_port();
         let out = std::fs::File::create(log).unwrap();
         let child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .unwrap();
-        let moto = Moto { child, port };
+        let moto = Moto { child, port, tls: false };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -84,6 +131,10 @@ pub fn aws_env(cmd: &mut Command, endpoint: &str, region: &str) {
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_REGION", region)
         .env("AWS_DEFAULT_REGION", region);
+    match CAS.lock().unwrap().get(endpoint) {
+        Some(ca) => cmd.env("AWS_CA_BUNDLE", ca),
+        None => cmd.env_remove("AWS_CA_BUNDLE"),
+    };
 }
 
 /// What the proxy does to PutSnapshotBlock requests.
