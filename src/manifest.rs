@@ -56,6 +56,8 @@ pub struct Manifest {
     pub build_date: String,
     /// Upstream.
     pub source: SourceInfo,
+    /// CPU architecture read from the image's own executables (x86_64, arm64, i386, …).
+    pub architecture: Option<String>,
     /// Outputs.
     pub outputs: Vec<OutputFile>,
     /// Provisioners with their durations.

@@ -94,6 +94,8 @@ fn small_qcow2_end_to_end() {
 
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/small.manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["name"], "small");
+    // Read from the image's busybox (/bin/sh → busybox, resolved inside the image).
+    assert_eq!(manifest["architecture"], if cfg!(target_arch = "x86_64") { "x86_64" } else { "arm64" });
     assert_eq!(manifest["provisioners"].as_array().unwrap().len(), 3);
     let sha = manifest["outputs"][0]["sha256"].as_str().unwrap();
     let sum = run(std::process::Command::new("sha256sum").arg(&raw));

@@ -4,6 +4,7 @@
 //! (private mount namespace) → provisioning window (resolv.conf, policy-rc.d) → provisioners →
 //! stamp → seal → trim → unmount + detach → outputs + manifest.
 
+pub mod arch;
 pub mod mounted;
 pub mod version;
 
@@ -91,8 +92,8 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
         ancestor: src.url.clone(),
     };
     match customize(plan, opts, &work, size, &stamp, &mut t, events) {
-        Ok((_, seal)) if opts.seal_dry_run => Ok(Outcome::SealPlan(seal)),
-        Ok((provisioners, seal)) => finish(plan, work, &src, &stamp, provisioners, seal, t, events).map(Outcome::Built),
+        Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(c.seal)),
+        Ok(c) => finish(plan, work, &src, &stamp, c, t, events).map(Outcome::Built),
         Err(e) => {
             if opts.on_error == OnError::Keep {
                 let kept = plan.output_dir.join(format!("{}.failed.raw", plan.name));
@@ -108,6 +109,14 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
     }
 }
 
+/// What happened inside the mounted image.
+struct Customized {
+    provisioners: Vec<StepReport>,
+    seal: SealReport,
+    /// The image's architecture (`arch.rs`), when an executable says.
+    architecture: Option<&'static str>,
+}
+
 /// Grow, mount, provision, stamp, seal, trim, unmount. Mounts and loop devices are always
 /// released before this returns.
 fn customize(
@@ -118,7 +127,7 @@ fn customize(
     stamp: &Stamp,
     t: &mut Timings,
     events: &Events,
-) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
+) -> anyhow::Result<Customized> {
     let disk = work.file();
     let grown = match plan.disk_size {
         Some(want) if want > size => Some(want),
@@ -152,8 +161,8 @@ fn customize(
     let result = inside(plan, opts, &mounted, &cx, stamp, t, events);
     let closed = t.time(events, "unmount", "unmounting and detaching", || mounted.close());
     match (result, closed) {
-        (Ok(r), Ok(())) if !r.1.fs_uuids.is_empty() => {
-            t.time(events, "fs-uuids", "setting new filesystem UUIDs", || crate::seal::fsuuid::apply(disk, &r.1.fs_uuids))?;
+        (Ok(r), Ok(())) if !r.seal.fs_uuids.is_empty() => {
+            t.time(events, "fs-uuids", "setting new filesystem UUIDs", || crate::seal::fsuuid::apply(disk, &r.seal.fs_uuids))?;
             Ok(r)
         }
         (Ok(r), Ok(())) => Ok(r),
@@ -171,14 +180,15 @@ fn inside(
     stamp: &Stamp,
     t: &mut Timings,
     events: &Events,
-) -> anyhow::Result<(Vec<StepReport>, SealReport)> {
+) -> anyhow::Result<Customized> {
     let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
+    let architecture = arch::detect(&m.root);
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
     let what = format!("sealing ({} operations{})", plan.seal.enabled.len(), if opts.seal_dry_run { ", dry run" } else { "" });
     // The scrub is the last write to the image: only trimming (no content change) follows.
     let seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
     if opts.seal_dry_run {
-        return Ok((provisioners, seal));
+        return Ok(Customized { provisioners, seal, architecture });
     }
     let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
     if let Err(e) = seal.check(&report_path.display().to_string()) {
@@ -187,7 +197,7 @@ fn inside(
         return Err(e);
     }
     t.time(events, "trim", "trimming free space", || trim_all(m))?;
-    Ok((provisioners, seal))
+    Ok(Customized { provisioners, seal, architecture })
 }
 
 /// What sealing needs from the build: the host's name and the host paths given to
@@ -258,8 +268,7 @@ fn finish(
     work: WorkDisk,
     src: &VerifiedSource,
     stamp: &Stamp,
-    provisioners: Vec<StepReport>,
-    seal: SealReport,
+    c: Customized,
     mut t: Timings,
     events: &Events,
 ) -> anyhow::Result<Box<Manifest>> {
@@ -311,7 +320,7 @@ fn finish(
         outputs.extend(more);
     }
     let seal_name = format!("{}.seal.json", plan.name);
-    crate::manifest::write(&seal, &plan.output_dir.join(&seal_name))?;
+    crate::manifest::write(&c.seal, &plan.output_dir.join(&seal_name))?;
     let manifest = Manifest {
         schema: 1,
         name: plan.name.clone(),
@@ -327,10 +336,11 @@ fn finish(
             checksums: src.sums_url.clone(),
             signing_key_fingerprint: src.key_fingerprint.clone(),
         },
+        architecture: c.architecture.map(str::to_string),
         outputs,
-        provisioners,
+        provisioners: c.provisioners,
         steps: t.0,
-        seal: seal.summary(&seal_name),
+        seal: c.seal.summary(&seal_name),
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let path = plan.output_dir.join(format!("{}.manifest.json", plan.name));

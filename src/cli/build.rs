@@ -23,6 +23,13 @@ pub struct Args {
     /// Download cache (default: $IMGFORGE_CACHE_DIR or /var/cache/imgforge).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// After the build, publish the raw to AWS with the recipe's [aws] settings (see `publish`).
+    #[arg(long)]
+    pub publish: bool,
+    /// Another endpoint for every AWS service, for --publish and [output] upload (also
+    /// AWS_ENDPOINT_URL).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
     /// Provision, then print what sealing would remove or rewrite, and stop: nothing is sealed
     /// and no output is written.
     #[arg(long)]
@@ -32,6 +39,12 @@ pub struct Args {
 /// Runs a build.
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let plan = load_plan(&a.recipe, &Overrides { output_dir: a.output_dir.clone() })?;
+    if a.publish && plan.aws.is_none() {
+        return Err(anyhow::Error::new(super::UsageError(format!(
+            "{}: --publish needs an [aws] section in the recipe (at least `region`, or an empty [aws] to use the AWS config's)",
+            a.recipe.display()
+        ))));
+    }
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("imgforge build needs root (loop devices, mounts, chroot): run it with sudo");
     }
@@ -55,5 +68,25 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         tracing::info!("built {} ({} bytes, sha256 {})", o.path, o.size, o.sha256);
     }
     events.result(serde_json::to_value(&manifest)?);
+    if let Some(dest) = &plan.upload {
+        let mut files: Vec<PathBuf> = manifest.outputs.iter().map(|o| PathBuf::from(&o.path)).collect();
+        files.push(plan.output_dir.join(format!("{}.manifest.json", plan.name)));
+        for u in crate::s3::upload(dest, &files, a.endpoint_url.as_deref())? {
+            tracing::info!("uploaded {} to {}", u.path, u.url);
+        }
+    }
+    if let (true, Some(settings)) = (a.publish, plan.aws.clone()) {
+        let req = crate::publish::Request {
+            image: plan.output_dir.join(format!("{}.manifest.json", plan.name)),
+            settings,
+            endpoint_url: a.endpoint_url.clone(),
+            parent: None,
+            force: false,
+            dry_run: false,
+        };
+        if let Some(rec) = crate::publish::run(&req, &events)? {
+            super::publish::report(g, &events, &rec)?;
+        }
+    }
     Ok(())
 }

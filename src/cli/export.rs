@@ -52,6 +52,12 @@ pub struct Args {
     /// compared with the raw; OVA members, manifest and OVF cross-checked) before naming them.
     #[arg(long)]
     pub verify: bool,
+    /// Upload the outputs to s3://bucket/prefix (multipart, SHA-256 per part) once written.
+    #[arg(long, value_name = "S3_URL")]
+    pub upload: Option<String>,
+    /// With --upload: another S3 endpoint (also AWS_ENDPOINT_URL).
+    #[arg(long, requires = "upload")]
+    pub endpoint_url: Option<String>,
 }
 
 /// Parses the option values given on the command line.
@@ -71,6 +77,7 @@ fn options(a: &Args) -> Result<ExportOptions, String> {
 /// Runs an export.
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let opts = options(a).map_err(|e| anyhow::Error::new(super::UsageError(e)))?;
+    let upload = a.upload.as_deref().map(crate::s3::parse_url).transpose().map_err(|e| anyhow::Error::new(super::UsageError(e)))?;
     crate::host::signals::install().context("Failed to install signal handlers")?;
     let input = crate::export::input::open(&a.image)?;
     let targets = resolve_targets(&input.path, &input.name, &a.formats, a.output.as_deref());
@@ -88,7 +95,19 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             println!("{} {} {} sha256:{}", o.format, o.size, o.path, o.sha256);
         }
     }
-    events.result(serde_json::json!({ "outputs": outputs }));
+    let uploaded = match &upload {
+        Some(dest) => {
+            let files: Vec<PathBuf> = outputs.iter().map(|o| PathBuf::from(&o.path)).collect();
+            crate::s3::upload(dest, &files, a.endpoint_url.as_deref())?
+        }
+        None => Vec::new(),
+    };
+    for u in &uploaded {
+        if !g.json {
+            println!("uploaded {} {}", u.path, u.url);
+        }
+    }
+    events.result(serde_json::json!({ "outputs": outputs, "uploaded": uploaded }));
     Ok(())
 }
 

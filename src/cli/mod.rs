@@ -5,6 +5,7 @@
 mod build;
 mod export;
 mod inspect;
+mod publish;
 mod seal;
 mod validate;
 
@@ -48,6 +49,8 @@ enum Command {
     Export(export::Args),
     /// Show partitions, filesystems, labels and os-release of a raw or qcow2 image.
     Inspect(inspect::Args),
+    /// Upload a raw disk (or a build's raw) into an EBS snapshot and register an AMI.
+    Publish(publish::Args),
     /// Scrub identities from a raw or qcow2 image (`--list` shows the operations).
     Seal(seal::Args),
 }
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Validate(a) => validate::run(&cli.global, a),
         Command::Inspect(a) => inspect::run(&cli.global, a),
         Command::Export(a) => export::run(&cli.global, a),
+        Command::Publish(a) => publish::run(&cli.global, a),
         Command::Seal(a) => seal::run(&cli.global, a),
     };
     match result {

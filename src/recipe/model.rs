@@ -24,6 +24,8 @@ pub struct Recipe {
     /// Where and what to write.
     #[serde(default)]
     pub output: Output,
+    /// `[aws]`: publishing to AWS (see `aws.rs`).
+    pub aws: Option<super::aws::Aws>,
     /// Sealing operations and their options.
     #[serde(default)]
     pub seal: super::seal::Seal,
@@ -87,6 +89,8 @@ pub struct Output {
     /// `[output.qcow2]`
     #[serde(default)]
     pub qcow2: Qcow2Out,
+    /// Upload the outputs and the manifest to `s3://bucket/prefix` after the build.
+    pub upload: Option<Spanned<String>>,
 }
 
 /// `[output.vmdk]`

@@ -206,6 +206,10 @@ pub struct BuildPlan {
     pub formats: Vec<Format>,
     /// Options for the formats.
     pub export: ExportOptions,
+    /// `[output] upload`.
+    pub upload: Option<crate::s3::S3Url>,
+    /// `[aws]`, checked (used by `build --publish`).
+    pub aws: Option<crate::publish::options::AwsSettings>,
     /// Sealing.
     pub seal: crate::seal::SealPlan,
 }
@@ -250,6 +254,8 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         output_dir,
         formats: formats(src, &r.output.formats)?,
         export: export_options(src, &r.output)?,
+        upload: r.output.upload.as_ref().map(|u| crate::s3::parse_url(u.get_ref()).map_err(|e| src.at(u.span(), e))).transpose()?,
+        aws: r.aws.as_ref().map(|a| super::aws::plan(src, a)).transpose()?,
         seal: super::seal::seal_plan(src, &r.seal)?,
     })
 }

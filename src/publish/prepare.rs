@@ -1,0 +1,310 @@
+//! Everything decided before the first AWS call: the input, the name, the architecture and
+//! boot mode read from the image, the source digest, and which blocks to consider.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use super::blocks::{self, Mode};
+use super::name::{NameVars, default_template, render};
+use super::options::{Arch, AwsSettings, BootMode, check_combination, parse_arch};
+use crate::cli::UsageError;
+use crate::disk::partition::{self, types};
+use crate::export::input::Input;
+
+/// A publish request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// A raw disk or a build manifest.
+    pub image: PathBuf,
+    /// Settings (recipe `[aws]` and/or flags).
+    pub settings: AwsSettings,
+    /// `--endpoint-url`.
+    pub endpoint_url: Option<String>,
+    /// `--parent-snapshot` and `--parent-image`.
+    pub parent: Option<(String, PathBuf)>,
+    /// Replace an AMI of the same name built from other bytes.
+    pub force: bool,
+    /// Print the calls, make none.
+    pub dry_run: bool,
+}
+
+/// The parent of a delta upload.
+#[derive(Debug)]
+pub struct Parent {
+    /// Its snapshot.
+    pub snapshot: String,
+    /// Its raw.
+    pub path: PathBuf,
+    /// Open.
+    pub file: Arc<File>,
+    /// Size.
+    pub size: u64,
+}
+
+/// A validated publish, ready to run.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The raw disk.
+    pub input: Input,
+    /// The raw, shared with the upload workers.
+    pub file: Arc<File>,
+    /// Settings as given.
+    pub settings: AwsSettings,
+    /// AMI name.
+    pub name: String,
+    /// AMI description.
+    pub description: String,
+    /// Architecture.
+    pub arch: Arch,
+    /// Boot mode.
+    pub boot: BootMode,
+    /// Snapshot size in GiB (the image rounded up).
+    pub snapshot_gib: u64,
+    /// Root volume size in GiB.
+    pub volume_gib: u64,
+    /// "sha256:<hex>" of the raw.
+    pub source_digest: String,
+    /// How blocks are chosen.
+    pub mode: Mode,
+    /// Data blocks of the image.
+    pub data: Vec<u64>,
+    /// Blocks to consider.
+    pub candidates: Vec<u64>,
+    /// The delta parent.
+    pub parent: Option<Parent>,
+    /// Data blocks of the parent raw.
+    pub parent_data: Vec<u64>,
+    /// Tags for the AMI and the snapshot.
+    pub tags: BTreeMap<String, String>,
+    /// Notices for the user (defaults taken, fallbacks).
+    pub notices: Vec<String>,
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg))
+}
+
+/// Opens and inspects everything; bad values are usage errors (exit 2).
+pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
+    let input = crate::export::input::open(&req.image)?;
+    let meta = manifest_fields(&input);
+    let mut notices = Vec::new();
+    let table = {
+        let mut f = &input.file;
+        partition::read(&mut f, input.size).ok()
+    };
+    let has_esp =
+        table.as_ref().is_some_and(|t| t.partitions.iter().any(|p| p.type_guid == Some(types::EFI_SYSTEM) || p.mbr_type == Some(0xEF)));
+    let arch = match (req.settings.architecture, &meta.architecture) {
+        (Some(a), _) => a,
+        // The build read it from the image's own executables.
+        (None, Some(m)) => parse_arch(m).map_err(|e| {
+            usage(format!("{}: the build found {e}; AWS takes x86_64 or arm64 images", input.manifest.as_deref().unwrap_or(&req.image).display()))
+        })?,
+        (None, None) => detect_arch(table.as_ref()).unwrap_or_else(|| {
+            notices.push(
+                "no architecture in a build manifest and no x86-64 or aarch64 root partition type GUID in the image: assuming x86_64 (set [aws] architecture or --architecture)"
+                    .into(),
+            );
+            Arch::X86_64
+        }),
+    };
+    let boot = match req.settings.boot_mode {
+        Some(b) => b,
+        None if arch == Arch::Arm64 => BootMode::Uefi,
+        None if has_esp => BootMode::UefiPreferred,
+        None => BootMode::LegacyBios,
+    };
+    let snapshot_gib = blocks::gib_ceil(input.size);
+    check_combination(&req.settings, boot, arch, snapshot_gib).map_err(usage)?;
+    let vars = NameVars {
+        name: input.name.clone(),
+        version: meta.version.clone(),
+        epoch: input.epoch,
+        commit: meta.commit.clone(),
+        arch: arch.as_str().into(),
+    };
+    let template = req.settings.name_template.clone().unwrap_or_else(|| default_template(&vars).to_string());
+    let name = render(&template, &vars).map_err(usage)?;
+    let parent = req.parent.as_ref().map(|(snap, path)| open_parent(snap, path)).transpose()?;
+    let mode = match (&parent, req.settings.encrypted) {
+        (Some(_), true) => {
+            notices.push(
+                "EBS does not allow a parent snapshot together with encryption: uploading every block (full upload) instead of a delta"
+                    .into(),
+            );
+            Mode::Full
+        }
+        (Some(_), false) => Mode::Delta,
+        (None, true) => Mode::Full,
+        (None, false) => Mode::Sparse,
+    };
+    let parent = if mode == Mode::Delta { parent } else { None };
+    let extents = crate::disk::convert::data_extents(&input.file, input.size)
+        .with_context(|| format!("Failed to find the data extents of {}", input.path.display()))?;
+    let data = blocks::blocks_of(&extents);
+    let parent_data = match &parent {
+        Some(p) => blocks::blocks_of(
+            &crate::disk::convert::data_extents(&p.file, p.size)
+                .with_context(|| format!("Failed to find the data extents of {}", p.path.display()))?,
+        ),
+        None => Vec::new(),
+    };
+    let total = blocks::block_count(input.size);
+    let candidates = blocks::candidates(mode, total, &data, &parent_data);
+    let source_digest = match input.sha256 {
+        Some(d) => format!("sha256:{}", hex::encode(d)),
+        None => format!(
+            "sha256:{}",
+            hex::encode(
+                digest_sparse(&input.file, input.size, &extents).with_context(|| format!("Failed to hash {}", input.path.display()))?
+            )
+        ),
+    };
+    let volume_gib = req.settings.volume_size.unwrap_or(snapshot_gib);
+    let mut tags = BTreeMap::new();
+    tags.insert("Name".to_string(), name.clone());
+    for (k, v) in [("Version", &meta.version), ("Commit", &meta.commit), ("Recipe", &meta.recipe)] {
+        if let Some(v) = v {
+            tags.insert(k.to_string(), v.clone());
+        }
+    }
+    let ancestor = parent.as_ref().map(|p| p.snapshot.clone()).or(meta.source.clone());
+    if let Some(a) = ancestor {
+        tags.insert("Ancestor".into(), a.chars().take(255).collect());
+    }
+    tags.insert("SourceDigest".into(), source_digest.clone());
+    tags.insert("BuiltBy".into(), "imgforge".into());
+    tags.extend(req.settings.tags.clone());
+    let description: String = format!("{name}: built by imgforge from {}", source_digest).chars().take(255).collect();
+    let file = Arc::new(input.file.try_clone().with_context(|| format!("Failed to reopen {}", input.path.display()))?);
+    Ok(Prepared {
+        input,
+        file,
+        settings: req.settings.clone(),
+        name,
+        description,
+        arch,
+        boot,
+        snapshot_gib,
+        volume_gib,
+        source_digest,
+        mode,
+        data,
+        candidates,
+        parent,
+        parent_data,
+        tags,
+        notices,
+    })
+}
+
+#[derive(Debug, Default)]
+struct ManifestFields {
+    version: Option<String>,
+    commit: Option<String>,
+    recipe: Option<String>,
+    source: Option<String>,
+    architecture: Option<String>,
+}
+
+fn manifest_fields(input: &Input) -> ManifestFields {
+    let Some(v) = input
+        .manifest
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return ManifestFields::default();
+    };
+    let s = |x: &serde_json::Value| x.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    ManifestFields {
+        version: s(&v["version"]),
+        commit: s(&v["git_commit"]),
+        recipe: s(&v["recipe"]).map(|r| r.chars().take(255).collect()),
+        source: s(&v["source"]["digest"]),
+        architecture: s(&v["architecture"]),
+    }
+}
+
+/// Architecture from the discoverable-partitions root type GUID. Pure.
+pub fn detect_arch(table: Option<&partition::PartitionTable>) -> Option<Arch> {
+    let t = table?;
+    t.partitions.iter().find_map(|p| match p.type_guid {
+        Some(g) if g == types::LINUX_ROOT_X86_64 => Some(Arch::X86_64),
+        Some(g) if g == types::LINUX_ROOT_AARCH64 => Some(Arch::Arm64),
+        _ => None,
+    })
+}
+
+fn open_parent(snap: &str, path: &std::path::Path) -> anyhow::Result<Parent> {
+    let ok = snap.len() <= 64
+        && snap.strip_prefix("snap-").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    if !ok {
+        return Err(usage(format!("parent snapshot `{snap}` is not a snapshot id (snap-0123abcd…)")));
+    }
+    let input = crate::export::input::open(path).with_context(|| format!("Failed to open the parent image {}", path.display()))?;
+    Ok(Parent { snapshot: snap.to_string(), path: input.path.clone(), size: input.size, file: Arc::new(input.file) })
+}
+
+/// SHA-256 of the whole raw, holes hashed as zeros without being read.
+fn digest_sparse(file: &File, size: u64, extents: &[(u64, u64)]) -> std::io::Result<[u8; 32]> {
+    const CHUNK: usize = 4 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
+    let mut h = Sha256::new();
+    let mut pos = 0u64;
+    let feed_zeros = |h: &mut Sha256, mut n: u64| {
+        while n > 0 {
+            let k = n.min(CHUNK as u64) as usize;
+            h.update(&zeros[..k]);
+            n -= k as u64;
+        }
+    };
+    for &(s, e) in extents {
+        let (s, e) = (s.min(size), e.min(size));
+        if s > pos {
+            feed_zeros(&mut h, s - pos);
+        }
+        let mut p = s.max(pos);
+        while p < e {
+            let k = (e - p).min(CHUNK as u64) as usize;
+            let b = &mut buf[..k];
+            file.read_exact_at(b, p)?;
+            h.update(&*b);
+            p += k as u64;
+        }
+        pos = pos.max(e);
+    }
+    if size > pos {
+        feed_zeros(&mut h, size - pos);
+    }
+    Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn sparse_digest_equals_plain_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.raw");
+        let mut f = File::create(&p).unwrap();
+        f.set_len(20 << 20).unwrap();
+        f.write_all_at(b"hello", 5 << 20).unwrap();
+        f.write_all_at(&[7u8; 9000], (20 << 20) - 9000).unwrap();
+        f.flush().unwrap();
+        let f = File::open(&p).unwrap();
+        let ext = crate::disk::convert::data_extents(&f, 20 << 20).unwrap();
+        let want: [u8; 32] = Sha256::digest(std::fs::read(&p).unwrap()).into();
+        assert_eq!(digest_sparse(&f, 20 << 20, &ext).unwrap(), want);
+    }
+}

@@ -1,0 +1,200 @@
+//! The snapshot side of a publish: start or resume (per the ledger), upload, complete. One
+//! publish never leaves two snapshots: the ClientToken is written before StartSnapshot and
+//! tagged on the snapshot, so a lost answer is found again instead of started twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use indicatif::ProgressBar;
+
+use super::blocks::{self, BLOCK};
+use super::ledger::{self, Ledger, Start};
+use super::prepare::Prepared;
+use super::register::Ec2;
+use super::retry::{Policy, retry};
+use super::upload::{Job, Outcome, upload};
+use crate::progress::Events;
+
+/// Tag carrying the StartSnapshot ClientToken.
+pub const TOKEN_TAG: &str = "imgforge:publish-token";
+
+/// A snapshot being filled.
+pub struct Pending {
+    /// Its id.
+    pub id: String,
+    /// The open ledger.
+    pub ledger: Arc<Ledger>,
+    /// Blocks already accepted.
+    pub done: BTreeMap<u64, [u8; 32]>,
+    /// CompleteSnapshot already succeeded.
+    pub completed: bool,
+    /// When it was started or resumed.
+    pub since: Instant,
+}
+
+fn token(p: &Prepared) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = format!("{nanos} {} {} {}", std::process::id(), p.input.path.display(), p.source_digest);
+    blake3::hash(seed.as_bytes()).to_hex()[..32].to_string()
+}
+
+fn start_line(p: &Prepared, region: &str, token: String) -> anyhow::Result<Start> {
+    use std::os::unix::fs::MetadataExt;
+    let m = p.input.file.metadata().with_context(|| format!("Failed to stat {}", p.input.path.display()))?;
+    Ok(Start {
+        schema: ledger::SCHEMA,
+        size: p.input.size,
+        mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
+        source_digest: p.source_digest.clone(),
+        region: region.to_string(),
+        parent_snapshot: p.parent.as_ref().map(|x| x.snapshot.clone()),
+        encrypted: p.settings.encrypted,
+        client_token: token,
+    })
+}
+
+/// StartSnapshot's Timeout: ten minutes plus the data at a pessimistic 4 MiB/s, at most 72 h.
+pub fn timeout_minutes(p: &Prepared) -> i32 {
+    let bytes = p.candidates.len() as u64 * BLOCK;
+    let minutes = 10 + bytes / (4 << 20) / 60;
+    i32::try_from(minutes.min(4320)).unwrap_or(4320)
+}
+
+/// Starts a new snapshot or resumes the one in the ledger.
+pub async fn start_or_resume(ebs: &aws_sdk_ebs::Client, ec2: &Ec2, p: &Prepared, events: &Events) -> anyhow::Result<Pending> {
+    let path = ledger::path_for(&p.input.path);
+    let want = start_line(p, &ec2.region, String::new())?;
+    if let Some(st) = ledger::load(&path)? {
+        let same = st.start.as_ref().is_some_and(|s| Start { client_token: String::new(), ..s.clone() } == want);
+        match (same, st.snapshot.clone(), st.start.clone()) {
+            (true, Some(id), _) => match ec2.snapshot_state(&id).await? {
+                Some(state) if state != "error" => {
+                    events.notice(&format!(
+                        "resuming snapshot {id} of an interrupted publish: {} block(s) already sent{}",
+                        st.blocks.len(),
+                        if st.completed { ", completed" } else { "" }
+                    ));
+                    let ledger = Arc::new(Ledger::reopen(&path)?);
+                    return Ok(Pending { id, ledger, done: st.blocks, completed: st.completed, since: Instant::now() });
+                }
+                state => {
+                    events.notice(&format!(
+                        "snapshot {id} of an interrupted publish is {}: starting a new one",
+                        state.as_deref().unwrap_or("gone (expired or deleted)")
+                    ));
+                    if state.is_some() {
+                        let _ = ec2.delete_snapshot(&id).await;
+                    }
+                }
+            },
+            (true, None, Some(start)) => {
+                // Killed between StartSnapshot and its answer: find it by its token, or ask
+                // again with the same token (EBS answers with the same snapshot).
+                let ledger = Arc::new(Ledger::reopen(&path)?);
+                let id = match ec2.find_snapshot_by_tag(TOKEN_TAG, &start.client_token).await? {
+                    Some(id) => id,
+                    None => start_snapshot(ebs, p, &start.client_token).await?,
+                };
+                ledger.snapshot(&id)?;
+                events.notice(&format!("resuming snapshot {id} of an interrupted publish"));
+                return Ok(Pending { id, ledger, done: BTreeMap::new(), completed: false, since: Instant::now() });
+            }
+            (false, Some(id), Some(old)) if !st.completed && old.region == ec2.region => {
+                events.notice(&format!("the image changed since an interrupted publish: deleting its pending snapshot {id}"));
+                if let Err(e) = ec2.delete_snapshot(&id).await {
+                    tracing::warn!("{e}");
+                }
+            }
+            _ => {}
+        }
+    }
+    let tok = token(p);
+    let ledger = Arc::new(Ledger::create(&path, &start_line(p, &ec2.region, tok.clone())?)?);
+    let id = start_snapshot(ebs, p, &tok).await?;
+    ledger.snapshot(&id)?;
+    tracing::info!("started snapshot {id} ({} GiB)", p.snapshot_gib);
+    Ok(Pending { id, ledger, done: BTreeMap::new(), completed: false, since: Instant::now() })
+}
+
+async fn start_snapshot(ebs: &aws_sdk_ebs::Client, p: &Prepared, token: &str) -> anyhow::Result<String> {
+    let size = i64::try_from(p.snapshot_gib).context("snapshot size out of range")?;
+    let mut tags: Vec<Tag> = vec![Tag::builder().key(TOKEN_TAG).value(token).build()];
+    for k in ["Name", "BuiltBy", "SourceDigest"] {
+        if let Some(v) = p.tags.get(k) {
+            tags.push(Tag::builder().key(k).value(v).build());
+        }
+    }
+    let what = || format!("StartSnapshot for {}", p.input.path.display());
+    let out = retry(&Policy::DEFAULT, Instant::now(), &what, || {
+        let mut b = ebs
+            .start_snapshot()
+            .volume_size(size)
+            .description(&p.description)
+            .client_token(token)
+            .timeout(timeout_minutes(p))
+            .set_tags(Some(tags.clone()));
+        if let Some(parent) = &p.parent {
+            b = b.parent_snapshot_id(&parent.snapshot);
+        }
+        if p.settings.encrypted {
+            b = b.encrypted(true);
+            if let Some(k) = &p.settings.kms_key_id {
+                b = b.kms_key_arn(k);
+            }
+        }
+        b.send()
+    })
+    .await
+    .map_err(|f| anyhow::anyhow!("Failed to start a snapshot for {}: {f}", p.input.path.display()))?;
+    if let Some(bs) = out.block_size()
+        && i64::from(bs) != BLOCK as i64
+    {
+        tracing::debug!("StartSnapshot reports block size {bs}; PutSnapshotBlock accepts only {BLOCK}, which is used");
+    }
+    out.snapshot_id().map(str::to_string).context("StartSnapshot returned no snapshot id")
+}
+
+/// Uploads the blocks not yet in the snapshot.
+pub async fn fill(ebs: &aws_sdk_ebs::Client, p: &Prepared, pending: &Pending, bar: Option<ProgressBar>) -> anyhow::Result<Outcome> {
+    let job = Job {
+        file: p.file.clone(),
+        path: p.input.path.clone(),
+        size: p.input.size,
+        parent: p.parent.as_ref().map(|x| (x.file.clone(), x.path.clone(), x.size)),
+        mode: p.mode,
+        candidates: p.candidates.clone(),
+        data: p.data.clone(),
+        parent_data: p.parent_data.clone(),
+        done: pending.done.clone(),
+        snapshot: pending.id.clone(),
+        workers: p.settings.workers,
+        started: pending.since,
+    };
+    Ok(upload(ebs, job, pending.ledger.clone(), bar).await?)
+}
+
+/// CompleteSnapshot with the changed-block count and the LINEAR checksum of every block in it.
+pub async fn complete(ebs: &aws_sdk_ebs::Client, id: &str, digests: &BTreeMap<u64, [u8; 32]>) -> anyhow::Result<()> {
+    let count = i32::try_from(digests.len()).context("too many blocks")?;
+    let sum = B64.encode(blocks::linear_checksum(digests.values()));
+    retry(&Policy::DEFAULT, Instant::now(), &|| format!("CompleteSnapshot {id}"), || {
+        ebs.complete_snapshot()
+            .snapshot_id(id)
+            .changed_blocks_count(count)
+            .checksum(&sum)
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
+            .send()
+    })
+    .await
+    .map_err(|f| anyhow::anyhow!("Failed to complete snapshot {id} ({count} blocks): {f}"))?;
+    Ok(())
+}
+
+/// How long to wait for a completed snapshot to be sealed.
+pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(2 * 3600);

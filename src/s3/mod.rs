@@ -1,0 +1,206 @@
+//! Artifacts to S3: `imgforge export … --upload s3://bucket/prefix` (and `[output] upload`)
+//! sends each output with a multipart upload straight from the file just written (no second
+//! local copy), every part with its SHA-256 checksum, parts in parallel, the upload aborted
+//! when a part fails.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use sha2::{Digest, Sha256};
+
+use crate::publish::retry::{Policy, retry};
+
+/// Parts in flight per file (each is held in memory once).
+pub const PARALLEL_PARTS: usize = 4;
+/// Smallest part (S3's minimum is 5 MiB, except the last).
+pub const MIN_PART: u64 = 16 << 20;
+
+/// `s3://bucket/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Url {
+    /// Bucket.
+    pub bucket: String,
+    /// Key prefix, without leading or trailing `/` (may be empty).
+    pub prefix: String,
+}
+
+impl S3Url {
+    /// The key of a file uploaded under this prefix.
+    pub fn key_for(&self, file_name: &str) -> String {
+        if self.prefix.is_empty() { file_name.to_string() } else { format!("{}/{file_name}", self.prefix) }
+    }
+}
+
+/// Parses `s3://bucket[/prefix]`. Pure.
+pub fn parse_url(s: &str) -> Result<S3Url, String> {
+    let rest = s.strip_prefix("s3://").ok_or_else(|| format!("upload target `{s}` is not an s3://bucket/prefix URL"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && bucket.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && bucket.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric);
+    if !ok {
+        return Err(format!("upload target `{s}`: `{bucket}` is not an S3 bucket name (3-63 of a-z 0-9 . -)"));
+    }
+    Ok(S3Url { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() })
+}
+
+/// Part size for a file: at least [`MIN_PART`], and few enough parts (S3 allows 10 000).
+pub fn part_size(len: u64) -> u64 {
+    len.div_ceil(10_000).div_ceil(1 << 20).saturating_mul(1 << 20).max(MIN_PART)
+}
+
+/// One uploaded file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Uploaded {
+    /// Local file.
+    pub path: String,
+    /// `s3://bucket/key`.
+    pub url: String,
+    /// Bytes.
+    pub size: u64,
+    /// Parts.
+    pub parts: usize,
+}
+
+/// Uploads `files` under `dest`.
+pub fn upload(dest: &S3Url, files: &[PathBuf], endpoint_url: Option<&str>) -> anyhow::Result<Vec<Uploaded>> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("Failed to start the async runtime")?;
+    rt.block_on(async {
+        let cfg = crate::publish::client::load(None, endpoint_url).await?;
+        let mut conf = aws_sdk_s3::config::Builder::from(&cfg);
+        if cfg.endpoint_url().is_some() {
+            // Custom endpoints (emulators, MinIO) rarely resolve bucket subdomains.
+            conf = conf.force_path_style(true);
+        }
+        let s3 = aws_sdk_s3::Client::from_conf(conf.build());
+        let mut out = Vec::new();
+        for f in files {
+            out.push(upload_file(&s3, dest, f).await?);
+        }
+        Ok(out)
+    })
+}
+
+async fn upload_file(s3: &aws_sdk_s3::Client, dest: &S3Url, path: &Path) -> anyhow::Result<Uploaded> {
+    let name =
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).with_context(|| format!("{} has no file name", path.display()))?;
+    let key = dest.key_for(&name);
+    let url = format!("s3://{}/{key}", dest.bucket);
+    let file = Arc::new(File::open(path).with_context(|| format!("Failed to open {}", path.display()))?);
+    let len = file.metadata().with_context(|| format!("Failed to stat {}", path.display()))?.len();
+    let started = Instant::now();
+    let create = retry(&Policy::NO_WARMUP, Instant::now(), &|| format!("CreateMultipartUpload {url}"), || {
+        s3.create_multipart_upload().bucket(&dest.bucket).key(&key).checksum_algorithm(ChecksumAlgorithm::Sha256).send()
+    })
+    .await
+    .map_err(|f| anyhow::anyhow!("Failed to start the upload of {} to {url}: {f}", path.display()))?;
+    let id = create.upload_id().context("CreateMultipartUpload returned no upload id")?.to_string();
+    let parts = match send_parts(s3, dest, &key, &id, &file, len).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = s3.abort_multipart_upload().bucket(&dest.bucket).key(&key).upload_id(&id).send().await;
+            return Err(e.context(format!("Failed to upload {} to {url} (multipart upload aborted)", path.display())));
+        }
+    };
+    let count = parts.len();
+    let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+    let completed = retry(&Policy::NO_WARMUP, Instant::now(), &|| format!("CompleteMultipartUpload {url}"), || {
+        s3.complete_multipart_upload().bucket(&dest.bucket).key(&key).upload_id(&id).multipart_upload(done.clone()).send()
+    })
+    .await;
+    // Whatever CompleteMultipartUpload answered, the object must now exist with our length
+    // (an answer that cannot be parsed, as some emulators give, is then not a failure).
+    let head = s3.head_object().bucket(&dest.bucket).key(&key).send().await;
+    match (completed, head) {
+        (_, Ok(h)) if h.content_length() == i64::try_from(len).ok() => {}
+        (Err(f), _) => anyhow::bail!("Failed to complete the upload of {} to {url}: {f}", path.display()),
+        (Ok(_), h) => anyhow::bail!("{url} is not {len} bytes after the upload: {:?}", h.map(|h| h.content_length())),
+    }
+    tracing::info!("uploaded {} to {url} ({len} bytes, {count} parts, {:.1} s)", path.display(), started.elapsed().as_secs_f64());
+    Ok(Uploaded { path: path.display().to_string(), url, size: len, parts: count })
+}
+
+async fn send_parts(
+    s3: &aws_sdk_s3::Client,
+    dest: &S3Url,
+    key: &str,
+    id: &str,
+    file: &Arc<File>,
+    len: u64,
+) -> anyhow::Result<Vec<CompletedPart>> {
+    let part = part_size(len);
+    let count = len.div_ceil(part).max(1);
+    let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL_PARTS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..count {
+        let permit = sem.clone().acquire_owned().await.context("semaphore closed")?;
+        let (s3, bucket, key, id, file) = (s3.clone(), dest.bucket.clone(), key.to_string(), id.to_string(), file.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let off = n * part;
+            let size = (len - off.min(len)).min(part) as usize;
+            let buf = tokio::task::spawn_blocking(move || {
+                let mut b = vec![0u8; size];
+                file.read_exact_at(&mut b, off).map(|()| b)
+            })
+            .await
+            .context("reader task failed")?
+            .with_context(|| format!("Failed to read part {} at offset {off}", n + 1))?;
+            let sum = B64.encode(Sha256::digest(&buf));
+            let bytes = bytes::Bytes::from(buf);
+            let number = i32::try_from(n + 1).context("too many parts")?;
+            let r = retry(&Policy::DEFAULT, Instant::now(), &|| format!("UploadPart {number}"), || {
+                s3.upload_part()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&id)
+                    .part_number(number)
+                    .checksum_sha256(&sum)
+                    .body(ByteStream::from(bytes.clone()))
+                    .send()
+            })
+            .await
+            .map_err(|f| anyhow::anyhow!("Failed to upload part {number} (offset {off}): {f}"))?;
+            Ok::<_, anyhow::Error>(
+                CompletedPart::builder().part_number(number).set_e_tag(r.e_tag().map(str::to_string)).checksum_sha256(sum).build(),
+            )
+        });
+    }
+    let mut parts = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        parts.push(r.context("upload task failed")??);
+    }
+    parts.sort_by_key(|p| p.part_number());
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("s3://images/nightly/").unwrap(), S3Url { bucket: "images".into(), prefix: "nightly".into() });
+        assert_eq!(parse_url("s3://images").unwrap().key_for("a.raw"), "a.raw");
+        assert_eq!(parse_url("s3://images/x/y").unwrap().key_for("a.raw"), "x/y/a.raw");
+        assert!(parse_url("https://x").is_err());
+        assert!(parse_url("s3://Images/x").is_err());
+        assert!(parse_url("s3://ab").is_err());
+    }
+
+    #[test]
+    fn parts() {
+        assert_eq!(part_size(1), MIN_PART);
+        assert_eq!(part_size(1 << 40), 105 << 20);
+        assert!((1u64 << 40).div_ceil(part_size(1 << 40)) <= 10_000);
+    }
+}

@@ -1,0 +1,426 @@
+//! AWS test harness: a moto server on 127.0.0.1 (one per test, stopped by PID on drop), a fault
+//! proxy between imgforge and moto, and a boto3 reader for what moto holds. Nothing here
+//! touches any address but 127.0.0.1.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running moto server; killed (by its PID) on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    /// Serves HTTPS (see [`start_moto_tls`]).
+    tls: bool,
+}
+
+impl Moto {
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
+    }
+}
+
+/// The CA of each HTTPS endpoint: [`aws_env`] hands it to imgforge and boto3 as AWS_CA_BUNDLE.
+static CAS: Mutex<std::collections::BTreeMap<String, std::path::PathBuf>> = Mutex::new(std::collections::BTreeMap::new());
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether moto and boto3 are importable; prints why not.
+pub fn have_moto(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import moto.server, boto3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped {test}: needs python3 with moto[server] and boto3 (pip install 'moto[server]')");
+    }
+    ok
+}
+
+/// Starts moto on a free port of 127.0.0.1, logging into `log`.
+pub fn start_moto(log: &Path) -> Moto {
+    spawn_moto(log, &[])
+}
+
+/// Starts moto speaking HTTPS on 127.0.0.1 with a certificate for that address, signed by a
+/// throwaway CA made here with openssl. Returns the server and the CA's PEM.
+pub fn start_moto_tls(dir: &Path) -> (Moto, std::path::PathBuf) {
+    let sh = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    sh(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=imgforge test CA"]].concat());
+    sh(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let mut moto = spawn_moto(&dir.join("moto.log"), &["-c", cert.to_str().unwrap(), "-k", key.to_str().unwrap()]);
+    moto.tls = true;
+    let ca = dir.join("ca.pem");
+    CAS.lock().unwrap().insert(moto.url(), ca.clone());
+    (moto, ca)
+}
+
+fn spawn_moto(log: &Path, extra: &[&str]) -> Moto {
+    for _ in 0..3 {
+        let port = free_port();
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let moto = Moto { child, port, tls: false };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return moto;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    panic!("moto did not start; see {}", log.display());
+}
+
+/// Environment for imgforge and boto3 against an endpoint: dummy credentials, no IMDS.
+pub fn aws_env(cmd: &mut Command, endpoint: &str, region: &str) {
+    cmd.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing-secret-not-real")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", region)
+        .env("AWS_DEFAULT_REGION", region);
+    match CAS.lock().unwrap().get(endpoint) {
+        Some(ca) => cmd.env("AWS_CA_BUNDLE", ca),
+        None => cmd.env_remove("AWS_CA_BUNDLE"),
+    };
+}
+
+/// What the proxy does to PutSnapshotBlock requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Pass everything.
+    None,
+    /// ~20 %: 400 RequestThrottledException, 503, 500 or a dropped connection, in turn.
+    Flaky,
+    /// 403 AccessDeniedException.
+    Deny,
+    /// Each PUT delayed by this many ms.
+    Slow(u64),
+    /// The first N PUTs answer "snapshot does not exist" (a new snapshot not visible yet).
+    NotYet(u64),
+}
+
+/// One request seen by the proxy.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+}
+
+/// A fault-injecting HTTP/1.1 proxy on 127.0.0.1 in front of moto.
+pub struct Proxy {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub faults: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Query-API bodies (EC2) whose Action is `action`.
+    pub fn actions(&self, action: &str) -> Vec<String> {
+        let needle = format!("Action={action}&");
+        self.seen.lock().unwrap().iter().filter(|s| s.body.contains(&needle)).map(|s| s.body.clone()).collect()
+    }
+
+    /// PutSnapshotBlock requests forwarded or failed.
+    pub fn puts(&self) -> usize {
+        self.seen.lock().unwrap().iter().filter(|s| s.method == "PUT" && s.path.contains("/blocks/")).count()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+pub fn start_proxy(upstream: u16, fault: Fault) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let faults = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let (s2, f2, st2) = (seen.clone(), faults.clone(), stop.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if st2.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(conn) = conn else { continue };
+            let (seen, faults, counter) = (s2.clone(), f2.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let _ = serve(conn, upstream, fault, &seen, &faults, &counter);
+            });
+        }
+    });
+    Proxy { port, seen, faults, stop }
+}
+
+/// Request line, headers, body.
+type Request = (String, Vec<String>, Vec<u8>);
+
+fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Request>> {
+    let mut first = String::new();
+    if r.read_line(&mut first)? == 0 {
+        return Ok(None);
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l)?;
+        let t = l.trim_end().to_string();
+        if t.is_empty() {
+            break;
+        }
+        headers.push(t);
+    }
+    let header = |name: &str| {
+        headers.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+    };
+    let mut body = Vec::new();
+    if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        headers.retain(|h| !h.to_ascii_lowercase().starts_with("transfer-encoding"));
+        headers.push(format!("Content-Length: {}", body.len()));
+    }
+    Ok(Some((first.trim_end().to_string(), headers, body)))
+}
+
+fn canned(status: &str, error_type: Option<&str>, body: &str) -> Vec<u8> {
+    let mut h = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    if let Some(t) = error_type {
+        h.push_str(&format!("x-amzn-ErrorType: {t}\r\n"));
+    }
+    h.push_str("\r\n");
+    let mut v = h.into_bytes();
+    v.extend_from_slice(body.as_bytes());
+    v
+}
+
+fn serve(
+    conn: TcpStream,
+    upstream: u16,
+    fault: Fault,
+    seen: &Mutex<Vec<Seen>>,
+    faults: &AtomicU64,
+    counter: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    // One request per connection: the response says `Connection: close`.
+    let Some((line, headers, body)) = read_request(&mut r)? else { return Ok(()) };
+    let mut parts = line.split(' ');
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let text = if body.len() < 64 * 1024 { String::from_utf8_lossy(&body).to_string() } else { String::new() };
+    seen.lock().unwrap().push(Seen { method: method.clone(), path: path.clone(), body: text });
+    let is_put = method == "PUT" && path.contains("/blocks/");
+    if is_put {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        match fault {
+            Fault::Deny => {
+                faults.fetch_add(1, Ordering::Relaxed);
+                return out.write_all(&canned(
+                    "403 Forbidden",
+                    Some("AccessDeniedException"),
+                    r#"{"message":"User is not authorized to perform ebs:PutSnapshotBlock","Reason":"UNAUTHORIZED_ACCOUNT"}"#,
+                ));
+            }
+            Fault::Flaky => {
+                let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+                if h % 100 < 20 {
+                    faults.fetch_add(1, Ordering::Relaxed);
+                    return match n % 4 {
+                        0 => out.write_all(&canned(
+                            "400 Bad Request",
+                            Some("RequestThrottledException"),
+                            r#"{"message":"Rate exceeded","Reason":"ACCOUNT_THROTTLED"}"#,
+                        )),
+                        1 => out.write_all(&canned("503 Service Unavailable", None, "{}")),
+                        2 => out.write_all(&canned(
+                            "500 Internal Server Error",
+                            Some("InternalServerException"),
+                            r#"{"message":"internal error"}"#,
+                        )),
+                        _ => Ok(()), // drop the connection without an answer
+                    };
+                }
+            }
+            Fault::Slow(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            Fault::NotYet(first) if n < first => {
+                faults.fetch_add(1, Ordering::Relaxed);
+                return out.write_all(&canned(
+                    "400 Bad Request",
+                    Some("ValidationException"),
+                    r#"{"message":"The snapshot 'snap-0' does not exist.","Reason":"INVALID_SNAPSHOT_ID"}"#,
+                ));
+            }
+            Fault::NotYet(_) => {}
+            Fault::None => {}
+        }
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let mut head = format!("{line}\r\n");
+    for h in headers.iter().filter(|h| !h.to_ascii_lowercase().starts_with("connection:")) {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    up.write_all(head.as_bytes())?;
+    up.write_all(&body)?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp)?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").map_or(resp.len(), |p| p + 2);
+    let (rhead, rest) = resp.split_at(split);
+    let rhead = String::from_utf8_lossy(rhead);
+    let mut fixed: String =
+        rhead.lines().filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).map(|l| format!("{l}\r\n")).collect();
+    fixed.push_str("Connection: close\r\n");
+    out.write_all(fixed.as_bytes())?;
+    out.write_all(rest)?;
+    out.flush()
+}
+
+const READER: &str = r#"
+import sys, json, hashlib, boto3
+endpoint, region, what = sys.argv[1], sys.argv[2], sys.argv[3]
+ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=region)
+if what == "blocks":
+    ebs = boto3.client("ebs", endpoint_url=endpoint, region_name=region)
+    snap = sys.argv[4]
+    out, token = {}, None
+    while True:
+        kw = {"SnapshotId": snap, "MaxResults": 10000}
+        if token: kw["NextToken"] = token
+        r = ebs.list_snapshot_blocks(**kw)
+        for b in r["Blocks"]:
+            i = int(b["BlockIndex"])
+            g = ebs.get_snapshot_block(SnapshotId=snap, BlockIndex=i, BlockToken=b["BlockToken"])
+            out[str(i)] = hashlib.sha256(g["BlockData"].read()).hexdigest()
+        token = r.get("NextToken")
+        if not token: break
+    print(json.dumps(out))
+elif what == "mkbucket":
+    boto3.client("s3", endpoint_url=endpoint, region_name=region).create_bucket(Bucket=sys.argv[4], CreateBucketConfiguration={"LocationConstraint": region})
+    print("{}")
+elif what == "object":
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region)
+    o = s3.get_object(Bucket=sys.argv[4], Key=sys.argv[5], ChecksumMode="ENABLED")
+    body = o["Body"].read()
+    print(json.dumps({"sha256": hashlib.sha256(body).hexdigest(), "size": len(body), "checksum": o.get("ChecksumSHA256"), "parts": o.get("PartsCount")}))
+else:
+    snaps = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    imgs = ec2.describe_images(Owners=["self"])["Images"]
+    print(json.dumps({"snapshots": snaps, "images": imgs}, default=str))
+"#;
+
+fn python(endpoint: &str, region: &str, args: &[&str]) -> serde_json::Value {
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(READER).arg(endpoint).arg(region).args(args);
+    aws_env(&mut c, endpoint, region);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "boto3 reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// SHA-256 (hex) of every block moto holds for `snap`, read back with ListSnapshotBlocks and
+/// GetSnapshotBlock.
+pub fn snapshot_blocks(endpoint: &str, region: &str, snap: &str) -> std::collections::BTreeMap<u64, String> {
+    let v = python(endpoint, region, &["blocks", snap]);
+    v.as_object().unwrap().iter().map(|(k, h)| (k.parse().unwrap(), h.as_str().unwrap().to_string())).collect()
+}
+
+/// Creates an S3 bucket.
+pub fn make_bucket(endpoint: &str, region: &str, bucket: &str) {
+    python(endpoint, region, &["mkbucket", bucket]);
+}
+
+/// An S3 object's SHA-256 (hex), size, stored checksum and part count.
+pub fn object(endpoint: &str, region: &str, bucket: &str, key: &str) -> serde_json::Value {
+    python(endpoint, region, &["object", bucket, key])
+}
+
+/// DescribeSnapshots and DescribeImages (owner self).
+pub fn state(endpoint: &str, region: &str) -> serde_json::Value {
+    python(endpoint, region, &["state"])
+}
+
+/// Tags of a described resource as a map.
+pub fn tags(v: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    v["Tags"]
+        .as_array()
+        .map(|a| a.iter().map(|t| (t["Key"].as_str().unwrap().to_string(), t["Value"].as_str().unwrap().to_string())).collect())
+        .unwrap_or_default()
+}

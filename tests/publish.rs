@@ -1,0 +1,675 @@
+//! `imgforge publish` against a real emulator: moto on 127.0.0.1 (one per test), behind a
+//! proxy that can inject throttling, 5xx, dropped connections and AccessDenied. Every block is
+//! read back with ListSnapshotBlocks/GetSnapshotBlock (boto3) and compared with the raw.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod aws;
+mod util;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use aws::*;
+use sha2::Digest;
+use util::*;
+
+const BLOCK: u64 = 512 * 1024;
+const MIB: u64 = 1 << 20;
+
+/// SHA-256 of every non-zero 512 KiB block of a raw (the blocks a sparse upload must send).
+fn nonzero_blocks(raw: &Path) -> BTreeMap<u64, String> {
+    let f = File::open(raw).unwrap();
+    let size = f.metadata().unwrap().len();
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; BLOCK as usize];
+    for i in 0..size.div_ceil(BLOCK) {
+        buf.fill(0);
+        let len = (size - i * BLOCK).min(BLOCK) as usize;
+        f.read_exact_at(&mut buf[..len], i * BLOCK).unwrap();
+        if buf.iter().any(|&b| b != 0) {
+            out.insert(i, hex::encode(sha2::Sha256::digest(&buf)));
+        }
+    }
+    out
+}
+
+/// Deterministic non-compressible-ish bytes.
+fn fill(seed: u64, buf: &mut [u8]) {
+    let mut x = seed | 1;
+    for c in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+}
+
+/// A sparse raw of `size_mib` MiB: data in `regions` (offset MiB, length MiB), a written
+/// all-zero region, holes elsewhere, and a short data tail in the last block.
+fn image(dir: &Path, name: &str, size_mib: u64, regions: &[(u64, u64)]) -> PathBuf {
+    let p = dir.join(name);
+    let f = File::create(&p).unwrap();
+    f.set_len(size_mib * MIB).unwrap();
+    for (i, &(off, len)) in regions.iter().enumerate() {
+        let mut b = vec![0u8; (len * MIB) as usize];
+        fill(0xfeed + i as u64 * 7919 + off, &mut b);
+        f.write_all_at(&b, off * MIB).unwrap();
+    }
+    f.write_all_at(&vec![0u8; MIB as usize], (size_mib - 3) * MIB).unwrap();
+    f.write_all_at(b"tail", size_mib * MIB - 100).unwrap();
+    p
+}
+
+fn publish(endpoint: &str, region: &str, args: &[&str]) -> Command {
+    let mut c = imgforge();
+    c.arg("publish").args(args);
+    aws_env(&mut c, endpoint, region);
+    c
+}
+
+/// The `result` event of a `--json` run.
+fn result(o: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().rfind(|l| l.contains("\"event\":\"result\"")).unwrap_or_else(|| panic!("no result event:\n{}", show(o)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn assert_readback(endpoint: &str, region: &str, snap: &str, want: &BTreeMap<u64, String>) {
+    let got = snapshot_blocks(endpoint, region, snap);
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(k)).take(5).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(k)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "blocks missing {missing:?}, unexpected {extra:?} (of {} wanted, {} got)",
+        want.len(),
+        got.len()
+    );
+    for (i, h) in want {
+        assert_eq!(&got[i], h, "block {i} differs");
+    }
+}
+
+/// Exactly one snapshot of ours and one AMI exist. (moto's RegisterImage also makes an
+/// "Auto-created snapshot for AMI …" of its own, untagged: it is not counted.)
+fn one_of_each(endpoint: &str, region: &str) -> serde_json::Value {
+    let mut st = state(endpoint, region);
+    let ours: Vec<serde_json::Value> = st["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| tags(s).get("BuiltBy").map(String::as_str) == Some("imgforge"))
+        .cloned()
+        .collect();
+    st["snapshots"] = serde_json::Value::Array(ours);
+    assert_eq!(st["snapshots"].as_array().unwrap().len(), 1, "snapshots: {:#}", st["snapshots"]);
+    assert_eq!(st["images"].as_array().unwrap().len(), 1, "images: {:#}", st["images"]);
+    st
+}
+
+#[test]
+fn publish_round_trip_cloud_image_and_reuse() {
+    if !have_moto("publish_round_trip_cloud_image_and_reuse") {
+        return;
+    }
+    let dir = testdir("publish-rt");
+    let raw = dir.path().join("cloud.raw");
+    let cp =
+        Command::new("cp").arg("--sparse=always").arg(cloud_upstream().join("noble-like-cloudimg-amd64.raw")).arg(&raw).status().unwrap();
+    assert!(cp.success());
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::None);
+    let region = "eu-west-1";
+    let args = ["--json", raw.to_str().unwrap(), "--name", "cloud {date} ({arch})", "--tag", "Team=infra", "--workers", "8"];
+    let t = Instant::now();
+    let o = run(&mut publish(&proxy.url(), region, &args));
+    assert!(o.status.success(), "{}", show(&o));
+    eprintln!("round trip publish: {:.1} s", t.elapsed().as_secs_f64());
+    let r = result(&o);
+    let want = nonzero_blocks(&raw);
+    assert_eq!(r["blocks"]["sent"].as_u64().unwrap(), want.len() as u64, "{r:#}");
+    assert_eq!(r["architecture"], "x86_64");
+    assert_eq!(r["boot_mode"], "uefi-preferred", "the image has an ESP");
+    let snap = r["snapshot_id"].as_str().unwrap().to_string();
+    assert_readback(&moto.url(), region, &snap, &want);
+
+    let st = one_of_each(&moto.url(), region);
+    let img = &st["images"][0];
+    let name = img["Name"].as_str().unwrap();
+    assert!(name.starts_with("cloud ") && name.ends_with(" (x86_64)"), "{name}");
+    assert_eq!(img["ImageId"], r["images"][region]);
+    let itags = tags(img);
+    assert_eq!(itags["BuiltBy"], "imgforge");
+    assert_eq!(itags["Team"], "infra");
+    assert_eq!(itags["Name"], name);
+    assert!(itags["SourceDigest"].starts_with("sha256:"));
+    let stags = tags(&st["snapshots"][0]);
+    assert_eq!(stags["SourceDigest"], itags["SourceDigest"]);
+    assert_eq!(stags["BuiltBy"], "imgforge");
+    // moto keeps only name and description from RegisterImage: the attributes are checked on
+    // the request itself.
+    let reg = proxy.actions("RegisterImage");
+    assert_eq!(reg.len(), 1);
+    for p in [
+        "Architecture=x86_64",
+        "VirtualizationType=hvm",
+        "BootMode=uefi-preferred",
+        "ImdsSupport=v2.0",
+        "EnaSupport=true",
+        "RootDeviceName=%2Fdev%2Fxvda",
+        &format!("BlockDeviceMapping.1.Ebs.SnapshotId={snap}"),
+        "BlockDeviceMapping.1.Ebs.VolumeType=gp3",
+        "BlockDeviceMapping.1.Ebs.VolumeSize=2",
+        "BlockDeviceMapping.1.Ebs.DeleteOnTermination=true",
+        "TagSpecification.1.ResourceType=image",
+    ] {
+        assert!(reg[0].contains(p), "RegisterImage lacks {p}: {}", reg[0]);
+    }
+    assert!(!reg[0].contains("SriovNetSupport") && !reg[0].contains("TpmSupport"));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("testing-secret-not-real"));
+    assert!(!std::fs::read_to_string(raw.with_extension("raw.aws.json")).unwrap().contains("testing-secret"));
+
+    // Same name, same bytes: reused, nothing new.
+    let puts = proxy.puts();
+    let o = run(&mut publish(&proxy.url(), region, &args));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(result(&o)["reused"], true);
+    assert_eq!(proxy.puts(), puts, "a reuse sends no block");
+    one_of_each(&moto.url(), region);
+}
+
+#[test]
+fn publish_survives_throttling_5xx_and_dropped_connections() {
+    if !have_moto("publish_survives_throttling_5xx_and_dropped_connections") {
+        return;
+    }
+    let dir = testdir("publish-faults");
+    let raw = image(dir.path(), "flaky.raw", 96, &[(0, 40), (50, 20)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::Flaky);
+    let region = "us-east-2";
+    let o = run(&mut publish(&proxy.url(), region, &["--json", raw.to_str().unwrap(), "--workers", "8"]));
+    assert!(o.status.success(), "{}", show(&o));
+    let faults = proxy.faults.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(faults >= 10, "only {faults} faults injected");
+    let r = result(&o);
+    let want = nonzero_blocks(&raw);
+    assert_eq!(r["blocks"]["sent"].as_u64().unwrap(), want.len() as u64);
+    assert_readback(&moto.url(), region, r["snapshot_id"].as_str().unwrap(), &want);
+    one_of_each(&moto.url(), region);
+}
+
+#[test]
+fn publish_over_https_trusts_the_system_store_and_aws_ca_bundle() {
+    if !have_moto("publish_over_https_trusts_the_system_store_and_aws_ca_bundle") {
+        return;
+    }
+    let dir = testdir("publish-tls");
+    let raw = image(dir.path(), "tls.raw", 32, &[(0, 4), (10, 2)]);
+    let (moto, _ca) = start_moto_tls(dir.path());
+    let region = "eu-west-3";
+    // A certificate nobody vouches for is refused at once, not retried for a minute.
+    let t = Instant::now();
+    let mut c = publish(&moto.url(), region, &[raw.to_str().unwrap()]);
+    c.env_remove("AWS_CA_BUNDLE");
+    let o = run(&mut c);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("certificate") && err.contains("AWS_CA_BUNDLE"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "a refused certificate took {:?}", t.elapsed());
+    // With the CA in AWS_CA_BUNDLE (as the AWS CLI reads it): the whole publish over TLS.
+    let o = run(&mut publish(&moto.url(), region, &["--json", raw.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", show(&o));
+    let r = result(&o);
+    assert_readback(&moto.url(), region, r["snapshot_id"].as_str().unwrap(), &nonzero_blocks(&raw));
+    one_of_each(&moto.url(), region);
+}
+
+#[test]
+fn publish_fails_fast_on_access_denied() {
+    if !have_moto("publish_fails_fast_on_access_denied") {
+        return;
+    }
+    let dir = testdir("publish-denied");
+    let raw = image(dir.path(), "denied.raw", 32, &[(0, 16)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::Deny);
+    let t = Instant::now();
+    let o = run(&mut publish(&proxy.url(), "eu-central-1", &[raw.to_str().unwrap()]));
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(secs < 15.0, "AccessDenied took {secs:.1} s");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("AccessDenied") && err.contains("Failed to put block") && err.contains("not retryable"), "{err}");
+    assert!(err.contains("kept for a resume"), "{err}");
+    assert!(proxy.puts() <= 16, "{} PUTs after AccessDenied: workers did not stop", proxy.puts());
+}
+
+#[test]
+fn publish_resumes_after_kill_9() {
+    if !have_moto("publish_resumes_after_kill_9") {
+        return;
+    }
+    let dir = testdir("publish-kill");
+    let raw = image(dir.path(), "kill.raw", 80, &[(0, 64)]);
+    let ledger = dir.path().join("kill.raw.publish.jsonl");
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let region = "ap-southeast-2";
+    {
+        let slow = start_proxy(moto.port, Fault::Slow(40));
+        let mut child = publish(&slow.url(), region, &[raw.to_str().unwrap(), "--workers", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        loop {
+            let blocks = std::fs::read_to_string(&ledger).map(|s| s.matches("\"kind\":\"block\"").count()).unwrap_or(0);
+            if blocks >= 20 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "the upload did not start");
+            assert!(child.try_wait().unwrap().is_none(), "publish ended before it was killed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let before = std::fs::read_to_string(&ledger).unwrap().matches("\"kind\":\"block\"").count() as u64;
+    let proxy = start_proxy(moto.port, Fault::None);
+    let o = run(&mut publish(&proxy.url(), region, &["--json", raw.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming snapshot"), "{}", show(&o));
+    let r = result(&o);
+    let want = nonzero_blocks(&raw);
+    assert!(r["blocks"]["resumed"].as_u64().unwrap() >= before.min(20), "{r:#}");
+    assert_eq!(r["blocks"]["sent"].as_u64().unwrap() + r["blocks"]["resumed"].as_u64().unwrap(), want.len() as u64, "{r:#}");
+    assert_eq!(r["blocks"]["in_snapshot"].as_u64().unwrap(), want.len() as u64);
+    assert!(!ledger.exists(), "the ledger is removed after success");
+    one_of_each(&moto.url(), region);
+    assert_readback(&moto.url(), region, r["snapshot_id"].as_str().unwrap(), &want);
+}
+
+#[test]
+fn publish_delta_sends_only_changed_blocks() {
+    if !have_moto("publish_delta_sends_only_changed_blocks") {
+        return;
+    }
+    let dir = testdir("publish-delta");
+    let parent = image(dir.path(), "parent.raw", 64, &[(0, 24), (30, 10)]);
+    let child = dir.path().join("child.raw");
+    assert!(Command::new("cp").arg("--sparse=always").arg(&parent).arg(&child).status().unwrap().success());
+    {
+        let f = std::fs::OpenOptions::new().write(true).open(&child).unwrap();
+        let mut b = vec![0u8; 3 * MIB as usize];
+        fill(42, &mut b);
+        f.write_all_at(&b, 5 * MIB + 4096).unwrap(); // 3 MiB changed, unaligned: 7 blocks
+        f.write_all_at(&vec![0u8; MIB as usize], 32 * MIB).unwrap(); // data became zeros: 2 blocks
+        f.write_all_at(b"new", 50 * MIB).unwrap(); // a hole got data: 1 block
+    }
+    let pb = nonzero_all(&parent);
+    let cb = nonzero_all(&child);
+    let changed: Vec<u64> = (0..64 * MIB / BLOCK).filter(|i| pb.get(i) != cb.get(i)).collect();
+    assert_eq!(changed.len(), 10);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::None);
+    let region = "eu-west-3";
+    let o = run(&mut publish(&proxy.url(), region, &["--json", parent.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", show(&o));
+    let parent_snap = result(&o)["snapshot_id"].as_str().unwrap().to_string();
+    let o = run(&mut publish(
+        &proxy.url(),
+        region,
+        &["--json", child.to_str().unwrap(), "--parent-snapshot", &parent_snap, "--parent-image", parent.to_str().unwrap()],
+    ));
+    assert!(o.status.success(), "{}", show(&o));
+    let r = result(&o);
+    assert_eq!(r["blocks"]["sent"].as_u64().unwrap(), changed.len() as u64, "{r:#}");
+    assert_eq!(r["parent_snapshot"], parent_snap.as_str());
+    let starts = proxy
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.method == "POST" && s.path == "/snapshots")
+        .map(|s| s.body.clone())
+        .collect::<Vec<_>>();
+    assert!(starts[1].contains(&format!("\"ParentSnapshotId\":\"{parent_snap}\"")), "{}", starts[1]);
+    // moto ignores ParentSnapshotId: the child snapshot holds only the sent blocks. Read it the
+    // way EBS serves an incremental snapshot (parent's blocks, overlaid by the child's) and
+    // compare with the whole child raw.
+    let mut merged: BTreeMap<u64, String> = snapshot_blocks(&moto.url(), region, &parent_snap);
+    merged.extend(snapshot_blocks(&moto.url(), region, r["snapshot_id"].as_str().unwrap()));
+    let zero = hex::encode(sha2::Sha256::digest(vec![0u8; BLOCK as usize]));
+    merged.retain(|_, h| *h != zero);
+    assert_eq!(merged, nonzero_blocks(&child));
+}
+
+/// Hash of every block, zero or not.
+fn nonzero_all(raw: &Path) -> BTreeMap<u64, String> {
+    let f = File::open(raw).unwrap();
+    let size = f.metadata().unwrap().len();
+    let mut buf = vec![0u8; BLOCK as usize];
+    (0..size.div_ceil(BLOCK))
+        .map(|i| {
+            buf.fill(0);
+            let len = (size - i * BLOCK).min(BLOCK) as usize;
+            f.read_exact_at(&mut buf[..len], i * BLOCK).unwrap();
+            (i, hex::encode(sha2::Sha256::digest(&buf)))
+        })
+        .collect()
+}
+
+#[test]
+fn publish_dry_run_prints_calls_and_makes_none() {
+    let dir = testdir("publish-dry");
+    let raw = image(dir.path(), "dry.raw", 48, &[(0, 8), (20, 4)]);
+    // A proxy with nothing behind it: any call would show up in its log.
+    let proxy = start_proxy(1, Fault::None);
+    let o = run(&mut publish(
+        &proxy.url(),
+        "eu-west-1",
+        &[
+            raw.to_str().unwrap(),
+            "--dry-run",
+            "--copy-to-region",
+            "us-east-1",
+            "--launch-permission",
+            "123456789012",
+            "--boot-mode",
+            "uefi",
+            "--tpm-support",
+        ],
+    ));
+    // --tpm-support is not a flag: exit 2 from clap.
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let o = run(&mut publish(
+        &proxy.url(),
+        "eu-west-1",
+        &[
+            raw.to_str().unwrap(),
+            "--dry-run",
+            "--copy-to-region",
+            "us-east-1",
+            "--launch-permission",
+            "123456789012",
+            "--boot-mode",
+            "uefi",
+        ],
+    ));
+    assert!(o.status.success(), "{}", show(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ops: Vec<&str> = lines.iter().map(|l| l["dry_run"].as_str().unwrap()).collect();
+    let puts = ops.iter().filter(|o| **o == "ebs.PutSnapshotBlock").count();
+    assert_eq!(puts, nonzero_blocks(&raw).len());
+    for op in [
+        "ebs.StartSnapshot",
+        "ebs.CompleteSnapshot",
+        "ec2.RegisterImage",
+        "ec2.ModifyImageAttribute",
+        "ec2.ModifySnapshotAttribute",
+        "ec2.CopyImage",
+    ] {
+        assert!(ops.contains(&op), "{op} missing: {ops:?}");
+    }
+    let reg = lines.iter().find(|l| l["dry_run"] == "ec2.RegisterImage").unwrap();
+    assert_eq!(reg["params"]["BootMode"], "uefi");
+    assert_eq!(reg["params"]["Architecture"], "x86_64");
+    let complete = lines.iter().find(|l| l["dry_run"] == "ebs.CompleteSnapshot").unwrap();
+    assert_eq!(complete["params"]["ChangedBlocksCount"].as_u64().unwrap() as usize, puts);
+    assert!(proxy.seen.lock().unwrap().is_empty(), "dry run made calls");
+    assert!(!dir.path().join("dry.raw.publish.jsonl").exists());
+}
+
+#[test]
+fn publish_takes_the_architecture_from_the_build_manifest() {
+    let dir = testdir("publish-arch");
+    // No partition table at all: only the manifest can say what the image is.
+    let raw = image(dir.path(), "arm.raw", 16, &[(0, 2)]);
+    let manifest = |arch: &str| {
+        let m = dir.path().join(format!("arm-{arch}.manifest.json"));
+        let v = serde_json::json!({
+            "name": "arm", "version": "1.0", "architecture": arch,
+            "outputs": [{"format": "raw", "path": raw.to_str().unwrap(), "size": 16 * MIB, "sha256": ""}],
+        });
+        std::fs::write(&m, serde_json::to_string(&v).unwrap()).unwrap();
+        m
+    };
+    let proxy = start_proxy(1, Fault::None);
+    let m = manifest("arm64");
+    let o = run(&mut publish(&proxy.url(), "eu-west-1", &[m.to_str().unwrap(), "--dry-run"]));
+    assert!(o.status.success(), "{}", show(&o));
+    let reg = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["dry_run"] == "ec2.RegisterImage")
+        .unwrap();
+    assert_eq!(reg["params"]["Architecture"], "arm64");
+    // arm64 boots only with UEFI on EC2.
+    assert_eq!(reg["params"]["BootMode"], "uefi");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("assuming x86_64"), "{}", show(&o));
+    // An architecture AWS does not take is refused before any call.
+    let m = manifest("i386");
+    let o = run(&mut publish(&proxy.url(), "eu-west-1", &[m.to_str().unwrap(), "--dry-run"]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("i386"), "{}", show(&o));
+    assert!(proxy.seen.lock().unwrap().is_empty(), "dry run made calls");
+}
+
+#[test]
+fn publish_rejects_bad_names_and_options() {
+    let dir = testdir("publish-bad");
+    let raw = image(dir.path(), "bad.raw", 8, &[(0, 1)]);
+    let r = raw.to_str().unwrap();
+    let proxy = start_proxy(1, Fault::None);
+    for (args, msg) in [
+        (vec![r, "--name", "ab"], "3 to 128"),
+        (vec![r, "--name", "{name}:{nope}"], "unknown placeholder"),
+        (vec![r, "--name", "x*{name}"], "contains `*`"),
+        (vec![r, "--name", "{name}-{version}"], "no version"),
+        (vec![r, "--region", "Europe"], "not a region"),
+        (vec![r, "--launch-permission", "42"], "12-digit"),
+        (vec![r, "--boot-mode", "bios"], "legacy-bios"),
+        (vec![r, "--architecture", "arm64", "--boot-mode", "legacy-bios"], "UEFI only"),
+        (vec![r, "--kms-key-id", "alias/k"], "needs encrypted"),
+        (vec![r, "--volume-size", "0"], "smaller than the image"),
+        (vec![r, "--workers", "0"], "workers"),
+        (vec![r, "--tag", "aws:x=y"], "reserved"),
+        (vec![r, "--parent-snapshot", "snap-XYZ", "--parent-image", r], "not a snapshot id"),
+    ] {
+        let o = run(&mut publish(&proxy.url(), "eu-west-1", &args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", show(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(msg), "{args:?}: want `{msg}`: {}", show(&o));
+    }
+    assert!(proxy.seen.lock().unwrap().is_empty());
+    // A recipe's [aws] errors name the line.
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(&recipe, "[image]\nname = \"x\"\n\n[source]\nurl = \"https://example.invalid/up.img\"\nsha256 = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n\n[aws]\nregion = \"eu-west-1\"\nboot_mode = \"efi\"\n").unwrap();
+    let o = run(&mut publish(&proxy.url(), "eu-west-1", &[r, "--recipe", recipe.to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("r.toml: line 10"), "{}", show(&o));
+}
+
+#[test]
+fn build_publish_records_the_ami_in_the_manifest() {
+    if !have_root("build_publish_records_the_ami_in_the_manifest") || !have_moto("build_publish_records_the_ami_in_the_manifest") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("publish-build");
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let region = "sa-east-1";
+    let text = small_head(up, "small-mbr.qcow2") + "[aws]\nname = \"{name}-{version}\"\ntags = { Stage = \"test\" }\nworkers = 4\n";
+    let r = recipe(dir.path(), &text);
+    let mut c = imgforge();
+    c.arg("build").arg(&r).arg("--output-dir").arg(dir.path().join("out")).arg("--publish");
+    aws_env(&mut c, &moto.url(), region);
+    let o = run(&mut c);
+    assert_clean(dir.path());
+    assert!(o.status.success(), "{}", show(&o));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/small.manifest.json")).unwrap()).unwrap();
+    let aws = &m["aws"];
+    assert_eq!(aws["name"], "small-1.0.0");
+    assert_eq!(aws["boot_mode"], "legacy-bios", "an MBR image without ESP");
+    let ami = aws["images"][region].as_str().unwrap();
+    let st = one_of_each(&moto.url(), region);
+    assert_eq!(st["images"][0]["ImageId"], ami);
+    let t = tags(&st["images"][0]);
+    assert_eq!(t["Version"], "1.0.0");
+    assert_eq!(t["Stage"], "test");
+    assert_eq!(t["SourceDigest"], format!("sha256:{}", m["outputs"][0]["sha256"].as_str().unwrap()));
+    assert!(t["Recipe"].ends_with("recipe.toml"), "{t:?}");
+    assert_readback(&moto.url(), region, aws["snapshot_id"].as_str().unwrap(), &nonzero_blocks(&dir.path().join("out/small.raw")));
+}
+
+#[test]
+fn publish_same_name_other_bytes_needs_force() {
+    if !have_moto("publish_same_name_other_bytes_needs_force") {
+        return;
+    }
+    let dir = testdir("publish-force");
+    let raw = image(dir.path(), "force.raw", 16, &[(0, 4)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let region = "ca-central-1";
+    let args = ["--json", raw.to_str().unwrap(), "--name", "fixed name"];
+    let o = run(&mut publish(&moto.url(), region, &args));
+    assert!(o.status.success(), "{}", show(&o));
+    let first = result(&o);
+    File::options().write(true).open(&raw).unwrap().write_all_at(b"changed", 4096).unwrap();
+    let o = run(&mut publish(&moto.url(), region, &args));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"), "{}", show(&o));
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let o = run(&mut publish(&moto.url(), region, &forced));
+    assert!(o.status.success(), "{}", show(&o));
+    let second = result(&o);
+    assert_ne!(first["images"][region], second["images"][region]);
+    assert_ne!(first["source_digest"], second["source_digest"]);
+    let st = one_of_each(&moto.url(), region);
+    assert_eq!(st["images"][0]["ImageId"], second["images"][region]);
+    assert_eq!(st["snapshots"][0]["SnapshotId"], second["snapshot_id"]);
+}
+
+#[test]
+fn publish_copies_to_regions_and_shares() {
+    if !have_moto("publish_copies_to_regions_and_shares") {
+        return;
+    }
+    let dir = testdir("publish-copy");
+    let raw = image(dir.path(), "copy.raw", 16, &[(0, 4)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::None);
+    let region = "eu-north-1";
+    let args = ["--json", raw.to_str().unwrap(), "--copy-to-region", "us-west-2,ap-south-1", "--launch-permission", "111122223333"];
+    let o = run(&mut publish(&proxy.url(), region, &args));
+    assert!(o.status.success(), "{}", show(&o));
+    let r = result(&o);
+    let images = r["images"].as_object().unwrap();
+    assert_eq!(images.keys().collect::<Vec<_>>(), ["ap-south-1", "eu-north-1", "us-west-2"]);
+    for dest in ["us-west-2", "ap-south-1"] {
+        let st = state(&moto.url(), dest);
+        let imgs = st["images"].as_array().unwrap();
+        assert_eq!(imgs.len(), 1, "{dest}: {imgs:?}");
+        assert_eq!(imgs[0]["ImageId"], images[dest]);
+        assert_eq!(imgs[0]["Name"], r["name"]);
+    }
+    let copies = proxy.actions("CopyImage");
+    assert_eq!(copies.len(), 2);
+    assert!(
+        copies
+            .iter()
+            .all(|c| c.contains(&format!("SourceImageId={}", images[region].as_str().unwrap())) && c.contains("SourceRegion=eu-north-1"))
+    );
+    // Launch permission on the AMI in every region; create-volume permission on the snapshot.
+    let shares = proxy.actions("ModifyImageAttribute");
+    assert_eq!(shares.len(), 3, "{shares:?}");
+    assert!(shares.iter().all(|s| s.contains("111122223333")));
+    let snaps = proxy.actions("ModifySnapshotAttribute");
+    assert_eq!(snaps.len(), 1);
+    assert!(snaps[0].contains("111122223333") && snaps[0].contains(r["snapshot_id"].as_str().unwrap()));
+}
+
+#[test]
+fn publish_waits_for_a_new_snapshot_to_exist() {
+    if !have_moto("publish_waits_for_a_new_snapshot_to_exist") {
+        return;
+    }
+    let dir = testdir("publish-notyet");
+    let raw = image(dir.path(), "notyet.raw", 16, &[(0, 4)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::NotYet(6));
+    let region = "us-west-1";
+    let o = run(&mut publish(&proxy.url(), region, &["--json", raw.to_str().unwrap(), "--workers", "2"]));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(proxy.faults.load(std::sync::atomic::Ordering::Relaxed), 6);
+    let r = result(&o);
+    assert_readback(&moto.url(), region, r["snapshot_id"].as_str().unwrap(), &nonzero_blocks(&raw));
+}
+
+#[test]
+fn publish_encrypted_sends_every_block_and_never_uses_a_parent() {
+    if !have_moto("publish_encrypted_sends_every_block_and_never_uses_a_parent") {
+        return;
+    }
+    let dir = testdir("publish-enc");
+    let raw = image(dir.path(), "enc.raw", 8, &[(0, 1)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::None);
+    let region = "eu-south-1";
+    let o = run(&mut publish(&proxy.url(), region, &["--json", raw.to_str().unwrap(), "--encrypted", "--kms-key-id", "alias/images"]));
+    assert!(o.status.success(), "{}", show(&o));
+    let r = result(&o);
+    // Holes and zero blocks too: an encrypted snapshot's unwritten blocks do not read as zeros.
+    assert_eq!(r["blocks"]["sent"].as_u64().unwrap(), 16, "{r:#}");
+    let start = proxy.seen.lock().unwrap().iter().find(|s| s.path == "/snapshots").unwrap().body.clone();
+    assert!(start.contains("\"Encrypted\":true") && start.contains("\"KmsKeyArn\":\"alias/images\""), "{start}");
+    // A parent with encryption: EBS forbids it, so a full upload without ParentSnapshotId.
+    let snap = r["snapshot_id"].as_str().unwrap().to_string();
+    let child = image(dir.path(), "enc-child.raw", 8, &[(0, 2)]);
+    let o = run(&mut publish(
+        &proxy.url(),
+        region,
+        &["--json", child.to_str().unwrap(), "--encrypted", "--parent-snapshot", &snap, "--parent-image", raw.to_str().unwrap()],
+    ));
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("full upload"), "{}", show(&o));
+    assert_eq!(result(&o)["blocks"]["sent"].as_u64().unwrap(), 16);
+    let starts: Vec<String> = proxy.seen.lock().unwrap().iter().filter(|s| s.path == "/snapshots").map(|s| s.body.clone()).collect();
+    assert!(!starts[1].contains("ParentSnapshotId"), "{}", starts[1]);
+}
+
+#[test]
+fn export_uploads_outputs_to_s3_multipart() {
+    if !have_moto("export_uploads_outputs_to_s3_multipart") {
+        return;
+    }
+    let dir = testdir("publish-s3");
+    let raw = image(dir.path(), "art.raw", 48, &[(0, 20), (30, 10)]);
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let region = "eu-west-2";
+    make_bucket(&moto.url(), region, "artifacts");
+    let mut c = imgforge();
+    c.arg("export")
+        .arg(&raw)
+        .args(["--format", "raw,qcow2", "-o"])
+        .arg(dir.path().join("out"))
+        .args(["--upload", "s3://artifacts/nightly/"]);
+    aws_env(&mut c, &moto.url(), region);
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let o = run(&mut c);
+    assert!(o.status.success(), "{}", show(&o));
+    for (file, parts) in [("art.raw", 3), ("art.qcow2", 2)] {
+        let local = std::fs::read(dir.path().join("out").join(file)).unwrap();
+        let got = object(&moto.url(), region, "artifacts", &format!("nightly/{file}"));
+        assert_eq!(got["size"].as_u64().unwrap(), local.len() as u64, "{file}");
+        assert_eq!(got["sha256"], hex::encode(sha2::Sha256::digest(&local)), "{file}");
+        // A multipart object's SHA-256 is the composite "<checksum of part checksums>-<parts>".
+        assert!(got["checksum"].as_str().unwrap().ends_with(&format!("-{parts}")), "{file}: {got}");
+    }
+    let o = run(imgforge().arg("export").arg(&raw).args(["--format", "raw", "--upload", "gs://x"]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+}
