@@ -369,37 +369,12 @@ fn publish_dry_run_prints_calls_and_makes_none() {
     let raw = image(dir.path(), "dry.raw", 48, &[(0, 8), (20, 4)]);
     // A proxy with nothing behind it: any call would show up in its log.
     let proxy = start_proxy(1, Fault::None);
-    let o = run(&mut publish(
-        &proxy.url(),
-        "eu-west-1",
-        &[
-            raw.to_str().unwrap(),
-            "--dry-run",
-            "--copy-to-region",
-            "us-east-1",
-            "--launch-permission",
-            "123456789012",
-            "--boot-mode",
-            "uefi",
-            "--tpm-support",
-        ],
-    ));
+    let args =
+        [raw.to_str().unwrap(), "--dry-run", "--copy-to-region", "us-east-1", "--launch-permission", "123456789012", "--boot-mode", "uefi"];
+    let o = run(&mut publish(&proxy.url(), "eu-west-1", &[&args[..], &["--tpm-support"]].concat()));
     // --tpm-support is not a flag: exit 2 from clap.
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
-    let o = run(&mut publish(
-        &proxy.url(),
-        "eu-west-1",
-        &[
-            raw.to_str().unwrap(),
-            "--dry-run",
-            "--copy-to-region",
-            "us-east-1",
-            "--launch-permission",
-            "123456789012",
-            "--boot-mode",
-            "uefi",
-        ],
-    ));
+    let o = run(&mut publish(&proxy.url(), "eu-west-1", &args));
     assert!(o.status.success(), "{}", show(&o));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let ops: Vec<&str> = lines.iter().map(|l| l["dry_run"].as_str().unwrap()).collect();
@@ -502,7 +477,9 @@ fn build_publish_records_the_ami_in_the_manifest() {
     let dir = testdir("publish-build");
     let moto = start_moto(&dir.path().join("moto.log"));
     let region = "sa-east-1";
-    let text = small_head(up, "small-mbr.qcow2") + "[aws]\nname = \"{name}-{version}\"\ntags = { Stage = \"test\" }\nworkers = 4\n";
+    make_bucket(&moto.url(), region, "builds");
+    let text = small_head(up, "small-mbr.qcow2")
+        + "[output]\nupload = \"s3://builds/small\"\n\n[aws]\nname = \"{name}-{version}\"\ntags = { Stage = \"test\" }\nworkers = 4\n";
     let r = recipe(dir.path(), &text);
     let mut c = imgforge();
     c.arg("build").arg(&r).arg("--output-dir").arg(dir.path().join("out")).arg("--publish");
@@ -523,6 +500,12 @@ fn build_publish_records_the_ami_in_the_manifest() {
     assert_eq!(t["SourceDigest"], format!("sha256:{}", m["outputs"][0]["sha256"].as_str().unwrap()));
     assert!(t["Recipe"].ends_with("recipe.toml"), "{t:?}");
     assert_readback(&moto.url(), region, aws["snapshot_id"].as_str().unwrap(), &nonzero_blocks(&dir.path().join("out/small.raw")));
+    // [output] upload, after the publish: the image, its seal report and its manifest with the AMI.
+    for file in ["small.raw", "small.seal.json", "small.manifest.json"] {
+        let local = std::fs::read(dir.path().join("out").join(file)).unwrap();
+        let got = object(&moto.url(), region, "builds", &format!("small/{file}"));
+        assert_eq!(got["sha256"], hex::encode(sha2::Sha256::digest(&local)), "{file}");
+    }
 }
 
 #[test]

@@ -68,13 +68,6 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         tracing::info!("built {} ({} bytes, sha256 {})", o.path, o.size, o.sha256);
     }
     events.result(serde_json::to_value(&manifest)?);
-    if let Some(dest) = &plan.upload {
-        let mut files: Vec<PathBuf> = manifest.outputs.iter().map(|o| PathBuf::from(&o.path)).collect();
-        files.push(plan.output_dir.join(format!("{}.manifest.json", plan.name)));
-        for u in crate::s3::upload(dest, &files, a.endpoint_url.as_deref())? {
-            tracing::info!("uploaded {} to {}", u.path, u.url);
-        }
-    }
     if let (true, Some(settings)) = (a.publish, plan.aws.clone()) {
         let req = crate::publish::Request {
             image: plan.output_dir.join(format!("{}.manifest.json", plan.name)),
@@ -86,6 +79,16 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         };
         if let Some(rec) = crate::publish::run(&req, &events)? {
             super::publish::report(g, &events, &rec)?;
+        }
+    }
+    // After the publish, so the manifest uploaded holds the AMI ids too.
+    if let Some(dest) = &plan.upload {
+        let mut files: Vec<PathBuf> = manifest.outputs.iter().map(|o| PathBuf::from(&o.path)).collect();
+        // The seal report and the manifest travel with the image.
+        files.push(plan.output_dir.join(format!("{}.seal.json", plan.name)));
+        files.push(plan.output_dir.join(format!("{}.manifest.json", plan.name)));
+        for u in crate::s3::upload(dest, &files, a.endpoint_url.as_deref())? {
+            tracing::info!("uploaded {} to {}", u.path, u.url);
         }
     }
     Ok(())
