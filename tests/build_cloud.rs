@@ -124,6 +124,10 @@ fn cloud_image_end_to_end() {
     assert!(!netplan.contains("macaddress") && !netplan.contains("set-name") && netplan.contains("dhcp4: true"), "{netplan}");
     assert_eq!(std::fs::read_link(m.path("/etc/resolv.conf")).unwrap(), Path::new("../run/systemd/resolve/stub-resolv.conf"));
     drop(m);
+    // What publish needs to know, read from the image itself.
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/cloud.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["architecture"], "x86_64");
+    assert_eq!(manifest["drivers"], serde_json::json!({"kernels": 1, "ena": true, "nvme": true}));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/cloud.seal.json")).unwrap()).unwrap();
     let actions = report["actions"].as_array().unwrap();
     assert!(actions.iter().any(|a| a["action"] == "ran" && a["path"] == "cloud-init clean --logs"), "{report}");

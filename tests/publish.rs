@@ -408,6 +408,7 @@ fn publish_takes_the_architecture_from_the_build_manifest() {
         let m = dir.path().join(format!("arm-{arch}.manifest.json"));
         let v = serde_json::json!({
             "name": "arm", "version": "1.0", "architecture": arch,
+            "drivers": {"kernels": 1, "ena": false, "nvme": true},
             "outputs": [{"format": "raw", "path": raw.to_str().unwrap(), "size": 16 * MIB, "sha256": ""}],
         });
         std::fs::write(&m, serde_json::to_string(&v).unwrap()).unwrap();
@@ -426,6 +427,9 @@ fn publish_takes_the_architecture_from_the_build_manifest() {
     // arm64 boots only with UEFI on EC2.
     assert_eq!(reg["params"]["BootMode"], "uefi");
     assert!(!String::from_utf8_lossy(&o.stderr).contains("assuming x86_64"), "{}", show(&o));
+    // The build found no ENA driver in the image: said before anything is sent.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no ENA driver"), "{}", show(&o));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("no NVMe driver"), "{}", show(&o));
     // An architecture AWS does not take is refused before any call.
     let m = manifest("i386");
     let o = run(&mut publish(&proxy.url(), "eu-west-1", &[m.to_str().unwrap(), "--dry-run"]));

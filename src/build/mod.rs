@@ -5,6 +5,7 @@
 //! stamp → seal → trim → unmount + detach → outputs + manifest.
 
 pub mod arch;
+pub mod drivers;
 pub mod mounted;
 pub mod version;
 
@@ -115,6 +116,8 @@ struct Customized {
     seal: SealReport,
     /// The image's architecture (`arch.rs`), when an executable says.
     architecture: Option<&'static str>,
+    /// Cloud drivers in the image's kernels (`drivers.rs`).
+    drivers: Option<drivers::Drivers>,
 }
 
 /// Grow, mount, provision, stamp, seal, trim, unmount. Mounts and loop devices are always
@@ -183,12 +186,13 @@ fn inside(
 ) -> anyhow::Result<Customized> {
     let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
     let architecture = arch::detect(&m.root);
+    let drivers = drivers::detect(&m.root);
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
     let what = format!("sealing ({} operations{})", plan.seal.enabled.len(), if opts.seal_dry_run { ", dry run" } else { "" });
     // The scrub is the last write to the image: only trimming (no content change) follows.
     let seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
     if opts.seal_dry_run {
-        return Ok(Customized { provisioners, seal, architecture });
+        return Ok(Customized { provisioners, seal, architecture, drivers });
     }
     let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
     if let Err(e) = seal.check(&report_path.display().to_string()) {
@@ -197,7 +201,7 @@ fn inside(
         return Err(e);
     }
     t.time(events, "trim", "trimming free space", || trim_all(m))?;
-    Ok(Customized { provisioners, seal, architecture })
+    Ok(Customized { provisioners, seal, architecture, drivers })
 }
 
 /// What sealing needs from the build: the host's name and the host paths given to
@@ -337,6 +341,7 @@ fn finish(
             signing_key_fingerprint: src.key_fingerprint.clone(),
         },
         architecture: c.architecture.map(str::to_string),
+        drivers: c.drivers,
         outputs,
         provisioners: c.provisioners,
         steps: t.0,

@@ -130,6 +130,7 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
         commit: meta.commit.clone(),
         arch: arch.as_str().into(),
     };
+    notices.extend(driver_notices(meta.drivers.as_ref(), req.settings.ena));
     let template = req.settings.name_template.clone().unwrap_or_else(|| default_template(&vars).to_string());
     let name = render(&template, &vars).map_err(usage)?;
     let parent = req.parent.as_ref().map(|(snap, path)| open_parent(snap, path)).transpose()?;
@@ -212,6 +213,7 @@ struct ManifestFields {
     recipe: Option<String>,
     source: Option<String>,
     architecture: Option<String>,
+    drivers: Option<crate::build::drivers::Drivers>,
 }
 
 fn manifest_fields(input: &Input) -> ManifestFields {
@@ -230,7 +232,25 @@ fn manifest_fields(input: &Input) -> ManifestFields {
         recipe: s(&v["recipe"]).map(|r| r.chars().take(255).collect()),
         source: s(&v["source"]["digest"]),
         architecture: s(&v["architecture"]),
+        drivers: serde_json::from_value(v["drivers"].clone()).ok(),
     }
+}
+
+/// Warnings about drivers the build found missing from the image's kernels. Pure.
+pub fn driver_notices(d: Option<&crate::build::drivers::Drivers>, ena: bool) -> Vec<String> {
+    let Some(d) = d else { return Vec::new() };
+    let mut out = Vec::new();
+    if ena && !d.ena {
+        out.push(
+            "the image's kernel has no ENA driver (ena.ko) but the AMI will claim ENA support: instances of current types will have no network; install the driver or set ena = false".into(),
+        );
+    }
+    if !d.nvme {
+        out.push(
+            "the image's kernel has no NVMe driver (nvme.ko): on Nitro instances EBS volumes are NVMe devices and the root disk will not be found".into(),
+        );
+    }
+    out
 }
 
 /// Architecture from the discoverable-partitions root type GUID. Pure.
