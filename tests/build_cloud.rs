@@ -67,6 +67,22 @@ fn same_bytes(a: &Path, a_off: u64, b: &Path, b_off: u64, len: u64) -> bool {
     true
 }
 
+/// The README's quick start: `imgforge build recipes/base.toml` on the local upstream.
+#[test]
+fn readme_quick_start_recipe_builds() {
+    if !have_root("readme_quick_start_recipe_builds") {
+        return;
+    }
+    cloud_upstream();
+    let dir = testdir("quick-start");
+    let o = run(imgforge().arg("build").arg(repo().join("recipes/base.toml")).arg("-o").arg(dir.path().join("out")));
+    assert_clean(dir.path());
+    assert!(o.status.success(), "{}", show(&o));
+    let m = RoMount::open(&dir.path().join("out/base.raw"), 1);
+    assert_eq!(m.read("/etc/motd"), "Built by imgforge\n");
+    assert!(m.read("/etc/imgforge-release").contains("IMGFORGE_IMAGE=\"base\""));
+}
+
 #[test]
 fn cloud_image_end_to_end() {
     if !have_root("cloud_image_end_to_end") {
@@ -97,6 +113,8 @@ fn cloud_image_end_to_end() {
     assert_eq!(m.read("/etc/ssh/sshd_config.d/50-test.conf"), "PasswordAuthentication no\n");
     let rel = m.read("/etc/imgforge-release");
     assert!(rel.contains("IMGFORGE_VERSION=\"2.0.0\"") && rel.contains("IMGFORGE_SOURCE_DIGEST=\"sha256:"), "{rel}");
+    // The ancestor is named by its file name: no build host path ships in the image.
+    assert!(rel.contains("IMGFORGE_ANCESTOR=\"noble-like-cloudimg-amd64.img\""), "{rel}");
     assert!(m.read("/etc/os-release").contains("IMAGE_ID=cloud\nIMAGE_VERSION=2.0.0\n"));
     let keys: Vec<String> =
         std::fs::read_dir(m.path("/etc/ssh")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

@@ -90,7 +90,7 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
         git_commit: version::git_commit(&plan.recipe_dir).unwrap_or_default(),
         build_date: stamp::rfc3339(stamp::build_time()),
         source_digest: format!("{}:{}", src.algo.name().to_ascii_lowercase(), src.digest),
-        ancestor: src.url.clone(),
+        ancestor: plan.source.image.ancestor(),
     };
     match customize(plan, opts, &work, size, &stamp, &mut t, events) {
         Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(c.seal)),

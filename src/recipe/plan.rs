@@ -23,12 +23,38 @@ pub enum Location {
     Url(String),
 }
 
+/// For people, logs and the manifest: a URL without its user info, query and fragment (a
+/// presigned URL's signature or a password must not reach a log, a manifest or an image).
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Path(p) => write!(f, "{}", p.display()),
-            Self::Url(u) => f.write_str(u),
+            Self::Url(u) => f.write_str(&public_url(u)),
         }
+    }
+}
+
+impl Location {
+    /// What the image itself records as its ancestor: the public URL, or only the file name of a
+    /// local file (a build host's paths must not ship in the image).
+    pub fn ancestor(&self) -> String {
+        match self {
+            Self::Path(p) => p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            Self::Url(_) => self.to_string(),
+        }
+    }
+}
+
+/// `scheme://user:pass@host/path?query#frag` → `scheme://host/path`. Pure.
+pub fn public_url(u: &str) -> String {
+    let u = u.split(['?', '#']).next().unwrap_or_default();
+    match u.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => u.to_string(),
     }
 }
 
@@ -611,6 +637,17 @@ mod tests {
     }
 
     const HEAD: &str = "[image]\nname = \"base\"\nversion = \"1.0\"\n[source]\nurl = \"up.img\"\nchecksums = \"SUMS\"\n";
+
+    #[test]
+    fn urls_are_shown_without_credentials_and_ancestors_without_host_paths() {
+        let u = Location::Url("https://user:secret@example.com:8443/images/a.qcow2?X-Amz-Signature=abc#x".into());
+        assert_eq!(u.to_string(), "https://example.com:8443/images/a.qcow2");
+        assert_eq!(u.ancestor(), "https://example.com:8443/images/a.qcow2");
+        assert_eq!(public_url("http://example.com"), "http://example.com");
+        let p = Location::Path(PathBuf::from("/home/ci/work/recipes/../upstream/noble.img"));
+        assert_eq!(p.to_string(), "/home/ci/work/recipes/../upstream/noble.img");
+        assert_eq!(p.ancestor(), "noble.img");
+    }
 
     #[test]
     fn good_recipe_plans() {
