@@ -2,7 +2,6 @@
 //! inside the image root, never through a symlink out of it). Recorded in the manifest, where
 //! `publish` takes it from when a recipe names none.
 
-use std::io::Read;
 use std::path::Path;
 
 use crate::chroot::resolve::Root;
@@ -37,18 +36,7 @@ pub fn from_elf_header(h: &[u8]) -> Option<&'static str> {
 /// Reads the architecture of the image mounted at `root`: None when no probe is an ELF file
 /// of a known machine.
 pub fn detect(root: &Root) -> Option<&'static str> {
-    PROBES.iter().find_map(|p| {
-        // Non-blocking, and only a regular file is read: a hostile image's FIFO or device node
-        // here is skipped.
-        let fd = root.open_in(Path::new(p), nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK, 0).ok()?;
-        let mut f = std::fs::File::from(fd);
-        if !f.metadata().ok()?.is_file() {
-            return None;
-        }
-        let mut h = [0u8; 20];
-        f.read_exact(&mut h).ok()?;
-        from_elf_header(&h)
-    })
+    PROBES.iter().find_map(|p| from_elf_header(&root.read_at_most(Path::new(p), 20).ok()??))
 }
 
 #[cfg(test)]

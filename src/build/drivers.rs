@@ -2,7 +2,6 @@
 //! `modules.builtin` (read inside the image root). Recorded in the manifest; `publish` warns
 //! when an AMI would claim ENA without the driver, or when Nitro's NVMe disks could not be seen.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -32,16 +31,9 @@ pub fn lists(index: &str, name: &str) -> bool {
     })
 }
 
-/// Reads a regular file inside the root, never blocking on a FIFO; None if absent or odd.
+/// A module index inside the root (regular files only, never blocking); None if absent or odd.
 fn read_index(root: &Root, path: &Path) -> Option<String> {
-    let fd = root.open_in(path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK, 0).ok()?;
-    let f = std::fs::File::from(fd);
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut text = String::new();
-    f.take(MAX_INDEX).read_to_string(&mut text).ok()?;
-    Some(text)
+    root.read_at_most(path, MAX_INDEX).ok()?.map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// The drivers of every kernel under /usr/lib/modules (or /lib/modules); None without kernels.

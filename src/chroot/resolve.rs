@@ -117,13 +117,24 @@ impl Root {
 
     /// Reads a file (symlinks followed inside the root); `None` if absent.
     pub fn read(&self, path: &Path) -> Result<Option<Vec<u8>>> {
-        let fd = match self.open_in(path, OFlag::O_RDONLY, 0) {
+        self.read_at_most(path, u64::MAX)
+    }
+
+    /// Reads at most `max` bytes of the regular file `path`; `None` if absent. The open never
+    /// blocks and anything but a regular file (a hostile image's FIFO or device node where a
+    /// config file should be) is an error, not a hang.
+    pub fn read_at_most(&self, path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+        let fd = match self.open_in(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0) {
             Ok(fd) => fd,
             Err(e) if e.source == Errno::ENOENT => return Ok(None),
             Err(e) => return Err(e),
         };
+        let file = File::from(fd);
+        if !file.metadata().map_err(|e| io_err("read", path, &e))?.is_file() {
+            return Err(ResolveError { op: "read (not a regular file)", path: path.to_path_buf(), source: Errno::EINVAL });
+        }
         let mut buf = Vec::new();
-        File::from(fd).read_to_end(&mut buf).map_err(|e| io_err("read", path, &e))?;
+        file.take(max).read_to_end(&mut buf).map_err(|e| io_err("read", path, &e))?;
         Ok(Some(buf))
     }
 
@@ -247,6 +258,21 @@ fn io_err(op: &'static str, path: &Path, e: &std::io::Error) -> ResolveError {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn reads_only_regular_files_and_never_blocks() {
+        let img = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(img.path().join("etc")).unwrap();
+        std::fs::write(img.path().join("etc/os-release"), b"ID=debian\n").unwrap();
+        nix::unistd::mkfifo(&img.path().join("etc/fstab"), Mode::from_bits_truncate(0o644)).unwrap();
+        let root = Root::open(img.path()).unwrap();
+        assert_eq!(root.read(Path::new("/etc/os-release")).unwrap().unwrap(), b"ID=debian\n");
+        assert_eq!(root.read_at_most(Path::new("/etc/os-release"), 2).unwrap().unwrap(), b"ID");
+        assert_eq!(root.read(Path::new("/etc/missing")).unwrap(), None);
+        // A FIFO (nobody writing) would block a plain open and read forever.
+        assert_eq!(root.read(Path::new("/etc/fstab")).unwrap_err().source, Errno::EINVAL);
+        assert!(root.read(Path::new("/etc")).is_err());
+    }
 
     #[test]
     fn remove_tree_does_not_follow_symlinks_out() {
