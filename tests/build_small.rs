@@ -131,9 +131,16 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// No process runs `needle` — allowing the kernel up to 5 s to finish tearing down a killed
+/// build's PID namespace (its processes are killed, but not at the instant the build dies).
 fn no_process_matching(needle: &str) -> bool {
-    let o = run(std::process::Command::new("pgrep").args(["-f", needle]));
-    o.stdout.is_empty()
+    for _ in 0..100 {
+        if run(std::process::Command::new("pgrep").args(["-f", needle])).stdout.is_empty() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
 }
 
 #[test]
