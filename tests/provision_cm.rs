@@ -108,10 +108,7 @@ fn ansible_recipe(up: &Path, playbook: &str) -> String {
 
 fn have_ansible(test: &str) -> bool {
     let ok = std::process::Command::new("ansible-playbook").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipped {test}: ansible-playbook is not installed (.ci/run installs it with pip)");
-    }
-    ok
+    ok || skip(test, "ansible-playbook is not installed (scripts/setup --tests installs it with pip)")
 }
 
 #[test]
@@ -225,7 +222,7 @@ fn salt_masterless_end_to_end() {
         return;
     }
     if !std::process::Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped salt_masterless_end_to_end: install = \"pip\" needs the host's python3 -m pip");
+        skip("salt_masterless_end_to_end", "install = \"pip\" needs the host's python3 -m pip");
         return;
     }
     let up = cloud_upstream();

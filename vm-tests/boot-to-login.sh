@@ -148,63 +148,81 @@ kvm_works() {
 }
 
 ACCEL=${IMGFORGE_VM_ACCEL:-}
+PROBED=0
 case $ACCEL in
 kvm | tcg) log "acceleration forced by IMGFORGE_VM_ACCEL: $ACCEL" ;;
 "")
     if kvm_works; then ACCEL=kvm; else ACCEL=tcg; fi
+    PROBED=1
     log "acceleration: $ACCEL (probed)"
     ;;
 *) die "IMGFORGE_VM_ACCEL must be kvm or tcg, not '$ACCEL'" ;;
 esac
-if [[ "$ACCEL" == kvm ]]; then
-    ACCEL_OPT=kvm
-    CPU=host
-    SMP=2
-else
-    ACCEL_OPT=tcg,thread=multi
-    CPU=max
-    SMP=$(($(nproc) >= 2 ? 2 : 1))
+
+# boot ACCEL - boot the image once; 0: reached the text, 1: timed out, 3: qemu exited early.
+boot() {
+    local accel=$1 accel_opt cpu smp fw=() args=()
+    if [[ "$accel" == kvm ]]; then
+        accel_opt=kvm
+        cpu=host
+        smp=2
+    else
+        accel_opt=tcg,thread=multi
+        cpu=max
+        smp=$(($(nproc) >= 2 ? 2 : 1))
+    fi
+    mapfile -t fw < <(firmware_args "$WORK/vars.fd")
+    args=(
+        -name imgforge-boot-to-login
+        -machine q35 -accel "$accel_opt" -cpu "$cpu" -smp "$smp" -m 2048
+        -nodefaults -display none -monitor none -parallel none
+        -serial "file:$SERIAL_LOG"
+        "${fw[@]}"
+        -snapshot
+        -drive "file=$IMAGE,format=$FORMAT,if=virtio,cache=unsafe"
+        -nic "user,model=virtio-net-pci,mac=$MAC"
+        -device virtio-rng-pci
+    )
+    : >"$SERIAL_LOG"
+    log "booting $IMAGE ($FORMAT, $accel, mac $MAC, timeout ${TIMEOUT}s)"
+    START=$SECONDS
+    "$QEMU" "${args[@]}" >"$WORK/qemu.out" 2>&1 &
+    QEMU_PID=$!
+    while ((SECONDS - START < TIMEOUT)); do
+        if grep -aqF -- "$UNTIL" "$SERIAL_LOG" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$QEMU_PID" 2>/dev/null; then
+            local rc=0
+            wait "$QEMU_PID" 2>/dev/null || rc=$?
+            QEMU_PID=
+            log "qemu exited early (status $rc):"
+            sed 's/^/  qemu: /' "$WORK/qemu.out" >&2 || true
+            return 3
+        fi
+        sleep 1
+    done
+    return 1
+}
+
+status=0
+boot "$ACCEL" || status=$?
+if ((status == 3 && PROBED)) && [[ "$ACCEL" == kvm ]]; then
+    # KVM passed the probe but qemu died under it (qemu 10 on a paravirtual /dev/kvm aborts on
+    # an MSR assertion during boot): the same boot under TCG.
+    log "qemu died under KVM: falling back to TCG"
+    ACCEL=tcg
+    status=0
+    boot "$ACCEL" || status=$?
 fi
-
-mapfile -t FW < <(firmware_args "$WORK/vars.fd")
-QEMU_ARGS=(
-    -name imgforge-boot-to-login
-    -machine q35 -accel "$ACCEL_OPT" -cpu "$CPU" -smp "$SMP" -m 2048
-    -nodefaults -display none -monitor none -parallel none
-    -serial "file:$SERIAL_LOG"
-    "${FW[@]}"
-    -snapshot
-    -drive "file=$IMAGE,format=$FORMAT,if=virtio,cache=unsafe"
-    -nic "user,model=virtio-net-pci,mac=$MAC"
-    -device virtio-rng-pci
-)
-
-log "booting $IMAGE ($FORMAT, $ACCEL, mac $MAC, timeout ${TIMEOUT}s)"
-START=$SECONDS
-"$QEMU" "${QEMU_ARGS[@]}" >"$WORK/qemu.out" 2>&1 &
-QEMU_PID=$!
-
-status=1
-while ((SECONDS - START < TIMEOUT)); do
-    if grep -aqF -- "$UNTIL" "$SERIAL_LOG" 2>/dev/null; then
-        status=0
-        break
-    fi
-    if ! kill -0 "$QEMU_PID" 2>/dev/null; then
-        log "qemu exited early:"
-        sed 's/^/  qemu: /' "$WORK/qemu.out" >&2 || true
-        break
-    fi
-    sleep 1
-done
 ELAPSED=$((SECONDS - START))
 
 if ((status == 0)); then
-    log "reached '$UNTIL' after ${ELAPSED}s"
+    log "reached '$UNTIL' after ${ELAPSED}s ($ACCEL)"
     echo "$ELAPSED"
     exit 0
 fi
-if ((ELAPSED >= TIMEOUT)); then
+if ((status == 1)); then
     log "no '$UNTIL' within ${TIMEOUT}s"
 fi
 log "last 40 lines of the serial log ($SERIAL_LOG):"

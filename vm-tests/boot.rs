@@ -15,10 +15,7 @@ static VMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn have_qemu(test: &str) -> bool {
     let ok = std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("skipped {test}: qemu-system-x86_64 is not installed");
-    }
-    ok
+    ok || skip(test, "qemu-system-x86_64 is not installed (scripts/setup --tests)")
 }
 
 #[test]
@@ -139,4 +136,47 @@ fn sealed_image_clones_are_distinct_machines() {
     }
     assert_ne!(field(&reports[0], "machine-id"), field(&reports[1], "machine-id"), "{reports:?}");
     assert_ne!(field(&reports[0], "hostkey"), field(&reports[1], "hostkey"), "{reports:?}");
+}
+
+/// qemu 10 on a paravirtual /dev/kvm passes a short firmware probe, then aborts on an MSR
+/// assertion once the real boot starts. boot-to-login.sh must then boot again under TCG instead
+/// of failing. A stand-in qemu plays that host: under KVM it prints the firmware's banner and
+/// aborts; under TCG it prints a login prompt.
+#[test]
+fn kvm_that_dies_after_the_probe_falls_back_to_tcg() {
+    let test = "kvm_that_dies_after_the_probe_falls_back_to_tcg";
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        skip(test, "needs a readable and writable /dev/kvm (the probe only tries KVM there)");
+        return;
+    }
+    let dir = testdir("kvmfallback");
+    let fake = dir.path().join("qemu-system-x86_64");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nserial= accel=\nwhile [ $# -gt 0 ]; do\n  case $1 in\n    -serial) serial=${2#file:}; shift ;;\n    -accel) accel=$2; shift ;;\n  esac\n  shift\ndone\necho \"$accel\" >> \"$FAKE_QEMU_ACCELS\"\ncase $accel in\n  kvm) echo 'BdsDxe: loading Boot0001' >> \"$serial\"; sleep 1.5; echo \"kvm_buf_set_msrs: Assertion failed\" >&2; kill -ABRT $$ ;;\n  *) echo 'fake login:' >> \"$serial\"; sleep 30 ;;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let image = dir.path().join("disk.raw");
+    std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+    let log = dir.path().join("serial.log");
+    let o = run(std::process::Command::new(repo().join("vm-tests/boot-to-login.sh"))
+        .arg(&image)
+        .args(["--format", "raw", "--timeout", "20", "--log"])
+        .arg(&log)
+        .env("QEMU", &fake)
+        .env("FAKE_QEMU_ACCELS", dir.path().join("accels"))
+        .env_remove("IMGFORGE_VM_ACCEL"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(err.contains("acceleration: kvm (probed)"), "{err}");
+    assert!(err.contains("qemu exited early (status 134)"), "{err}");
+    assert!(err.contains("falling back to TCG"), "{err}");
+    assert!(err.contains("(tcg)"), "{err}");
+    // The probe, the KVM boot that died, the TCG boot.
+    let accels = std::fs::read_to_string(dir.path().join("accels")).unwrap();
+    let boots: Vec<&str> = accels.lines().collect();
+    assert_eq!(boots.len(), 3, "{accels}");
+    assert_eq!(boots[1], "kvm", "{accels}");
+    assert!(boots[2].starts_with("tcg"), "{accels}");
 }

@@ -171,7 +171,7 @@ fn grow_offline(dev: &Path, fstype: &str, events: &Events) -> anyhow::Result<()>
     match fstype {
         "ext2" | "ext3" | "ext4" => {
             events.step("grow-fs", "checking and growing the root filesystem");
-            let check = Command::new("e2fsck").args(["-f", "-p"]).arg(dev).output().context("Failed to run e2fsck")?;
+            let check = Command::new("e2fsck").args(["-f", "-p"]).arg(dev).run_any_status("check the root filesystem before growing it")?;
             // 0: clean, 1: errors corrected. Anything else needs a human.
             if !matches!(check.status.code(), Some(0 | 1)) {
                 bail!(

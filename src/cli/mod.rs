@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 the build (or command) failed, 2 bad usage or a bad recipe.
 
 mod build;
+mod docs;
 mod export;
 mod inspect;
 mod publish;
@@ -11,7 +12,7 @@ mod validate;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use crate::logging::LogFormat;
 use crate::recipe::RecipeError;
@@ -53,6 +54,11 @@ enum Command {
     Publish(publish::Args),
     /// Scrub identities from a raw or qcow2 image (`--list` shows the operations).
     Seal(seal::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (imgforge.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Manpages(docs::ManpagesArgs),
 }
 
 /// A bad command line value found after parsing (exit code 2).
@@ -76,6 +82,8 @@ pub fn main() -> ExitCode {
         Command::Export(a) => export::run(&cli.global, a),
         Command::Publish(a) => publish::run(&cli.global, a),
         Command::Seal(a) => seal::run(&cli.global, a),
+        Command::Completions(a) => docs::completions(Cli::command(), a),
+        Command::Manpages(a) => docs::manpages(Cli::command(), a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -199,7 +199,7 @@ fn esp_files(r: &Run, changes: &[UuidChange]) -> anyhow::Result<Vec<EspFile>> {
         let list = Command::new("mdir")
             .env("MTOOLS_SKIP_CHECK", "1")
             .args(["-/", "-b", "-i", &image, "::/"])
-            .run_checked("list the ESP with mtools (install mtools)")
+            .run_checked("list the ESP with mtools")
             .with_context(|| format!("refusing to change filesystem UUIDs: cannot read the ESP (partition {})", fs.partition))?;
         for line in String::from_utf8_lossy(&list.stdout).lines() {
             let Some(path) = line.trim().strip_prefix("::") else { continue };
@@ -226,7 +226,7 @@ pub fn apply(disk: &std::fs::File, changes: &[UuidChange]) -> anyhow::Result<()>
     for c in changes {
         let lo = crate::host::loopdev::LoopDevice::attach(disk, c.start, c.size, false)?;
         let dev: PathBuf = lo.path().to_path_buf();
-        let fsck = Command::new("e2fsck").arg("-fy").arg(&dev).output().context("Failed to run e2fsck (install e2fsprogs)")?;
+        let fsck = Command::new("e2fsck").arg("-fy").arg(&dev).run_any_status("check a filesystem before changing its UUID")?;
         // 0: clean, 1: errors corrected; anything else is a damaged filesystem.
         if !matches!(fsck.status.code(), Some(0 | 1)) {
             bail!("e2fsck of partition {} failed before changing its UUID{}", c.partition, crate::host::command::tail(&fsck.stderr));

@@ -47,10 +47,7 @@ pub fn have_moto(test: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped {test}: needs python3 with moto[server] and boto3 (pip install 'moto[server]')");
-    }
-    ok
+    ok || crate::util::skip(test, "needs python3 with moto[server] and boto3 (scripts/setup --tests)")
 }
 
 /// Starts moto on a free port of 127.0.0.1, logging into `log`.

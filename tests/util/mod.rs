@@ -19,13 +19,33 @@ pub fn imgforge() -> Command {
     c
 }
 
-/// Whether we can do root things (loop devices, mounts); prints why not.
+/// Whether skips are failures: under CI (`CI=true`, as Jenkins, GitHub Actions and GitLab set
+/// it) or `IMGFORGE_STRICT=1` a test that cannot run fails instead of passing quietly.
+pub fn strict() -> bool {
+    let on = |v: &str| std::env::var(v).is_ok_and(|x| matches!(x.trim(), "1" | "true" | "yes"));
+    on("CI") || on("IMGFORGE_STRICT")
+}
+
+/// A test that cannot run here: recorded in `target/test-skips.log` (scripts/test counts the
+/// lines), printed, and a failure under [`strict`]. Returns `false` for `if !... { return; }`.
+pub fn skip(test: &str, why: &str) -> bool {
+    use std::io::Write;
+    let line = format!("skipped {test}: {why}");
+    let log = repo().join("target/test-skips.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+        let _ = writeln!(f, "{line}");
+    }
+    eprintln!("{line}");
+    assert!(!strict(), "{line} (a skip is a failure under CI=true or IMGFORGE_STRICT=1: run scripts/setup --tests)");
+    false
+}
+
+/// Whether we can do root things (loop devices, mounts); records a skip if not.
 pub fn have_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() && Path::new("/dev/loop-control").exists() {
         return true;
     }
-    eprintln!("skipped {test}: needs root and /dev/loop-control");
-    false
+    skip(test, "needs root and /dev/loop-control")
 }
 
 /// A fresh directory for one test, under target/ (same filesystem as outputs), removed on drop.
