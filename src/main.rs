@@ -1,13 +1,27 @@
 //! imgforge: bake immutable machine images on a build host.
+//!
+//! The modules, by layer: each imports only from layers below it (a test in
+//! `tests/architecture.rs` fails on any import cycle between top-level modules).
+//!
+//! | Layer | Modules | Job |
+//! |---|---|---|
+//! | command line | [`cli`] | flags, one file per subcommand, exit codes |
+//! | pipelines | [`pipeline`] | `build` and `seal IMAGE`: the domains in order over one image |
+//! | configuration | [`recipe`] | TOML recipe → validated plan, made of the domains' own option types |
+//! | domains | [`source`], [`provision`], [`seal`], [`stamp`], [`export`], [`publish`], [`s3`], [`manifest`] | verify an upstream; run provisioners; scrub identities; stamp the version; write formats; upload to AWS; the build record |
+//! | the image | [`image`], [`disk`], [`chroot`] | attach and mount an image and read facts from it; disk formats and partition tables; the image root seen from the host (in-root paths, chrooted processes) |
+//! | the host | [`host`], [`error`], [`logging`], [`progress`] | loop devices, mounts, namespaces, commands, signals; shared error classes; logs; progress events |
 
-mod build;
 mod chroot;
 mod cli;
 mod disk;
+mod error;
 mod export;
 mod host;
+mod image;
 mod logging;
 mod manifest;
+mod pipeline;
 mod progress;
 mod provision;
 mod publish;

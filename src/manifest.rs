@@ -59,7 +59,7 @@ pub struct Manifest {
     /// CPU architecture read from the image's own executables (x86_64, arm64, i386, …).
     pub architecture: Option<String>,
     /// Cloud drivers in every kernel of the image (absent when it has no kernel modules).
-    pub drivers: Option<crate::build::drivers::Drivers>,
+    pub drivers: Option<crate::image::drivers::Drivers>,
     /// Outputs.
     pub outputs: Vec<OutputFile>,
     /// Provisioners with their durations.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::Global;
-use crate::build::{OnError, Options};
+use crate::pipeline::build::{OnError, Options};
 use crate::progress::Events;
 use crate::recipe::plan::{Overrides, load_plan};
 
@@ -57,9 +57,9 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         cache_dir: a.cache_dir.clone().unwrap_or_else(crate::source::fetch::default_cache_dir),
         seal_dry_run: a.seal_dry_run,
     };
-    let manifest = match crate::build::run(&plan, &opts, &events)? {
-        crate::build::Outcome::Built(m) => m,
-        crate::build::Outcome::SealPlan(report) => {
+    let manifest = match crate::pipeline::build::run(&plan, &opts, &events)? {
+        crate::pipeline::build::Outcome::Built(m) => m,
+        crate::pipeline::build::Outcome::SealPlan(report) => {
             print!("{}", report.text());
             return Ok(());
         }

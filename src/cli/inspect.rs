@@ -6,11 +6,11 @@ use std::sync::atomic::AtomicU64;
 use anyhow::Context;
 
 use super::Global;
-use crate::build::mounted::{Probed, choose_root, probe_all};
 use crate::chroot::resolve::Root;
 use crate::disk::detect::{ImageFormat, detect};
 use crate::host::loopdev::LoopDevice;
 use crate::host::mount::{MountSpec, MountTree};
+use crate::image::mount::{Probed, choose_root, probe_all};
 
 /// Arguments of `imgforge inspect`.
 #[derive(Debug, clap::Args)]

@@ -61,10 +61,7 @@ enum Command {
     Manpages(docs::ManpagesArgs),
 }
 
-/// A bad command line value found after parsing (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::error::UsageError;
 
 /// Exit code for usage and recipe errors.
 pub const EXIT_USAGE: u8 = 2;

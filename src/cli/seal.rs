@@ -67,7 +67,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         dry_run: a.dry_run,
         ..Default::default()
     };
-    let report = crate::seal::image::seal_image(image, &plan, &cx, &events)?;
+    let report = crate::pipeline::seal::seal_image(image, &plan, &cx, &events)?;
     print!("{}", report.text());
     if a.dry_run {
         return Ok(());

@@ -3,7 +3,6 @@
 //! through linkat + rename, atomically; `--on-error keep` names it too.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
@@ -79,7 +78,7 @@ impl WorkDisk {
         }
         let tmp = self.dir.join(format!(".{}.tmp-{}", file_name(dest), std::process::id()));
         let _ = std::fs::remove_file(&tmp);
-        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        let proc_path = crate::host::fd::self_path(&self.file);
         linkat(AT_FDCWD, &proc_path, AT_FDCWD, &tmp, AtFlags::AT_SYMLINK_FOLLOW).map_err(|e| err(e.into()))?;
         if let Err(e) = std::fs::rename(&tmp, dest) {
             let _ = std::fs::remove_file(&tmp);

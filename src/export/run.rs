@@ -134,7 +134,7 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
     let mut outputs = Vec::new();
     for (work, t) in works.into_iter().zip(targets) {
         // The unnamed output, readable by path until it is named.
-        let fd = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(work.file())));
+        let fd = crate::host::fd::self_path(work.file());
         let sha256 = if fin.sha256 {
             crate::source::sums::digest_file(&fd, crate::source::sums::Algo::Sha256).context("Failed to hash an output")?
         } else {

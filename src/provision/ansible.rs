@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, anyhow};
 
 use super::Summary;
-use super::shell::{Finished, RUN_DIR, stream};
+use super::plan::AnsiblePlan;
 use crate::chroot::resolve::Root;
+use crate::chroot::run::{Finished, RUN_DIR, stream};
 use crate::progress::Events;
-use crate::recipe::plan::AnsiblePlan;
 
 /// The connection plugin: in the `ansible` package from PyPI and Debian, or
 /// `ansible-galaxy collection install community.general` next to ansible-core.
@@ -212,7 +212,7 @@ fn run_host(
     tracing::debug!("running {cmd:?}");
     let shown = format!("{:?}", cmd.get_program());
     stream(
-        move |out, err| super::shell::spawn_host(cmd, out, err).with_context(|| format!("Failed to start {shown}")),
+        move |out, err| crate::chroot::run::spawn_host(cmd, out, err).with_context(|| format!("Failed to start {shown}")),
         label,
         events,
         on_line,

@@ -5,6 +5,7 @@
 pub mod ansible;
 pub mod copy;
 pub mod owner;
+pub mod plan;
 pub mod puppet;
 pub mod salt;
 pub mod shell;
@@ -16,7 +17,7 @@ use anyhow::Context;
 
 use crate::chroot::resolve::Root;
 use crate::progress::Events;
-use crate::recipe::plan::{NamedStep, Script, Step};
+use plan::{NamedStep, Script, Step};
 
 /// What a provisioner run is measured by, for the manifest.
 #[derive(Debug, Clone, serde::Serialize)]

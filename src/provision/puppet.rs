@@ -15,11 +15,11 @@ use anyhow::{anyhow, bail};
 use super::Summary;
 use super::copy::{Attrs, copy_in};
 use super::owner::Ids;
-use super::shell::{RUN_DIR, stream};
+use super::plan::PuppetPlan;
 use crate::chroot::cmd::ChrootCmd;
 use crate::chroot::resolve::Root;
+use crate::chroot::run::{RUN_DIR, stream};
 use crate::progress::Events;
-use crate::recipe::plan::PuppetPlan;
 
 /// In-image run directory of step `n`.
 pub fn run_dir(n: usize) -> String {

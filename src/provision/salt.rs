@@ -14,11 +14,11 @@ use anyhow::{Context, anyhow, bail};
 use super::Summary;
 use super::copy::{Attrs, copy_in};
 use super::owner::Ids;
-use super::shell::{RUN_DIR, stream};
+use super::plan::{SaltInstall, SaltPlan};
 use crate::chroot::cmd::ChrootCmd;
 use crate::chroot::resolve::Root;
+use crate::chroot::run::{RUN_DIR, stream};
 use crate::progress::Events;
-use crate::recipe::plan::{SaltInstall, SaltPlan};
 
 /// Where `install = "pip"` puts salt.
 pub const VENV: &str = "/opt/imgforge-salt";
@@ -169,7 +169,7 @@ fn install(root: &Root, dir: &str, label: &str, events: &Events) -> anyhow::Resu
     Ok(())
 }
 
-fn check(done: super::shell::Finished, what: &str) -> anyhow::Result<()> {
+fn check(done: crate::chroot::run::Finished, what: &str) -> anyhow::Result<()> {
     if done.status.success() { Ok(()) } else { Err(done.failure().context(format!("{what} failed in the image"))) }
 }
 
@@ -179,7 +179,7 @@ fn download_pip(dest: &Path, label: &str, events: &Events) -> anyhow::Result<Pat
     cmd.args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"]).arg(dest).arg("pip");
     cmd.stdin(std::process::Stdio::null());
     let done = stream(
-        move |o, e| super::shell::spawn_host(cmd, o, e).context("Failed to start python3 on the build host"),
+        move |o, e| crate::chroot::run::spawn_host(cmd, o, e).context("Failed to start python3 on the build host"),
         label,
         events,
         |_| {},

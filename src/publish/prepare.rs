@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use super::blocks::{self, Mode};
 use super::name::{NameVars, default_template, render};
 use super::options::{Arch, AwsSettings, BootMode, check_combination, parse_arch};
-use crate::cli::UsageError;
 use crate::disk::partition::{self, types};
+use crate::error::UsageError;
 use crate::export::input::Input;
 
 /// A publish request.
@@ -213,7 +213,7 @@ struct ManifestFields {
     recipe: Option<String>,
     source: Option<String>,
     architecture: Option<String>,
-    drivers: Option<crate::build::drivers::Drivers>,
+    drivers: Option<crate::image::drivers::Drivers>,
 }
 
 fn manifest_fields(input: &Input) -> ManifestFields {
@@ -237,7 +237,7 @@ fn manifest_fields(input: &Input) -> ManifestFields {
 }
 
 /// Warnings about drivers the build found missing from the image's kernels. Pure.
-pub fn driver_notices(d: Option<&crate::build::drivers::Drivers>, ena: bool) -> Vec<String> {
+pub fn driver_notices(d: Option<&crate::image::drivers::Drivers>, ena: bool) -> Vec<String> {
     let Some(d) = d else { return Vec::new() };
     let mut out = Vec::new();
     if ena && !d.ena {

@@ -8,4 +8,4 @@ pub mod seal;
 pub mod size;
 
 pub use error::RecipeError;
-pub use plan::{BuildPlan, Location};
+pub use plan::BuildPlan;

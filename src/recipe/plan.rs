@@ -1,7 +1,6 @@
 //! The validated build plan: every path resolved, every value checked, before any work starts.
 //! `imgforge validate` stops here; `imgforge build` goes on from here.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::export::format::Format;
@@ -13,195 +12,8 @@ use super::error::RecipeError;
 use super::model::{AnsibleStep, FileStep, OverlayStep, PuppetStep, Recipe, SaltStep, ShellStep};
 use super::parse::{Src, recipe_dir, step};
 use super::size::parse_size;
-
-/// Where something comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// A local file (from a plain path or `file://`).
-    Path(PathBuf),
-    /// An http(s) URL.
-    Url(String),
-}
-
-/// For people, logs and the manifest: a URL without its user info, query and fragment (a
-/// presigned URL's signature or a password must not reach a log, a manifest or an image).
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Path(p) => write!(f, "{}", p.display()),
-            Self::Url(u) => f.write_str(&public_url(u)),
-        }
-    }
-}
-
-impl Location {
-    /// What the image itself records as its ancestor: the public URL, or only the file name of a
-    /// local file (a build host's paths must not ship in the image).
-    pub fn ancestor(&self) -> String {
-        match self {
-            Self::Path(p) => p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
-            Self::Url(_) => self.to_string(),
-        }
-    }
-}
-
-/// `scheme://user:pass@host/path?query#frag` → `scheme://host/path`. Pure.
-pub fn public_url(u: &str) -> String {
-    let u = u.split(['?', '#']).next().unwrap_or_default();
-    match u.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => u.to_string(),
-    }
-}
-
-/// A digest given directly in the recipe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinnedDigest {
-    /// "sha256" or "sha512".
-    pub algo: &'static str,
-    /// Lowercase hex.
-    pub hex: String,
-}
-
-/// The upstream image and how to verify it.
-#[derive(Debug, Clone)]
-pub struct SourcePlan {
-    /// The image.
-    pub image: Location,
-    /// SHA256SUMS/SHA512SUMS file.
-    pub checksums: Option<Location>,
-    /// Or a digest from the recipe.
-    pub pinned: Option<PinnedDigest>,
-    /// Detached signature over the checksums file.
-    pub signature: Option<Location>,
-    /// Pinned public key.
-    pub signing_key: Option<PathBuf>,
-}
-
-/// Shell script body.
-#[derive(Debug, Clone)]
-pub enum Script {
-    /// Lines from `inline`, joined.
-    Inline(String),
-    /// A host file.
-    File(PathBuf),
-}
-
-/// One provisioning step.
-#[derive(Debug, Clone)]
-pub enum Step {
-    /// Run a script chrooted in the image.
-    Shell {
-        /// Script.
-        script: Script,
-        /// Extra environment.
-        env: BTreeMap<String, String>,
-        /// Interpreter inside the image.
-        shell: String,
-    },
-    /// Copy a file or directory in.
-    File {
-        /// Host source.
-        source: PathBuf,
-        /// Image destination (absolute).
-        destination: PathBuf,
-        /// Destination is a directory to copy into.
-        into_dir: bool,
-        /// Mode override.
-        mode: Option<u32>,
-        /// Owner "user:group".
-        owner: Option<String>,
-    },
-    /// Copy a tree over `/`.
-    Overlay {
-        /// Host tree.
-        source: PathBuf,
-        /// Owner "user:group".
-        owner: Option<String>,
-    },
-    /// `ansible-playbook` on the host through the chroot connection.
-    Ansible(Box<AnsiblePlan>),
-    /// `salt-call --local` chrooted.
-    Salt(Box<SaltPlan>),
-    /// `puppet apply` chrooted.
-    Puppet(Box<PuppetPlan>),
-}
-
-/// A validated `type = "ansible"` step; every path exists.
-#[derive(Debug, Clone)]
-pub struct AnsiblePlan {
-    /// Playbook.
-    pub playbook: PathBuf,
-    /// Role directories.
-    pub roles_path: Vec<PathBuf>,
-    /// Collection directories.
-    pub collections_path: Vec<PathBuf>,
-    /// requirements.yml.
-    pub requirements: Option<PathBuf>,
-    /// `--extra-vars`, as one JSON object.
-    pub extra_vars: String,
-    /// `--tags`.
-    pub tags: Vec<String>,
-    /// `--skip-tags`.
-    pub skip_tags: Vec<String>,
-}
-
-/// How salt gets into the image for a `type = "salt"` step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaltInstall {
-    /// `salt-call` is already in the image.
-    None,
-    /// Installed with pip into a venv for the run.
-    Pip {
-        /// Leave the venv in the image.
-        keep: bool,
-    },
-}
-
-/// A validated `type = "salt"` step.
-#[derive(Debug, Clone)]
-pub struct SaltPlan {
-    /// file_roots.
-    pub state_tree: PathBuf,
-    /// pillar_roots.
-    pub pillar_tree: Option<PathBuf>,
-    /// Minion id.
-    pub minion_id: String,
-    /// States; empty = highstate.
-    pub states: Vec<String>,
-    /// Install mode.
-    pub install: SaltInstall,
-}
-
-/// A validated `type = "puppet"` step.
-#[derive(Debug, Clone)]
-pub struct PuppetPlan {
-    /// Manifest file or directory.
-    pub manifest: PathBuf,
-    /// Module directories.
-    pub module_path: Vec<PathBuf>,
-    /// hiera.yaml.
-    pub hiera_config: Option<PathBuf>,
-    /// Facts (name → value), exported as FACTER_name.
-    pub facts: BTreeMap<String, String>,
-    /// `--certname`.
-    pub certname: String,
-}
-
-/// A step with its label.
-#[derive(Debug, Clone)]
-pub struct NamedStep {
-    /// "shell #1" or the recipe's `name`.
-    pub label: String,
-    /// Its type, "shell"/"file"/"overlay".
-    pub kind: &'static str,
-    /// What to do.
-    pub step: Step,
-}
+use crate::provision::plan::{AnsiblePlan, NamedStep, PuppetPlan, SaltInstall, SaltPlan, Script, Step};
+use crate::source::plan::{Location, PinnedDigest, SourcePlan};
 
 /// Everything a build needs, validated.
 #[derive(Debug, Clone)]
@@ -643,7 +455,7 @@ mod tests {
         let u = Location::Url("https://user:secret@example.com:8443/images/a.qcow2?X-Amz-Signature=abc#x".into());
         assert_eq!(u.to_string(), "https://example.com:8443/images/a.qcow2");
         assert_eq!(u.ancestor(), "https://example.com:8443/images/a.qcow2");
-        assert_eq!(public_url("http://example.com"), "http://example.com");
+        assert_eq!(crate::source::plan::public_url("http://example.com"), "http://example.com");
         let p = Location::Path(PathBuf::from("/home/ci/work/recipes/../upstream/noble.img"));
         assert_eq!(p.to_string(), "/home/ci/work/recipes/../upstream/noble.img");
         assert_eq!(p.ancestor(), "noble.img");

@@ -91,7 +91,7 @@ pub fn ca_certificates(r: &mut Run) -> anyhow::Result<()> {
                 for a in args {
                     cmd = cmd.arg(*a);
                 }
-                crate::provision::shell::run_streaming(&cmd, "seal ca-certificates", r.events)?;
+                crate::chroot::run::run_streaming(&cmd, "seal ca-certificates", r.events)?;
             }
             r.s.record(&line, ActionKind::Ran, "CA bundle rebuilt");
             return Ok(());

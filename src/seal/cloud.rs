@@ -22,7 +22,7 @@ pub fn cloud_init(r: &mut Run) -> anyhow::Result<()> {
         if r.plan.cloud_init_remove_seed {
             cmd = cmd.arg("--seed");
         }
-        crate::provision::shell::run_streaming(&cmd, "seal cloud-init", r.events)?;
+        crate::chroot::run::run_streaming(&cmd, "seal cloud-init", r.events)?;
         r.s.record(cmdline, ActionKind::Ran, "the image's own command");
         for p in before {
             if r.s.kind_of(&p)?.is_none() {

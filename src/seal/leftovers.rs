@@ -8,7 +8,7 @@ use super::scrub::{Kind, base, join};
 /// Image paths every build may leave (imgforge's own run directory, tool state of
 /// configuration-management runs).
 const BUILD_LEFTOVERS: &[&str] =
-    &[crate::provision::shell::RUN_DIR, "/var/tmp/imgforge", "/root/.ansible", "/root/.ansible_async", "/root/.cache/salt"];
+    &[crate::chroot::run::RUN_DIR, "/var/tmp/imgforge", "/root/.ansible", "/root/.ansible_async", "/root/.cache/salt"];
 
 /// `provisioner-files`: what the build copied in for provisioning only.
 pub fn provisioner_files(r: &mut Run) -> anyhow::Result<()> {

@@ -9,7 +9,6 @@ pub mod cloud;
 pub mod fsuuid;
 pub mod homes;
 pub mod identity;
-pub mod image;
 pub mod leftovers;
 pub mod net;
 pub mod network;
@@ -135,7 +134,7 @@ fn prescan(r: &mut Run) -> anyhow::Result<residue::Needles> {
     n.hostnames.extend(r.cx.build_hostname.iter().filter(|h| !identity::is_neutral_hostname(h)).cloned());
     n.paths.extend(r.cx.host_paths.iter().cloned());
     n.paths.extend(r.cx.provisioner_paths.iter().cloned());
-    n.paths.push(crate::provision::shell::RUN_DIR.to_string());
+    n.paths.push(crate::chroot::run::RUN_DIR.to_string());
     for v in [&mut n.macs, &mut n.ips, &mut n.hostnames, &mut n.paths] {
         v.sort();
         v.dedup();

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::recipe::Location;
+use crate::source::plan::Location;
 
 use super::sums::{Algo, Digester};
 

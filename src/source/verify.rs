@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicU64;
 use anyhow::{Context, bail};
 
 use crate::progress::Events;
-use crate::recipe::Location;
-use crate::recipe::plan::SourcePlan;
+use crate::source::plan::Location;
+use crate::source::plan::SourcePlan;
 
 use super::fetch::{cached, download, fetch_small};
 use super::signature;

@@ -1,13 +1,8 @@
-//! `imgforge build`: the pipeline, step by step.
+//! `imgforge build`: the build pipeline, step by step.
 //!
 //! verify source → raw working disk (unnamed file) → grow → partition table → attach + mount
 //! (private mount namespace) → provisioning window (resolv.conf, policy-rc.d) → provisioners →
 //! stamp → seal → trim → unmount + detach → outputs + manifest.
-
-pub mod arch;
-pub mod drivers;
-pub mod mounted;
-pub mod version;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,14 +14,16 @@ use anyhow::{Context, bail};
 use crate::chroot::guards::{POLICY_RC_D, SwappedFile, host_resolv_conf};
 use crate::disk::convert;
 use crate::disk::workdisk::WorkDisk;
+use crate::image::mount::{Mounted, choose_root, probe_all};
+use crate::image::{arch, drivers};
 use crate::manifest::{Manifest, OutputFile, SourceInfo};
 use crate::progress::Events;
 use crate::provision::StepReport;
 use crate::recipe::BuildPlan;
 use crate::seal::SealReport;
 use crate::source::verify::{VerifiedSource, verify_source};
+use crate::stamp::version;
 use crate::stamp::{self, Stamp};
-use mounted::{Mounted, choose_root, probe_all};
 
 /// What to do with the working disk when a build fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -142,7 +139,7 @@ fn customize(
     let root_part = choose_root(&parts, plan.root_partition)?;
     if let Some(want) = grown {
         t.time(events, "grow", &format!("growing the disk to {want} bytes"), || {
-            let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(disk)));
+            let path = crate::host::fd::self_path(disk);
             crate::disk::grow::grow_disk(&path, want, root_part.part.index)?;
             Ok(())
         })?;
@@ -159,8 +156,8 @@ fn customize(
     let what = format!("mounting partition {} ({}) as /", root_part.part.index, root_part.fs.fstype);
     let mounted = t.time(events, "mount", &what, || Mounted::mount(disk, &parts, &root_part, grown.is_some(), false, events))?;
     let mut cx = seal_context(plan, opts.seal_dry_run);
-    cx.filesystems = mounted::seal_filesystems(&parts, &mounted);
-    cx.disk_path = Some(mounted::fd_path(disk));
+    cx.filesystems = super::seal_filesystems(&parts, &mounted);
+    cx.disk_path = Some(crate::host::fd::shared_path(disk));
     let result = inside(plan, opts, &mounted, &cx, stamp, t, events);
     let closed = t.time(events, "unmount", "unmounting and detaching", || mounted.close());
     match (result, closed) {
@@ -200,7 +197,7 @@ fn inside(
         let _ = crate::manifest::write(&seal, &report_path);
         return Err(e);
     }
-    t.time(events, "trim", "trimming free space", || trim_all(m))?;
+    t.time(events, "trim", "trimming free space", || crate::image::mount::trim_all(m))?;
     Ok(Customized { provisioners, seal, architecture, drivers })
 }
 
@@ -253,19 +250,6 @@ fn provision_window(plan: &BuildPlan, m: &Mounted, events: &Events) -> anyhow::R
     Ok(reports)
 }
 
-pub(crate) fn trim_all(m: &Mounted) -> anyhow::Result<()> {
-    for (target, host) in &m.filesystems {
-        let dir = std::fs::File::open(host).with_context(|| format!("Failed to open {}", host.display()))?;
-        match crate::host::trim::trim(&dir, host) {
-            Ok(n) => tracing::debug!("trimmed {n} bytes on {target}"),
-            // Filesystems without discard support: not an error, the output is just less sparse.
-            Err(e) if e.source == nix::Error::EOPNOTSUPP => tracing::info!("{target}: trim not supported"),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 #[allow(clippy::too_many_arguments)]
 fn finish(
     plan: &BuildPlan,
@@ -279,7 +263,7 @@ fn finish(
     let dest = plan.output_dir.join(format!("{}.raw", plan.name));
     let out = t.time(events, "output", &format!("writing {}", dest.display()), || {
         // Hash (from the page cache) while the kernel writes the disk back; both before the rename.
-        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(work.file())));
+        let fd_path = crate::host::fd::self_path(work.file());
         let mut perms = work.file().metadata().context("Failed to stat the output")?.permissions();
         let sha256 = std::thread::scope(|s| {
             let sync = s.spawn(|| work.file().sync_all());

@@ -7,11 +7,13 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
-use super::{Context, SealPlan, SealReport};
-use crate::build::mounted::{Mounted, choose_root, fd_path, probe_all, seal_filesystems};
+use super::seal_filesystems;
 use crate::disk::detect::{ImageFormat, detect};
 use crate::disk::workdisk::WorkDisk;
+use crate::host::fd::shared_path;
+use crate::image::mount::{Mounted, choose_root, probe_all};
 use crate::progress::Events;
+use crate::seal::{Context, SealPlan, SealReport};
 
 /// Seals the image at `path`.
 pub fn seal_image(path: &Path, plan: &SealPlan, cx: &Context, events: &Events) -> anyhow::Result<SealReport> {
@@ -49,10 +51,10 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
         &format!("mounting partition {} ({}) as /{}", root.part.index, root.fs.fstype, if cx.dry_run { " read-only" } else { "" }),
     );
     let m = Mounted::mount(file, &parts, &root, false, cx.dry_run, events)?;
-    let cx = Context { filesystems: seal_filesystems(&parts, &m), disk_path: Some(fd_path(file)), ..cx.clone() };
-    let result = super::run(&m.root, plan, &cx, events).and_then(|r| {
+    let cx = Context { filesystems: seal_filesystems(&parts, &m), disk_path: Some(shared_path(file)), ..cx.clone() };
+    let result = crate::seal::run(&m.root, plan, &cx, events).and_then(|r| {
         if !cx.dry_run {
-            crate::build::trim_all(&m)?;
+            crate::image::mount::trim_all(&m)?;
         }
         Ok(r)
     });
@@ -60,7 +62,7 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
     let report = result?;
     closed?;
     if !cx.dry_run {
-        super::fsuuid::apply(file, &report.fs_uuids)?;
+        crate::seal::fsuuid::apply(file, &report.fs_uuids)?;
     }
     Ok(report)
 }
@@ -70,7 +72,7 @@ fn write_back_qcow2(path: &Path, work: &WorkDisk, events: &Events) -> anyhow::Re
     let size = work.file().metadata()?.len();
     let name = path.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
     let input = crate::export::input::Input {
-        path: fd_path(work.file()),
+        path: shared_path(work.file()),
         file: work.file().try_clone().context("Failed to reopen the working disk")?,
         size,
         name,

@@ -1,6 +1,8 @@
 //! The version stamp: IMAGE_ID/IMAGE_VERSION in the image's os-release (when absent) and
 //! /etc/imgforge-release with version, commit, build time and source digest.
 
+pub mod version;
+
 use std::path::Path;
 
 use crate::chroot::resolve::{ResolveError, Root};

@@ -44,27 +44,6 @@ pub fn probe_all(disk: &File, table: &PartitionTable) -> anyhow::Result<Vec<Prob
         .collect()
 }
 
-/// The disk's filesystems as sealing sees them (for `fs-uuids`).
-pub fn seal_filesystems(parts: &[Probed], m: &Mounted) -> Vec<crate::seal::Filesystem> {
-    parts
-        .iter()
-        .filter(|p| !p.fs.fstype.is_empty())
-        .map(|p| crate::seal::Filesystem {
-            partition: p.part.index,
-            start: p.part.start,
-            size: p.part.size,
-            fstype: p.fs.fstype.clone(),
-            uuid: p.fs.uuid.clone(),
-            target: m.partitions.iter().find(|(_, n)| *n == p.part.index).map(|(t, _)| t.clone()),
-        })
-        .collect()
-}
-
-/// A path other programs can open `file` by (this process's fd through /proc).
-pub fn fd_path(file: &File) -> PathBuf {
-    PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(file)))
-}
-
 /// Picks the root partition: the recipe's choice, else the one with the x86-64 root type GUID,
 /// else the only Linux filesystem not labelled as /boot, else the one with a root label
 /// (cloudimg-rootfs, rootfs, root…), else the largest.
@@ -299,7 +278,7 @@ impl Mounted {
             let spec = MountSpec { source: Path::new(source), fstype, flags, data };
             self.tree()?.mount_at(&spec, &fd, &shown)?;
         }
-        self.root.mkdir_all(Path::new(crate::provision::shell::RUN_DIR), 0o700)?;
+        self.root.mkdir_all(Path::new(crate::chroot::run::RUN_DIR), 0o700)?;
         self.root.write(Path::new("/run/imgforge-build"), b"1\n", 0o644)?;
         Ok(())
     }
@@ -343,6 +322,20 @@ impl Drop for Held {
             tracing::error!("{e:#}");
         }
     }
+}
+
+/// Trims every mounted filesystem of the image: freed blocks become holes in the disk file.
+pub fn trim_all(m: &Mounted) -> anyhow::Result<()> {
+    for (target, host) in &m.filesystems {
+        let dir = std::fs::File::open(host).with_context(|| format!("Failed to open {}", host.display()))?;
+        match crate::host::trim::trim(&dir, host) {
+            Ok(n) => tracing::debug!("trimmed {n} bytes on {target}"),
+            // Filesystems without discard support: not an error, the output is just less sparse.
+            Err(e) if e.source == nix::Error::EOPNOTSUPP => tracing::info!("{target}: trim not supported"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,27 @@
+//! The pipelines: the commands that put the domains in order over one image.
+//!
+//! - [`build`]: `imgforge build` — verify source → raw working disk → grow → attach + mount →
+//!   provisioning window → provisioners → stamp → seal → trim → unmount + detach → outputs and
+//!   manifest.
+//! - [`seal`]: `imgforge seal IMAGE` — convert (qcow2) → attach + mount → seal → write back.
+
+pub mod build;
+pub mod seal;
+
+use crate::image::mount::{Mounted, Probed};
+
+/// The disk's filesystems as sealing sees them (for `fs-uuids`).
+pub fn seal_filesystems(parts: &[Probed], m: &Mounted) -> Vec<crate::seal::Filesystem> {
+    parts
+        .iter()
+        .filter(|p| !p.fs.fstype.is_empty())
+        .map(|p| crate::seal::Filesystem {
+            partition: p.part.index,
+            start: p.part.start,
+            size: p.part.size,
+            fstype: p.fs.fstype.clone(),
+            uuid: p.fs.uuid.clone(),
+            target: m.partitions.iter().find(|(_, n)| *n == p.part.index).map(|(t, _)| t.clone()),
+        })
+        .collect()
+}
