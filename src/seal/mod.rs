@@ -11,7 +11,7 @@ pub mod homes;
 pub mod identity;
 pub mod image;
 pub mod leftovers;
-pub mod net;
+pub mod netconf;
 pub mod network;
 pub mod plan;
 pub mod report;
@@ -120,7 +120,7 @@ fn prescan(r: &mut Run) -> anyhow::Result<residue::Needles> {
     let mut n = residue::Needles::default();
     for p in network::address_sources(&r.s)? {
         if let Some(data) = r.s.read(&p)? {
-            let (macs, ips) = net::addresses(&String::from_utf8_lossy(&data));
+            let (macs, ips) = netconf::addresses(&String::from_utf8_lossy(&data));
             n.macs.extend(macs);
             n.ips.extend(ips);
         }
