@@ -10,7 +10,7 @@ pub mod fsuuid;
 pub mod homes;
 pub mod identity;
 pub mod leftovers;
-pub mod net;
+pub mod netconf;
 pub mod network;
 pub mod plan;
 pub mod report;
@@ -119,7 +119,7 @@ fn prescan(r: &mut Run) -> anyhow::Result<residue::Needles> {
     let mut n = residue::Needles::default();
     for p in network::address_sources(&r.s)? {
         if let Some(data) = r.s.read(&p)? {
-            let (macs, ips) = net::addresses(&String::from_utf8_lossy(&data));
+            let (macs, ips) = netconf::addresses(&String::from_utf8_lossy(&data));
             n.macs.extend(macs);
             n.ips.extend(ips);
         }

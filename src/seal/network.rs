@@ -2,7 +2,7 @@
 //! scrub so the residue scan can look for them).
 
 use super::Run;
-use super::net::{NetFix, kind_of, neutralise};
+use super::netconf::{NetFix, kind_of, neutralise};
 use super::scrub::{Kind, Scrubber, join};
 use crate::chroot::resolve::ResolveError;
 

@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use rayon::prelude::*;
 
 use crate::chroot::resolve::{ResolveError, Root};
-use crate::seal::net::parse_mac;
+use crate::seal::netconf::parse_mac;
 use crate::seal::walk;
 
 /// The scan could not be carried out.
