@@ -442,3 +442,42 @@ fn json_progress_is_one_versioned_event_per_line() {
     assert_eq!(last["outputs"][0]["format"], "raw");
     assert_clean(dir.path());
 }
+
+/// A build whose root filesystem cannot be mounted (an unknown incompatible ext4 feature set in
+/// its superblock) fails, and leaves nothing: no loop device, no mount, and no mount directory
+/// (it used to stay in $TMPDIR until a later build swept it).
+#[test]
+fn failed_mount_leaves_no_mount_directory() {
+    if !have_root("failed_mount_leaves_no_mount_directory") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let up = small_upstream();
+    let dir = testdir("badmount");
+    let raw = dir.path().join("bad.raw");
+    std::fs::copy(up.join("small-mbr.raw"), &raw).unwrap();
+    let (_, start, _) = sfdisk_parts(&raw)[0];
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&raw).unwrap();
+    // s_feature_incompat: superblock at +1024, field at 0x60.
+    let mut incompat = [0u8; 4];
+    f.read_exact_at(&mut incompat, start + 1024 + 0x60).unwrap();
+    let v = u32::from_le_bytes(incompat) | 0x8000_0000;
+    f.write_all_at(&v.to_le_bytes(), start + 1024 + 0x60).unwrap();
+    drop(f);
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&raw).unwrap()))
+    };
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let r = recipe(
+        dir.path(),
+        &format!("[image]\nname = \"bad\"\nversion = \"1\"\n[source]\nurl = \"{}\"\nsha256 = \"{digest}\"\n", raw.display()),
+    );
+    let o = run(imgforge().arg("build").arg(&r).arg("--output-dir").arg(dir.path().join("out")).env("TMPDIR", &tmp));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mount"), "{}", show(&o));
+    assert_clean(dir.path());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}\n{}", show(&o));
+}

@@ -113,13 +113,25 @@ fn residue_fails_names_the_file_and_can_be_downgraded() {
     assert!(dir.path().join("out/res.seal.json").exists());
     assert_clean(dir.path());
 
-    let r = recipe(dir.path(), &(text + "\n[seal.residue]\nwarn = [\"aws-access-key\", \"private-key:/opt/app/\"]\n"));
+    let r = recipe(dir.path(), &(text.clone() + "\n[seal.residue]\nwarn = [\"aws-access-key\", \"private-key:/opt/app/\"]\n"));
     let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
     assert!(o.status.success(), "{}", show(&o));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/res.seal.json")).unwrap()).unwrap();
     let findings = report["residue"]["findings"].as_array().unwrap();
     assert_eq!(findings.len(), 2, "{report}");
     assert!(findings.iter().all(|f| f["severity"] == "warning"), "{report}");
+    assert_clean(dir.path());
+
+    // The report cannot be written (a directory holds its name): the error says so instead of
+    // pointing at a file that is not there.
+    let r = recipe(dir.path(), &text);
+    std::fs::create_dir_all(dir.path().join("out2/res.seal.json/x")).unwrap();
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out2")));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/opt/app/credentials: line 1"), "{err}");
+    assert!(err.contains("the full list could not be written to"), "{err}");
+    assert!(!err.contains("full list in"), "{err}");
     assert_clean(dir.path());
 }
 

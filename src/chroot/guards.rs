@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use super::resolve::{ResolveError, Root};
 
-/// A file swapped in for provisioning; `restore()` puts the original entry back.
+/// A file swapped in for provisioning; `restore()` puts the original entry back, and so does
+/// dropping it (a panic or an early return cannot ship the host's resolv.conf or the guard).
 #[derive(Debug)]
 pub struct SwappedFile {
+    root: Root,
     path: PathBuf,
     aside: PathBuf,
     had_original: bool,
@@ -29,26 +31,24 @@ impl SwappedFile {
         if had_original {
             root.rename(path, &aside)?;
         }
-        let mut guard = Self { path: path.to_path_buf(), aside, had_original, active: true };
-        match write_new(root, path, content, mode) {
-            Ok(()) => Ok(guard),
-            Err(e) => {
-                let _ = guard.impl_restore(root);
-                Err(e)
-            }
-        }
+        let root = root.try_clone()?;
+        let guard = Self { root, path: path.to_path_buf(), aside, had_original, active: true };
+        // On failure the guard's drop puts the original back.
+        write_new(&guard.root, path, content, mode)?;
+        Ok(guard)
     }
 
     /// Removes ours and puts the original back (or leaves nothing if there was none).
-    pub fn restore(mut self, root: &Root) -> Result<(), ResolveError> {
-        self.impl_restore(root)
+    pub fn restore(mut self) -> Result<(), ResolveError> {
+        self.impl_restore()
     }
 
-    fn impl_restore(&mut self, root: &Root) -> Result<(), ResolveError> {
+    fn impl_restore(&mut self) -> Result<(), ResolveError> {
         if !self.active {
             return Ok(());
         }
         self.active = false;
+        let root = &self.root;
         if !root.remove_file(&self.path)? && root.exists(&self.path)? {
             // A provisioner replaced it with a directory; remove that only if empty.
             root.remove_dir(&self.path)?;
@@ -62,9 +62,8 @@ impl SwappedFile {
 
 impl Drop for SwappedFile {
     fn drop(&mut self) {
-        if self.active {
-            // Without the root fd we cannot act; the build restores explicitly. Say so loudly.
-            tracing::error!(path = %self.path.display(), "provisioning guard not restored");
+        if let Err(e) = self.impl_restore() {
+            tracing::error!(path = %self.path.display(), "Failed to restore the image's file after provisioning: {e}");
         }
     }
 }
@@ -141,7 +140,7 @@ mod tests {
         let root = Root::open(img.path()).unwrap();
         let g = SwappedFile::install(&root, Path::new("/etc/resolv.conf"), b"nameserver 1.2.3.4\n", 0o644).unwrap();
         assert_eq!(std::fs::read(img.path().join("etc/resolv.conf")).unwrap(), b"nameserver 1.2.3.4\n");
-        g.restore(&root).unwrap();
+        g.restore().unwrap();
         assert_eq!(std::fs::read_link(img.path().join("etc/resolv.conf")).unwrap(), Path::new("../run/systemd/resolve/stub-resolv.conf"));
         assert_eq!(std::fs::read_dir(img.path().join("etc")).unwrap().count(), 1);
     }
@@ -155,7 +154,26 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(img.path().join("usr/sbin/policy-rc.d")).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o755);
-        g.restore(&root).unwrap();
+        g.restore().unwrap();
         assert_eq!(std::fs::read_dir(img.path().join("usr/sbin")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dropping_the_guard_restores_the_original() {
+        let img = tempfile::tempdir().unwrap();
+        std::fs::create_dir(img.path().join("etc")).unwrap();
+        std::fs::write(img.path().join("etc/resolv.conf"), b"nameserver 10.9.9.9\n").unwrap();
+        let root = Root::open(img.path()).unwrap();
+        let g = SwappedFile::install(&root, Path::new("/etc/resolv.conf"), b"nameserver 1.2.3.4\n", 0o644).unwrap();
+        drop(root);
+        assert_eq!(std::fs::read(img.path().join("etc/resolv.conf")).unwrap(), b"nameserver 1.2.3.4\n");
+        // An early return or a panic between install and restore: the drop restores.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _g = g;
+            panic!("a provisioner step panicked");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(std::fs::read(img.path().join("etc/resolv.conf")).unwrap(), b"nameserver 10.9.9.9\n");
+        assert_eq!(std::fs::read_dir(img.path().join("etc")).unwrap().count(), 1);
     }
 }

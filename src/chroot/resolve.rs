@@ -63,6 +63,17 @@ impl Root {
         Ok(Self { fd, path: path.to_path_buf() })
     }
 
+    /// A second handle on the same root (the descriptor duplicated), for a guard that must be
+    /// able to act on the image when it is dropped.
+    pub fn try_clone(&self) -> Result<Self> {
+        let fd = self.fd.try_clone().map_err(|e| ResolveError {
+            op: "duplicate the root descriptor",
+            path: self.path.clone(),
+            source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        Ok(Self { fd, path: self.path.clone() })
+    }
+
     /// The host path of the root (for messages and for chroot(2)).
     pub fn path(&self) -> &Path {
         &self.path

@@ -97,15 +97,20 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
 fn read_os_release(disk: &std::fs::File, root: &Probed) -> anyhow::Result<String> {
     crate::host::namespace::enter_private_mount_namespace()?;
     let lo = LoopDevice::attach(disk, root.part.start, root.part.size, true)?;
-    let dir = tempfile::Builder::new().prefix("imgforge-inspect-").tempdir()?;
-    let mut tree = MountTree::new(dir.path().to_path_buf());
+    // Kept, not a TempDir: its drop is remove_dir_all, which would walk into the image if the
+    // unmount failed. Removed with remove_dir (empty directories only) once unmounted.
+    let dir = tempfile::Builder::new().prefix("imgforge-inspect-").tempdir()?.keep();
+    let mut tree = MountTree::new(dir.clone());
     let data = (root.fs.fstype.starts_with("ext")).then_some("noload");
     let flags = sys_mount::MountFlags::RDONLY;
     let spec = MountSpec { source: lo.path(), fstype: Some(&root.fs.fstype), flags, data };
-    tree.mount_at(&spec, std::fs::File::open(dir.path())?, dir.path())?;
-    let text =
-        Root::open(dir.path()).map_err(anyhow::Error::from).and_then(|r| Ok(r.read(Path::new("/etc/os-release"))?.unwrap_or_default()));
+    let mounted = std::fs::File::open(&dir).map_err(anyhow::Error::from).and_then(|fd| Ok(tree.mount_at(&spec, fd, &dir)?));
+    let text = mounted.and_then(|()| {
+        let r = Root::open(&dir)?;
+        Ok(r.read(Path::new("/etc/os-release"))?.unwrap_or_default())
+    });
     tree.close()?;
+    std::fs::remove_dir(&dir).with_context(|| format!("Failed to remove {}", dir.display()))?;
     lo.close()?;
     Ok(String::from_utf8_lossy(&text?).into_owned())
 }

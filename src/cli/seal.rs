@@ -77,7 +77,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         image.with_file_name(format!("{stem}.seal.json"))
     });
     crate::manifest::write(&report, &path)?;
-    report.check(&path.display().to_string())?;
+    report.check(&format!("full list in {}", path.display()))?;
     tracing::info!("sealed {} in {:.2} s; report {}", image.display(), report.seconds, path.display());
     Ok(())
 }

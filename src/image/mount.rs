@@ -187,23 +187,23 @@ impl Mounted {
         events: &Events,
     ) -> anyhow::Result<Self> {
         let dir = mount_dir().context("Failed to create the mount directory")?;
-        let mut tree = MountTree::new(dir.clone());
+        // `Held` owns the directory from here on: whatever fails below, its drop unmounts,
+        // detaches and removes the directory.
+        let mut held = Held { tree: Some(MountTree::new(dir.clone())), loops: Vec::new(), dir: Some(dir.clone()) };
         let root_loop = LoopDevice::attach(disk, root_part.part.start, root_part.part.size, read_only)?;
+        let root_dev = root_loop.path().to_path_buf();
+        held.loops.push(root_loop);
         let ro = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
         let fstype = root_part.fs.fstype.clone();
         if grow_fs {
-            grow_offline(root_loop.path(), &fstype, events)?;
+            grow_offline(&root_dev, &fstype, events)?;
         }
-        let spec = MountSpec { source: root_loop.path(), fstype: Some(&fstype), flags: ro, data: fs_options(&fstype) };
+        let spec = MountSpec { source: &root_dev, fstype: Some(&fstype), flags: ro, data: fs_options(&fstype) };
         let dir_fd = File::open(&dir).with_context(|| format!("Failed to open {}", dir.display()))?;
-        tree.mount_at(&spec, &dir_fd, &dir)?;
+        held.tree.as_mut().context("the mount tree is gone")?.mount_at(&spec, &dir_fd, &dir)?;
+        drop(dir_fd);
         let root = Root::open(&dir)?;
-        let mut me = Self {
-            held: Held { loops: vec![root_loop], tree: Some(tree), dir: Some(dir.clone()) },
-            root,
-            filesystems: vec![("/".into(), dir)],
-            partitions: vec![("/".into(), root_part.part.index)],
-        };
+        let mut me = Self { held, root, filesystems: vec![("/".into(), dir)], partitions: vec![("/".into(), root_part.part.index)] };
         if grow_fs && fstype == "xfs" {
             let dir = me.root.path().to_path_buf();
             Command::new("xfs_growfs").arg(&dir).run_checked("grow the root XFS filesystem")?;

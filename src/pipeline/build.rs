@@ -192,10 +192,13 @@ fn inside(
         return Ok(Customized { provisioners, seal, architecture, drivers });
     }
     let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
-    if let Err(e) = seal.check(&report_path.display().to_string()) {
-        // The build fails and writes no image, but the report says what was found.
-        let _ = crate::manifest::write(&seal, &report_path);
-        return Err(e);
+    if seal.errors().next().is_some() {
+        // The build fails and writes no image, but the report says what was found, if it can.
+        let full_list = match crate::manifest::write(&seal, &report_path) {
+            Ok(()) => format!("full list in {}", report_path.display()),
+            Err(e) => format!("the full list could not be written to {}: {e:#}", report_path.display()),
+        };
+        seal.check(&full_list)?;
     }
     t.time(events, "trim", "trimming free space", || crate::image::mount::trim_all(m))?;
     Ok(Customized { provisioners, seal, architecture, drivers })
@@ -231,21 +234,22 @@ fn provision_window(plan: &BuildPlan, m: &Mounted, events: &Events) -> anyhow::R
     let policy = if root.dir(Path::new("/usr/sbin")).is_ok() {
         match SwappedFile::install(root, Path::new("/usr/sbin/policy-rc.d"), POLICY_RC_D, 0o755) {
             Ok(g) => Some(g),
-            Err(e) => {
-                let _ = resolv.restore(root);
-                return Err(e.into());
-            }
+            // Dropping `resolv` restores the image's own file.
+            Err(e) => return Err(e.into()),
         }
     } else {
         None
     };
     let ran = crate::provision::run_all(&plan.steps, root, events);
     let left = crate::host::procscan::others_using(root.path());
-    let restored = resolv.restore(root).and(policy.map_or(Ok(()), |p| p.restore(root)));
+    let restored = resolv.restore().and(policy.map_or(Ok(()), SwappedFile::restore));
     let reports = ran?;
     restored.context("Failed to restore the image's resolv.conf/policy-rc.d")?;
     if !left.is_empty() {
-        bail!("processes still use the image after provisioning{}", crate::host::procscan::describe(&left));
+        bail!(
+            "processes still use the image after provisioning{}; a provisioner left them running: stop them in the step that started them",
+            crate::host::procscan::describe(&left)
+        );
     }
     Ok(reports)
 }

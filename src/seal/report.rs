@@ -134,8 +134,9 @@ impl SealReport {
     }
 
     /// Fails when a residue finding was not downgraded, listing them (file, line, reason) and
-    /// how to downgrade one.
-    pub fn check(&self, report_path: &str) -> anyhow::Result<()> {
+    /// how to downgrade one. `full_list` says where the whole list is ("full list in PATH"), or
+    /// that it could not be written.
+    pub fn check(&self, full_list: &str) -> anyhow::Result<()> {
         let errors: Vec<&Reported> = self.errors().collect();
         if errors.is_empty() {
             return Ok(());
@@ -148,7 +149,7 @@ impl SealReport {
             msg.push_str(&format!("\n  … and {} more", errors.len() - 20));
         }
         msg.push_str(&format!(
-            "\nfull list in {report_path}. Remove them in a provisioner, or downgrade a finding to a warning in the recipe: [seal.residue] warn = [\"KIND\" or \"KIND:/path\"]"
+            "\n{full_list}. Remove them in a provisioner, or downgrade a finding to a warning in the recipe: [seal.residue] warn = [\"KIND\" or \"KIND:/path\"]"
         ));
         bail!(msg)
     }
