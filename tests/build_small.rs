@@ -481,3 +481,67 @@ fn failed_mount_leaves_no_mount_directory() {
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}\n{}", show(&o));
 }
+
+/// A clearsigned checksums file (Fedora's CHECKSUM style): `signing_key` without `signature`
+/// verifies the inline signature and uses only the signed text; a tampered file or a plain one
+/// fails closed.
+#[test]
+fn clearsigned_checksums_are_verified() {
+    if !have_root("clearsigned_checksums_are_verified") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("clearsign");
+    let home = dir.path().join("gnupg");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        let o = run(std::process::Command::new("gpg")
+            .env("GNUPGHOME", &home)
+            .args(["--batch", "--yes", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args));
+        assert!(o.status.success(), "gpg {args:?}: {}", show(&o));
+        o.stdout
+    };
+    gpg(&["--quick-gen-key", "imgforge clearsign test <clear@example.invalid>", "ed25519", "sign", "never"]);
+    std::fs::write(dir.path().join("vendor.asc"), gpg(&["--armor", "--export", "clear@example.invalid"])).unwrap();
+    let sums = dir.path().join("CHECKSUM");
+    let plain = std::fs::read_to_string(up.join("SHA256SUMS")).unwrap();
+    std::fs::write(dir.path().join("plain"), &plain).unwrap();
+    gpg(&[
+        "--local-user",
+        "clear@example.invalid",
+        "--clearsign",
+        "--output",
+        sums.to_str().unwrap(),
+        dir.path().join("plain").to_str().unwrap(),
+    ]);
+    let _ = std::process::Command::new("gpgconf").env("GNUPGHOME", &home).args(["--kill", "all"]).status();
+    let head = |checksums: &std::path::Path| {
+        format!(
+            "[image]\nname = \"clear\"\nversion = \"1\"\n[source]\nurl = \"{}\"\nchecksums = \"{}\"\nsigning_key = \"vendor.asc\"\n",
+            up.join("small-mbr.raw").display(),
+            checksums.display()
+        )
+    };
+
+    let o = build(dir.path(), &head(&sums));
+    assert!(o.status.success(), "{}", show(&o));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/clear.manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["source"]["signing_key_fingerprint"].as_str().map(str::len), Some(40), "{m}");
+
+    // One digit of the signed text changed: the signature no longer matches.
+    let signed = std::fs::read_to_string(&sums).unwrap();
+    let line = signed.lines().find(|l| l.ends_with("small-mbr.raw")).unwrap();
+    let flipped = format!("{}{}", if line.starts_with('0') { '1' } else { '0' }, &line[1..]);
+    let tampered = dir.path().join("CHECKSUM.tampered");
+    std::fs::write(&tampered, signed.replace(line, &flipped)).unwrap();
+    let o = build(dir.path(), &head(&tampered));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("signature check of the clearsigned"), "{}", show(&o));
+
+    // A plain checksums file with a key and no signature: refused, with what to do.
+    let o = build(dir.path(), &head(&dir.path().join("plain")));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not clearsigned"), "{}", show(&o));
+}

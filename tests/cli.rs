@@ -93,3 +93,25 @@ fn seal_list_names_every_operation_with_its_default() {
     }
     assert_eq!(out.lines().count(), 21, "{out}");
 }
+
+/// `validate` reads the pinned signing key: a file that is no OpenPGP key fails validation
+/// (exit 2, with a hint) instead of at build time; a key without checksums is a recipe error.
+#[test]
+fn validate_checks_the_signing_key() {
+    let bad = format!("{HEAD}signing_key = \"vendor.asc\"\n");
+    let dir = testdir("validate-key");
+    std::fs::write(dir.path().join("up.img"), b"disk").unwrap();
+    std::fs::write(dir.path().join("SHA256SUMS"), b"").unwrap();
+    std::fs::write(
+        dir.path().join("vendor.asc"),
+        b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot a key\n-----END PGP PUBLIC KEY BLOCK-----\n",
+    )
+    .unwrap();
+    let o = run(imgforge().arg("validate").arg(recipe(dir.path(), &bad)));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(err.contains("vendor.asc is not an OpenPGP public key") && err.contains("hint: "), "{err}");
+
+    let no_sums = "[image]\nname = \"base\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"up.img\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nsigning_key = \"vendor.asc\"\n";
+    assert_recipe_error(no_sums, 8, "source.signing_key without source.checksums");
+}

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
+
 use super::Global;
 use crate::recipe::plan::{Overrides, load_plan};
 
@@ -15,16 +17,34 @@ pub struct Args {
 /// Checks the recipe and the files it names; prints a summary.
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let plan = load_plan(&a.recipe, &Overrides::default())?;
+    // A pinned key that does not parse would only fail at build time: check it here.
+    let key = match &plan.source.signing_key {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("Failed to read the signing key {}", p.display()))?;
+            let fpr = crate::source::signature::fingerprint(&bytes).map_err(|e| {
+                crate::error::UsageError(format!(
+                    "{}: source.signing_key {} is not an OpenPGP public key ({e}); hint: export the vendor's key with `gpg --armor --export KEYID`",
+                    a.recipe.display(),
+                    p.display()
+                ))
+            })?;
+            Some(fpr)
+        }
+        None => None,
+    };
     if g.json {
         let steps: Vec<_> = plan.steps.iter().map(|s| serde_json::json!({ "name": s.label, "type": s.kind })).collect();
         println!(
             "{}",
-            serde_json::json!({ "schema": 1, "recipe": a.recipe, "name": plan.name, "version": plan.version, "provisioners": steps, "ok": true })
+            serde_json::json!({ "schema": 1, "recipe": a.recipe, "name": plan.name, "version": plan.version, "signing_key": key, "provisioners": steps, "ok": true })
         );
     } else {
         println!("{}: ok", a.recipe.display());
         println!("  image    {} {}", plan.name, plan.version.as_deref().unwrap_or("(version from git describe)"));
         println!("  source   {}", plan.source.image);
+        if let Some(fpr) = &key {
+            println!("  key      {fpr}");
+        }
         for (i, s) in plan.steps.iter().enumerate() {
             println!("  step {}   {} ({})", i + 1, s.label, s.kind);
         }

@@ -163,17 +163,19 @@ fn source_plan(src: Src<'_>, dir: &Path, s: &super::model::Source) -> Result<Sou
                 .at(sig.span(), "source.signature needs source.signing_key")
                 .hint("add signing_key = \"keys/vendor.asc\" (the vendor's public key, pinned in your repository)"));
         }
-        (None, Some(k), _) => {
+        (None, Some(k), None) => {
             return Err(src
-                .at(k.span(), "source.signing_key without source.signature")
-                .hint("add signature = \"SHA256SUMS.gpg\", or remove signing_key"));
+                .at(k.span(), "source.signing_key without source.checksums: there is nothing for it to check")
+                .hint("add checksums = \"SHA256SUMS\" (with signature = \"SHA256SUMS.gpg\", or a clearsigned checksums file such as Fedora's CHECKSUM)"));
         }
         (Some(sig), Some(_), None) => {
             return Err(src
                 .at(sig.span(), "source.signature is checked over the checksums file, but there is no source.checksums")
                 .hint("add checksums = \"SHA256SUMS\""));
         }
-        (Some(_), Some(k), Some(_)) => match location(src, dir, k, "source.signing_key")? {
+        // With a signature: a detached signature over the checksums file; without one: the
+        // checksums file itself must be clearsigned (Fedora's CHECKSUM).
+        (_, Some(k), Some(_)) => match location(src, dir, k, "source.signing_key")? {
             Location::Path(p) => Some(p),
             Location::Url(_) => {
                 return Err(src

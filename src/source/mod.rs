@@ -1,7 +1,6 @@
 //! The upstream image: fetch (file or http), cache by digest, verify checksums and signature.
 pub mod fetch;
 pub mod plan;
-#[allow(dead_code)] // a complete API: some items serve only tests and later features
 pub mod signature;
 #[allow(dead_code)] // a complete API: some items serve only tests and later features
 pub mod sums;

@@ -1,5 +1,6 @@
-//! Source verification, fail closed: signature over the checksums file (when given) against the
-//! pinned key, then the image digest against its checksums entry (or the pinned digest).
+//! Source verification, fail closed: the checksums file's signature (detached, or the file
+//! clearsigned) against the pinned key when one is given, then the image digest against its
+//! checksums entry (or the pinned digest).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -47,20 +48,41 @@ fn expected(plan: &SourcePlan) -> anyhow::Result<(Algo, String, Option<String>, 
         bail!("no checksums and no pinned digest: refusing an unverified image");
     };
     let sums_bytes = fetch_small(sums_loc)?;
-    let fingerprint = match (&plan.signature, &plan.signing_key) {
+    let (text, fingerprint) = match (&plan.signature, &plan.signing_key) {
         (Some(sig_loc), Some(key_path)) => {
             let sig = fetch_small(sig_loc)?;
-            let key = std::fs::read(key_path).with_context(|| format!("Failed to read the signing key {}", key_path.display()))?;
+            let key = read_key(key_path)?;
             let v = signature::verify_detached(&sums_bytes, &sig, &key)
                 .with_context(|| format!("signature check of {sums_loc} with {} failed (signature {sig_loc})", key_path.display()))?;
             tracing::info!("checksums signed by pinned key {}", v.fingerprint);
-            Some(v.fingerprint)
+            (utf8(sums_bytes, sums_loc)?, Some(v.fingerprint))
         }
-        _ => None,
+        (None, Some(key_path)) => {
+            // Only the signed part is used: text around a clearsigned block proves nothing.
+            let key = read_key(key_path)?;
+            let signed = utf8(sums_bytes, sums_loc)?;
+            if !signed.trim_start().starts_with("-----BEGIN PGP SIGNED MESSAGE-----") {
+                bail!(
+                    "{sums_loc} is not clearsigned, and the recipe gives no detached signature for it: add signature = \"<checksums>.gpg\" (or .asc, .sig)"
+                );
+            }
+            let (text, v) = signature::verify_cleartext(&signed, &key)
+                .with_context(|| format!("signature check of the clearsigned {sums_loc} with {} failed", key_path.display()))?;
+            tracing::info!("checksums clearsigned by pinned key {}", v.fingerprint);
+            (text, Some(v.fingerprint))
+        }
+        _ => (utf8(sums_bytes, sums_loc)?, None),
     };
-    let text = String::from_utf8(sums_bytes).with_context(|| format!("{sums_loc} is not UTF-8 text"))?;
     let entry = sums::find(&text, &basename(&plan.image), &basename(sums_loc)).with_context(|| format!("in checksums file {sums_loc}"))?;
     Ok((entry.algo, entry.digest, Some(sums_loc.to_string()), fingerprint))
+}
+
+fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("Failed to read the signing key {}", path.display()))
+}
+
+fn utf8(bytes: Vec<u8>, loc: &Location) -> anyhow::Result<String> {
+    String::from_utf8(bytes).with_context(|| format!("{loc} is not UTF-8 text"))
 }
 
 /// Verifies (and for URLs, fetches into `cache`) the source image.
