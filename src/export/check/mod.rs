@@ -149,7 +149,7 @@ pub enum CheckError {
         problem: String,
     },
     /// A bounds-checked read from an in-memory buffer ran past its end.
-    #[error("{what}: bytes {offset}..{offset}+{need} are outside the {len}-byte buffer")]
+    #[error("{what}: {need} bytes at offset {offset} run past the end of the {len}-byte buffer")]
     Short {
         /// The field being read.
         what: &'static str,

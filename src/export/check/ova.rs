@@ -191,7 +191,7 @@ fn check_tar_end(f: &File, pos: u64) -> Result<(), CheckError> {
 }
 
 /// Reads a text member (OVF or manifest), at most [`MAX_TEXT_MEMBER`] bytes.
-fn read_text(f: &File, m: &TarMember, what: &'static str) -> Result<String, CheckError> {
+pub(super) fn read_text(f: &File, m: &TarMember, what: &'static str) -> Result<String, CheckError> {
     let at = Where::Byte(m.offset);
     if m.size > MAX_TEXT_MEMBER {
         return Err(CheckError::TooBig { what: format!("{what} {:?}", m.name), at, size: m.size, cap: MAX_TEXT_MEMBER });
