@@ -419,7 +419,7 @@ mod tests {
         let mut b = good.clone();
         b[(rep.members[2].offset + 70_000) as usize] ^= 1;
         std::fs::write(&bad, &b).unwrap();
-        assert!(check_ova(&bad).unwrap_err().contains("manifest says"));
+        assert!(check_ova(&bad).unwrap_err().to_string().contains("manifest says"));
         // A changed OVF File size (keeping the tar checksum intact): digest first, so fix the manifest too.
         let ovf_at = rep.members[0].offset as usize;
         let text = String::from_utf8(good[ovf_at..ovf_at + rep.members[0].size as usize].to_vec()).unwrap();
@@ -433,7 +433,7 @@ mod tests {
         let new_mf = rep.manifest.replace(&digest_hex(Digest::Sha256, text.as_bytes()), &digest_hex(Digest::Sha256, t2.as_bytes()));
         b[mf_at..mf_at + new_mf.len()].copy_from_slice(new_mf.as_bytes());
         std::fs::write(&bad, &b).unwrap();
-        assert!(check_ova(&bad).unwrap_err().contains("does not match tar member"));
+        assert!(check_ova(&bad).unwrap_err().to_string().contains("does not match tar member"));
         // Missing end blocks.
         std::fs::write(&bad, &good[..good.len() - 1024]).unwrap();
         assert!(check_ova(&bad).is_err());

@@ -21,13 +21,16 @@ pub fn verify(format: Format, path: &Path, input: &Input) -> anyhow::Result<Opti
         Format::Vmdk => {
             let mut f = File::open(path)?;
             let len = f.metadata()?.len();
-            let (grains, bytes) =
-                compare_vmdk(input, |on_grain| super::check::check_stream_vmdk_with(Section::new(&mut f, 0, len), on_grain))
-                    .map_err(fail)?;
+            let (grains, bytes) = compare_vmdk(input, |on_grain| {
+                super::check::check_stream_vmdk_with(Section::new(&mut f, 0, len), on_grain).map_err(|e| e.to_string())
+            })
+            .map_err(fail)?;
             Ok(Some(format!("{}: {grains} grains ({bytes} compressed bytes) equal to the raw", path.display())))
         }
         Format::Ova => {
-            let (grains, _) = compare_vmdk(input, |on_grain| super::check::check_ova_with(path, on_grain).map(|r| r.vmdk)).map_err(fail)?;
+            let (grains, _) =
+                compare_vmdk(input, |on_grain| super::check::check_ova_with(path, on_grain).map(|r| r.vmdk).map_err(|e| e.to_string()))
+                    .map_err(fail)?;
             Ok(Some(format!("{}: members, manifest and OVF consistent; {grains} grains equal to the raw", path.display())))
         }
         Format::Vhd | Format::VhdDynamic => {

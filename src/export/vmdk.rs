@@ -651,10 +651,10 @@ ddb.virtualHWVersion = "4"
         let gt0 = u32::from_le_bytes(good[gd..gd + 4].try_into().unwrap()) as usize * 512;
         let mut bad = good.clone();
         bad[gt0 + 4] ^= 1; // GTE 1
-        let e = check_stream_vmdk(std::io::Cursor::new(&bad)).unwrap_err();
+        let e = check_stream_vmdk(std::io::Cursor::new(&bad)).unwrap_err().to_string();
         assert!(e.contains("GT 0"), "{e}");
         // Truncated EOS.
-        let e = check_stream_vmdk(std::io::Cursor::new(&good[..good.len() - 512])).unwrap_err();
+        let e = check_stream_vmdk(std::io::Cursor::new(&good[..good.len() - 512])).unwrap_err().to_string();
         assert!(e.contains("EOS"), "{e}");
         // Bytes after EOS.
         let mut longer = good.clone();
@@ -667,6 +667,6 @@ ddb.virtualHWVersion = "4"
         // Wrong header version.
         let mut v = good.clone();
         v[4] = 1;
-        assert!(check_stream_vmdk(std::io::Cursor::new(&v)).unwrap_err().contains("version"));
+        assert!(check_stream_vmdk(std::io::Cursor::new(&v)).unwrap_err().to_string().contains("version"));
     }
 }
