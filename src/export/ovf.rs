@@ -141,6 +141,9 @@ pub fn xml_escape(s: &str) -> String {
 /// SCSI `lsilogic` / `VirtualSCSI`, or IDE), the disk (4, Parent 3), a VmxNet3 NIC (5) on
 /// [`NETWORK_NAME`]. rasd children are in alphabetical order. Call [`check_hardware_version`]
 /// first; this function does not validate.
+///
+/// Over 80 lines on purpose: it is one XML template written out in document order, so a reader
+/// can compare it with the OVF it produces; splitting it would scatter the document.
 pub fn render(p: &OvfParams) -> String {
     let name = xml_escape(&p.name);
     let href = xml_escape(&p.vmdk_file_name);
