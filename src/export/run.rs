@@ -136,7 +136,7 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
         // The unnamed output, readable by path until it is named.
         let fd = crate::host::fd::self_path(work.file());
         let sha256 = if fin.sha256 {
-            crate::source::sums::digest_file(&fd, crate::source::sums::Algo::Sha256).context("Failed to hash an output")?
+            crate::io::hash::digest_file(&fd, crate::io::hash::Algo::Sha256, None).context("Failed to hash an output")?
         } else {
             String::new()
         };

@@ -267,7 +267,7 @@ fn finish(
         let mut perms = work.file().metadata().context("Failed to stat the output")?.permissions();
         let sha256 = std::thread::scope(|s| {
             let sync = s.spawn(|| work.file().sync_all());
-            let sha = crate::source::sums::digest_file(&fd_path, crate::source::sums::Algo::Sha256);
+            let sha = crate::io::hash::digest_file(&fd_path, crate::io::hash::Algo::Sha256, None);
             let synced = sync.join().unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")));
             synced.and(sha)
         })

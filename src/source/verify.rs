@@ -74,7 +74,7 @@ pub fn verify_source(plan: &SourcePlan, cache: &Path, events: &Events) -> anyhow
             let counter = AtomicU64::new(0);
             let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             let got = events
-                .with_bar("verify", size, &counter, || sums::digest_file(p, algo))
+                .with_bar("verify", size, &counter, || crate::io::hash::digest_file(p, algo, None))
                 .with_context(|| format!("Failed to read {}", p.display()))?;
             if got != want {
                 return Err(mismatch(got).into());
