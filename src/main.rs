@@ -10,7 +10,7 @@
 //! | configuration | [`recipe`] | TOML recipe → validated plan, made of the domains' own option types |
 //! | domains | [`source`], [`provision`], [`seal`], [`stamp`], [`export`], [`publish`], [`s3`], [`manifest`] | verify an upstream; run provisioners; scrub identities; stamp the version; write formats; upload to AWS; the build record |
 //! | the image | [`image`], [`disk`], [`chroot`] | attach and mount an image and read facts from it; disk formats and partition tables; the image root seen from the host (in-root paths, chrooted processes) |
-//! | the host | [`host`], [`error`], [`logging`], [`progress`] | loop devices, mounts, namespaces, commands, signals; shared error classes; logs; progress events |
+//! | the host | [`host`], [`error`], [`logging`], [`progress`], [`io`] | loop devices, mounts, namespaces, commands, signals; shared error classes; logs; progress events; hashing readers and writers, file digests |
 
 mod chroot;
 mod cli;
@@ -19,6 +19,7 @@ mod error;
 mod export;
 mod host;
 mod image;
+mod io;
 mod logging;
 mod manifest;
 mod pipeline;

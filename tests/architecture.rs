@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("configuration", &["recipe"]),
     ("domains", &["source", "provision", "seal", "stamp", "export", "publish", "s3", "manifest"]),
     ("the image", &["image", "disk", "chroot"]),
-    ("the host", &["host", "error", "logging", "progress"]),
+    ("the host", &["host", "error", "logging", "progress", "io"]),
 ];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;

@@ -8,6 +8,7 @@ pub mod feed;
 pub mod format;
 pub mod input;
 pub mod options;
+pub mod output;
 pub mod ova;
 pub mod ovf;
 pub mod qcow2;

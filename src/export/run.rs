@@ -133,27 +133,20 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
     }
     let mut outputs = Vec::new();
     for (work, t) in works.into_iter().zip(targets) {
-        // The unnamed output, readable by path until it is named.
-        let fd = crate::host::fd::self_path(work.file());
-        let sha256 = if fin.sha256 {
-            crate::source::sums::digest_file(&fd, crate::source::sums::Algo::Sha256).context("Failed to hash an output")?
-        } else {
-            String::new()
-        };
-        if fin.verify {
-            match super::verify::verify(t.format, &fd, input)? {
-                Some(summary) => events.step("verify", &summary.replace(&fd.display().to_string(), &t.dest.display().to_string())),
-                None => {
-                    events.step("verify", &format!("{}: no independent reader for {}; not verified", t.dest.display(), t.format.name()))
+        let verify = |fd: &Path| -> anyhow::Result<()> {
+            if fin.verify {
+                match super::verify::verify(t.format, fd, input)? {
+                    Some(summary) => events.step("verify", &summary.replace(&fd.display().to_string(), &t.dest.display().to_string())),
+                    None => {
+                        events.step("verify", &format!("{}: no independent reader for {}; not verified", t.dest.display(), t.format.name()))
+                    }
                 }
             }
-        }
-        use std::os::unix::fs::PermissionsExt;
-        work.file().set_permissions(std::fs::Permissions::from_mode(0o644)).context("Failed to set an output's mode")?;
-        let file = work.persist_with(&t.dest, fin.sync)?;
-        let size = file.metadata()?.len();
-        events.step("output", &format!("wrote {} ({} bytes)", t.dest.display(), size));
-        outputs.push(OutputFile { format: t.format.name().into(), path: t.dest.display().to_string(), size, sha256 });
+            Ok(())
+        };
+        let (_, out) = super::output::finish_output(work, t, fin, verify)?;
+        events.step("output", &format!("wrote {} ({} bytes)", t.dest.display(), out.size));
+        outputs.push(out);
     }
     Ok(outputs)
 }

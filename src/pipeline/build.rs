@@ -16,7 +16,7 @@ use crate::disk::convert;
 use crate::disk::workdisk::WorkDisk;
 use crate::image::mount::{Mounted, choose_root, probe_all};
 use crate::image::{arch, drivers};
-use crate::manifest::{Manifest, OutputFile, SourceInfo};
+use crate::manifest::{Manifest, SourceInfo};
 use crate::progress::Events;
 use crate::provision::StepReport;
 use crate::recipe::BuildPlan;
@@ -266,21 +266,10 @@ fn finish(
 ) -> anyhow::Result<Box<Manifest>> {
     let dest = plan.output_dir.join(format!("{}.raw", plan.name));
     let out = t.time(events, "output", &format!("writing {}", dest.display()), || {
-        // Hash (from the page cache) while the kernel writes the disk back; both before the rename.
-        let fd_path = crate::host::fd::self_path(work.file());
-        let mut perms = work.file().metadata().context("Failed to stat the output")?.permissions();
-        let sha256 = std::thread::scope(|s| {
-            let sync = s.spawn(|| work.file().sync_all());
-            let sha = crate::source::sums::digest_file(&fd_path, crate::source::sums::Algo::Sha256);
-            let synced = sync.join().unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")));
-            synced.and(sha)
-        })
-        .context("Failed to hash and sync the output")?;
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-        work.file().set_permissions(perms).context("Failed to set the output's mode")?;
-        let file = work.persist(&dest)?;
-        let size = file.metadata()?.len();
-        Ok((file, OutputFile { format: "raw".into(), path: dest.display().to_string(), size, sha256 }))
+        // Hashed (from the page cache) while the kernel writes the disk back; both before the rename.
+        let target = crate::export::run::Target { format: crate::export::format::Format::Raw, dest: dest.clone() };
+        let fin = crate::export::run::Finish { sha256: true, sync: true, verify: false };
+        crate::export::output::finish_output(work, &target, fin, |_| Ok(()))
     })?;
     let (raw_file, out) = out;
     let mut outputs = vec![out.clone()];

@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use super::blocks::{self, Mode};
 use super::name::{NameVars, default_template, render};
@@ -16,6 +14,7 @@ use super::options::{Arch, AwsSettings, BootMode, check_combination, parse_arch}
 use crate::disk::partition::{self, types};
 use crate::error::UsageError;
 use crate::export::input::Input;
+use crate::io::hash::{Algo, digest_sparse};
 
 /// A publish request.
 #[derive(Debug, Clone)]
@@ -163,9 +162,8 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
         Some(d) => format!("sha256:{}", hex::encode(d)),
         None => format!(
             "sha256:{}",
-            hex::encode(
-                digest_sparse(&input.file, input.size, &extents).with_context(|| format!("Failed to hash {}", input.path.display()))?
-            )
+            digest_sparse(&input.file, input.size, &extents, Algo::Sha256, None)
+                .with_context(|| format!("Failed to hash {}", input.path.display()))?
         ),
     };
     let volume_gib = req.settings.volume_size.unwrap_or(snapshot_gib);
@@ -271,60 +269,4 @@ fn open_parent(snap: &str, path: &std::path::Path) -> anyhow::Result<Parent> {
     }
     let input = crate::export::input::open(path).with_context(|| format!("Failed to open the parent image {}", path.display()))?;
     Ok(Parent { snapshot: snap.to_string(), path: input.path.clone(), size: input.size, file: Arc::new(input.file) })
-}
-
-/// SHA-256 of the whole raw, holes hashed as zeros without being read.
-fn digest_sparse(file: &File, size: u64, extents: &[(u64, u64)]) -> std::io::Result<[u8; 32]> {
-    const CHUNK: usize = 4 << 20;
-    let zeros = vec![0u8; CHUNK];
-    let mut buf = vec![0u8; CHUNK];
-    let mut h = Sha256::new();
-    let mut pos = 0u64;
-    let feed_zeros = |h: &mut Sha256, mut n: u64| {
-        while n > 0 {
-            let k = n.min(CHUNK as u64) as usize;
-            h.update(&zeros[..k]);
-            n -= k as u64;
-        }
-    };
-    for &(s, e) in extents {
-        let (s, e) = (s.min(size), e.min(size));
-        if s > pos {
-            feed_zeros(&mut h, s - pos);
-        }
-        let mut p = s.max(pos);
-        while p < e {
-            let k = (e - p).min(CHUNK as u64) as usize;
-            let b = &mut buf[..k];
-            file.read_exact_at(b, p)?;
-            h.update(&*b);
-            p += k as u64;
-        }
-        pos = pos.max(e);
-    }
-    if size > pos {
-        feed_zeros(&mut h, size - pos);
-    }
-    Ok(h.finalize().into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn sparse_digest_equals_plain_digest() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("d.raw");
-        let mut f = File::create(&p).unwrap();
-        f.set_len(20 << 20).unwrap();
-        f.write_all_at(b"hello", 5 << 20).unwrap();
-        f.write_all_at(&[7u8; 9000], (20 << 20) - 9000).unwrap();
-        f.flush().unwrap();
-        let f = File::open(&p).unwrap();
-        let ext = crate::disk::convert::data_extents(&f, 20 << 20).unwrap();
-        let want: [u8; 32] = Sha256::digest(std::fs::read(&p).unwrap()).into();
-        assert_eq!(digest_sparse(&f, 20 << 20, &ext).unwrap(), want);
-    }
 }

@@ -6,9 +6,10 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::io::hash::HashingWriter;
 use crate::source::plan::Location;
 
-use super::sums::{Algo, Digester};
+use super::sums::Algo;
 
 /// Small files (sums, signatures, keys) larger than this are refused.
 const SMALL_LIMIT: u64 = 16 << 20;
@@ -116,9 +117,10 @@ pub fn download(
 ) -> Result<(tempfile::NamedTempFile, String), FetchError> {
     let cache_err = |source| FetchError::Cache { dir: cache.to_path_buf(), source };
     std::fs::create_dir_all(cache).map_err(cache_err)?;
-    let mut tmp = tempfile::Builder::new().prefix(".download-").tempfile_in(cache).map_err(cache_err)?;
+    let tmp = tempfile::Builder::new().prefix(".download-").tempfile_in(cache).map_err(cache_err)?;
     let mut reader = http_get(url)?;
-    let mut digester = Digester::new(algo);
+    // Hashes and counts what reaches the cache file.
+    let mut out = HashingWriter::new(tmp, algo, Some(progress));
     let mut buf = vec![0u8; 1 << 20];
     loop {
         if crate::host::signals::stop_requested() {
@@ -128,10 +130,7 @@ pub fn download(
         if n == 0 {
             break;
         }
-        let chunk = buf.get(..n).unwrap_or_default();
-        digester.update(chunk);
-        tmp.write_all(chunk).map_err(cache_err)?;
-        progress.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        out.write_all(buf.get(..n).unwrap_or_default()).map_err(cache_err)?;
     }
-    Ok((tmp, digester.finalize_hex()))
+    Ok(out.finish())
 }

@@ -2,6 +2,5 @@
 pub mod fetch;
 pub mod plan;
 pub mod signature;
-#[allow(dead_code)] // a complete API: some items serve only tests and later features
 pub mod sums;
 pub mod verify;

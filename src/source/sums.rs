@@ -1,20 +1,12 @@
-//! Parsing of `SHA256SUMS` / `SHA512SUMS` style checksum files and streaming
-//! file digests.
+//! Parsing of `SHA256SUMS` / `SHA512SUMS` style checksum files (the digests themselves are
+//! computed by [`crate::io::hash`]).
 //!
 //! Both the GNU coreutils format (`HEX  name`, `HEX *name`) and the BSD / `--tag`
 //! format (`SHA256 (name) = HEX`) are understood. The algorithm of a GNU line is
 //! inferred from the digest length (64 hex digits → SHA-256, 128 → SHA-512); the
 //! algorithm of a BSD line comes from its tag and must agree with the length.
 
-use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
-use std::path::Path;
-
-use sha2::{Digest, Sha256, Sha512};
-
-/// Size of the read buffer used by [`digest_file`].
-const READ_BUF_SIZE: usize = 1024 * 1024;
+pub use crate::io::hash::Algo;
 
 /// Longest excerpt of an offending line quoted in an error message, in characters.
 const MAX_QUOTED_LINE: usize = 120;
@@ -67,59 +59,6 @@ pub enum SumsError {
     },
 }
 
-/// A checksum algorithm supported in checksum files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algo {
-    /// SHA-256 (64 hex digits).
-    Sha256,
-    /// SHA-512 (128 hex digits).
-    Sha512,
-}
-
-impl Algo {
-    /// Number of hex digits in a digest of this algorithm.
-    pub const fn hex_len(self) -> usize {
-        match self {
-            Algo::Sha256 => 64,
-            Algo::Sha512 => 128,
-        }
-    }
-
-    /// Conventional upper-case name, as used in BSD-style tags: `"SHA256"` or `"SHA512"`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Algo::Sha256 => "SHA256",
-            Algo::Sha512 => "SHA512",
-        }
-    }
-
-    /// The algorithm whose digests have `len` hex digits, if any.
-    pub const fn from_hex_len(len: usize) -> Option<Algo> {
-        match len {
-            64 => Some(Algo::Sha256),
-            128 => Some(Algo::Sha512),
-            _ => None,
-        }
-    }
-
-    /// The algorithm named by a BSD-style tag (`SHA256`, `SHA512`; case-insensitive).
-    pub fn from_tag(tag: &str) -> Option<Algo> {
-        if tag.eq_ignore_ascii_case("SHA256") {
-            Some(Algo::Sha256)
-        } else if tag.eq_ignore_ascii_case("SHA512") {
-            Some(Algo::Sha512)
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for Algo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// One checksum line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -137,22 +76,6 @@ impl Entry {
     /// The last path component of [`Entry::name`].
     pub fn basename(&self) -> &str {
         basename(&self.name)
-    }
-
-    /// Compare `actual_hex` (any case) with this entry's digest.
-    ///
-    /// `file` and `sums_url` only feed the error message.
-    pub fn check(&self, actual_hex: &str, file: &str, sums_url: &str) -> Result<(), Mismatch> {
-        if self.digest.eq_ignore_ascii_case(actual_hex) {
-            return Ok(());
-        }
-        Err(Mismatch {
-            expected: self.digest.clone(),
-            actual: actual_hex.to_ascii_lowercase(),
-            algo: self.algo,
-            file: file.to_owned(),
-            sums_url: sums_url.to_owned(),
-        })
     }
 }
 
@@ -223,68 +146,6 @@ pub fn find(text: &str, wanted_name: &str, sums_name: &str) -> Result<Entry, Sum
         });
     }
     Ok(first.clone())
-}
-
-/// Streaming hasher for one [`Algo`].
-#[derive(Clone, Debug)]
-pub enum Digester {
-    /// SHA-256 state.
-    Sha256(Sha256),
-    /// SHA-512 state.
-    Sha512(Sha512),
-}
-
-impl Digester {
-    /// A fresh hasher for `algo`.
-    pub fn new(algo: Algo) -> Self {
-        match algo {
-            Algo::Sha256 => Digester::Sha256(Sha256::new()),
-            Algo::Sha512 => Digester::Sha512(Sha512::new()),
-        }
-    }
-
-    /// The algorithm this hasher computes.
-    pub fn algo(&self) -> Algo {
-        match self {
-            Digester::Sha256(_) => Algo::Sha256,
-            Digester::Sha512(_) => Algo::Sha512,
-        }
-    }
-
-    /// Feed more data.
-    pub fn update(&mut self, data: &[u8]) {
-        match self {
-            Digester::Sha256(h) => h.update(data),
-            Digester::Sha512(h) => h.update(data),
-        }
-    }
-
-    /// Finish and return the digest as lower-case hex.
-    pub fn finalize_hex(self) -> String {
-        match self {
-            Digester::Sha256(h) => hex::encode(h.finalize()),
-            Digester::Sha512(h) => hex::encode(h.finalize()),
-        }
-    }
-}
-
-/// Digest the file at `path` with `algo`, returning lower-case hex.
-///
-/// Reads with a 1 MiB buffer. On x86_64 `sha2` detects SHA-NI at run time and uses
-/// it for SHA-256; its `asm` feature only supplies the assembly fallback.
-pub fn digest_file(path: &Path, algo: Algo) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut digester = Digester::new(algo);
-    let mut buf = vec![0u8; READ_BUF_SIZE];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => digester.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(digester.finalize_hex())
 }
 
 /// Parse one non-blank, non-comment, trimmed line into `(algo, digest, name)`.
@@ -625,39 +486,15 @@ mod tests {
     }
 
     #[test]
-    fn digester_known_vectors() {
-        assert_eq!(Digester::new(Algo::Sha256).finalize_hex(), D256);
-        assert_eq!(Digester::new(Algo::Sha512).finalize_hex(), D512);
-        let mut d = Digester::new(Algo::Sha256);
-        d.update(b"hel");
-        d.update(b"lo");
-        assert_eq!(d.algo(), Algo::Sha256);
-        assert_eq!(d.finalize_hex(), D256B);
-    }
-
-    #[test]
-    fn digest_file_matches_digester_across_buffer_boundary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("blob");
-        let data: Vec<u8> = (0..READ_BUF_SIZE + 12345).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        for algo in [Algo::Sha256, Algo::Sha512] {
-            let mut d = Digester::new(algo);
-            d.update(&data);
-            assert_eq!(digest_file(&path, algo).unwrap(), d.finalize_hex());
-        }
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, b"").unwrap();
-        assert_eq!(digest_file(&empty, Algo::Sha256).unwrap(), D256);
-        assert!(digest_file(&dir.path().join("absent"), Algo::Sha256).is_err());
-    }
-
-    #[test]
-    fn entry_check_and_mismatch_message() {
+    fn mismatch_message() {
         let e = one(&format!("{D256}  disk.iso"));
-        assert!(e.check(&D256.to_uppercase(), "disk.iso", "u").is_ok());
-        let err = e.check(D256B, "disk.iso", "https://example.invalid/SHA256SUMS").unwrap_err();
-        assert_eq!(err.expected, D256);
+        let err = Mismatch {
+            expected: e.digest,
+            actual: D256B.into(),
+            algo: e.algo,
+            file: "disk.iso".into(),
+            sums_url: "https://example.invalid/SHA256SUMS".into(),
+        };
         assert_eq!(
             err.to_string(),
             format!("checksum mismatch for disk.iso: expected SHA256 {D256}, got {D256B} (from https://example.invalid/SHA256SUMS)")

@@ -85,6 +85,15 @@ fn utf8(bytes: Vec<u8>, loc: &Location) -> anyhow::Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{loc} is not UTF-8 text"))
 }
 
+/// Digests the local image `p` under the "verify" bar, whose position `counter` advances as the
+/// bytes are hashed.
+fn digest_local(p: &Path, algo: Algo, events: &Events, counter: &AtomicU64) -> anyhow::Result<String> {
+    let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    events
+        .with_bar("verify", size, counter, || crate::io::hash::digest_file(p, algo, Some(counter)))
+        .with_context(|| format!("Failed to read {}", p.display()))
+}
+
 /// Verifies (and for URLs, fetches into `cache`) the source image.
 pub fn verify_source(plan: &SourcePlan, cache: &Path, events: &Events) -> anyhow::Result<VerifiedSource> {
     let (algo, want, sums_url, key_fingerprint) = expected(plan)?;
@@ -93,11 +102,7 @@ pub fn verify_source(plan: &SourcePlan, cache: &Path, events: &Events) -> anyhow
         |actual: String| Mismatch { expected: want.clone(), actual, algo, file: plan.image.to_string(), sums_url: shown_sums.clone() };
     let path = match &plan.image {
         Location::Path(p) => {
-            let counter = AtomicU64::new(0);
-            let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            let got = events
-                .with_bar("verify", size, &counter, || sums::digest_file(p, algo))
-                .with_context(|| format!("Failed to read {}", p.display()))?;
+            let got = digest_local(p, algo, events, &AtomicU64::new(0))?;
             if got != want {
                 return Err(mismatch(got).into());
             }
@@ -121,4 +126,26 @@ pub fn verify_source(plan: &SourcePlan, cache: &Path, events: &Events) -> anyhow
         }
     };
     Ok(VerifiedSource { path, url: plan.image.to_string(), algo, digest: want, sums_url, key_fingerprint })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    /// The verify bar moves: its counter ends at the image's size (it stayed at 0 while
+    /// `sums::digest_file` hashed, which counted nothing).
+    #[test]
+    fn verify_bar_counter_reaches_the_image_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upstream.raw");
+        let data: Vec<u8> = (0..(3 << 20) + 4321).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let counter = AtomicU64::new(0);
+        let got = digest_local(&path, Algo::Sha256, &Events::new(false), &counter).unwrap();
+        assert_eq!(got, crate::io::hash::digest_file(&path, Algo::Sha256, None).unwrap());
+        assert_eq!(counter.load(Ordering::Relaxed), data.len() as u64);
+    }
 }
