@@ -123,15 +123,12 @@ fn resolve_targets(input: &Path, name: &str, formats: &[Format], output: Option<
     }
 }
 
-/// Adds (or replaces, by format and path) the outputs in the build manifest.
+/// Adds (or replaces, by path) the outputs in the build manifest.
 fn record_in_manifest(path: &Path, outputs: &[crate::manifest::OutputFile]) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path)?;
-    let mut v: serde_json::Value = serde_json::from_str(&text)?;
-    let list = v["outputs"].as_array_mut().with_context(|| format!("{}: no outputs list", path.display()))?;
-    for o in outputs {
-        list.retain(|e| e["path"].as_str() != Some(o.path.as_str()));
-        list.push(serde_json::to_value(o)?);
-    }
-    crate::manifest::write(&v, path)?;
-    Ok(())
+    crate::manifest::update(path, |m| {
+        for o in outputs {
+            m.outputs.retain(|e| e.path != o.path);
+            m.outputs.push(o.clone());
+        }
+    })
 }
