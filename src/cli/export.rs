@@ -107,7 +107,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             println!("uploaded {} {}", u.path, u.url);
         }
     }
-    events.result(serde_json::json!({ "outputs": outputs, "uploaded": uploaded }));
+    events.result(super::events::Outcome::Export(&super::events::Exported { outputs, uploaded }))?;
     Ok(())
 }
 
