@@ -88,10 +88,11 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     if let Some(m) = &from_manifest {
         record_in_manifest(m, &outputs)?;
     }
-    for o in &outputs {
+    // Under --json stdout is JSON Lines only: the result event lists the outputs.
+    for o in outputs.iter().filter(|_| !g.json) {
         if o.sha256.is_empty() {
             println!("{} {} {}", o.format, o.size, o.path);
-        } else if !g.json {
+        } else {
             println!("{} {} {} sha256:{}", o.format, o.size, o.path, o.sha256);
         }
     }
