@@ -1,16 +1,25 @@
 //! `<name>.manifest.json`: what was built, from what, how, and where it went.
+//!
+//! One typed [`Manifest`] for every reader and writer ([`read`], [`update`], [`write`]); its
+//! JSON Schema is `schemas/manifest.schema.json`. Fields this binary does not know (written by
+//! an older or newer imgforge) are kept through a read-modify-write.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use serde::Serialize;
+use anyhow::{Context, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::provision::StepReport;
 use crate::seal::SealSummary;
 
+/// Version of the manifest's shape this binary writes (and the newest it reads).
+pub const SCHEMA: u32 = 1;
+
 /// One output file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct OutputFile {
     /// Format name.
     pub format: String,
@@ -23,7 +32,7 @@ pub struct OutputFile {
 }
 
 /// The upstream image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct SourceInfo {
     /// Where it came from.
     pub url: String,
@@ -35,10 +44,63 @@ pub struct SourceInfo {
     pub signing_key_fingerprint: Option<String>,
 }
 
-/// The manifest.
-#[derive(Debug, Clone, Serialize)]
+/// Block counts of one publish.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct BlockStats {
+    /// Blocks of the volume (512 KiB).
+    pub total: u64,
+    /// Blocks holding data (SEEK_DATA).
+    pub data: u64,
+    /// Blocks considered (read) by this publish.
+    pub considered: u64,
+    /// Blocks PUT by this run.
+    pub sent: u64,
+    /// All-zero data blocks skipped.
+    pub skipped_zero: u64,
+    /// Blocks equal to the parent's, skipped.
+    pub unchanged: u64,
+    /// Blocks sent by an interrupted earlier run.
+    pub resumed: u64,
+    /// Blocks in the snapshot (ChangedBlocksCount).
+    pub in_snapshot: u64,
+}
+
+/// The result of a publish (`publish::Record`): printed, and recorded as the manifest's
+/// `aws` section or in `<image>.aws.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct AwsRecord {
+    /// AMI name.
+    pub name: String,
+    /// Home region.
+    pub region: String,
+    /// AMI ids per region.
+    pub images: BTreeMap<String, String>,
+    /// The snapshot behind the home-region AMI.
+    pub snapshot_id: String,
+    /// An AMI of this name and digest already existed and was reused.
+    pub reused: bool,
+    /// "sha256:<hex>" of the raw.
+    pub source_digest: String,
+    /// Architecture.
+    pub architecture: String,
+    /// Boot mode.
+    pub boot_mode: String,
+    /// Block counts.
+    pub blocks: BlockStats,
+    /// Bytes PUT by this run.
+    pub bytes_sent: u64,
+    /// Parent snapshot of a delta upload.
+    pub parent_snapshot: Option<String>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// The manifest. Fields missing from a file read as their defaults (hand-written manifests).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
 pub struct Manifest {
     /// Schema version of this file.
+    #[serde(default = "current_schema")]
     pub schema: u32,
     /// Image name.
     pub name: String,
@@ -70,6 +132,47 @@ pub struct Manifest {
     pub seal: SealSummary,
     /// imgforge version.
     pub imgforge_version: String,
+    /// The AMI, once `imgforge publish` (or `build --publish`) made one from this image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsRecord>,
+    /// Fields this imgforge does not know, kept as they were.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+fn current_schema() -> u32 {
+    SCHEMA
+}
+
+/// Just the version, read before the rest (whose shape depends on it).
+#[derive(Deserialize)]
+struct SchemaOnly {
+    #[serde(default = "current_schema")]
+    schema: u32,
+}
+
+/// Reads a build manifest; refuses one written in a newer schema than this binary knows.
+pub fn read(path: &Path) -> anyhow::Result<Manifest> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
+    let SchemaOnly { schema } =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid build manifest (JSON)", path.display()))?;
+    if schema > SCHEMA {
+        bail!(
+            "{} has manifest schema {schema}, newer than this imgforge {} reads (schema {SCHEMA}): use a newer imgforge",
+            path.display(),
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid build manifest", path.display()))
+}
+
+/// Reads the manifest at `path`, lets `change` modify it and writes it back atomically, in the
+/// current schema, unknown fields kept.
+pub fn update(path: &Path, change: impl FnOnce(&mut Manifest)) -> anyhow::Result<()> {
+    let mut m = read(path)?;
+    change(&mut m);
+    m.schema = SCHEMA;
+    write(&m, path).with_context(|| format!("Failed to update {}", path.display()))
 }
 
 /// Writes the manifest under a temporary name and renames it into place.
@@ -81,4 +184,199 @@ pub fn write<T: Serialize>(m: &T, dest: &Path) -> anyhow::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(dest)?;
     Ok(())
+}
+
+/// The JSON Schema of `T` as imgforge writes it (serialisation contract), pretty, with a final
+/// newline: the text of a file in `schemas/`.
+#[cfg(test)]
+pub fn schema_text<T: JsonSchema>() -> String {
+    let schema = schemars::generate::SchemaSettings::draft2020_12().for_serialize().into_generator().into_root_schema_for::<T>();
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+/// Fails when `schemas/<file>` differs from `text`; with `IMGFORGE_BLESS=1`, rewrites it.
+#[cfg(test)]
+pub fn assert_schema_fresh(file: &str, text: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(file);
+    if std::env::var_os("IMGFORGE_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == text,
+        "schemas/{file} is stale: the types changed. Refresh it with `IMGFORGE_BLESS=1 cargo test --bin imgforge schema_is_fresh` and commit it (bump the schema version on an incompatible change)"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_schema_is_fresh() {
+        assert_schema_fresh("manifest.schema.json", &schema_text::<Manifest>());
+    }
+
+    /// A manifest as `imgforge build` writes it, plus a publish and a field from another version.
+    const FULL: &str = r#"{
+  "schema": 1,
+  "name": "web",
+  "version": "1.2.0",
+  "description": null,
+  "git_commit": "0123abc",
+  "recipe": "recipes/web.toml",
+  "recipe_digest": "sha256:00ff",
+  "build_date": "2024-05-01T12:00:00Z",
+  "source": {
+    "url": "https://example.invalid/up.qcow2",
+    "digest": "sha256:aa",
+    "checksums": null,
+    "signing_key_fingerprint": "ABCD"
+  },
+  "architecture": "x86_64",
+  "drivers": {
+    "kernels": 1,
+    "ena": true,
+    "nvme": true
+  },
+  "outputs": [
+    {
+      "format": "raw",
+      "path": "out/web.raw",
+      "size": 1048576,
+      "sha256": "bb"
+    }
+  ],
+  "provisioners": [
+    {
+      "name": "shell",
+      "type": "shell",
+      "seconds": 1.5
+    },
+    {
+      "name": "ansible",
+      "type": "ansible",
+      "seconds": 12.25,
+      "summary": {
+        "changed": 3,
+        "ok": 7,
+        "failed": 0
+      }
+    }
+  ],
+  "steps": {
+    "provision": 13.75,
+    "seal": 0.5
+  },
+  "seal": {
+    "report": "web.seal.json",
+    "operations": [
+      "machine-id",
+      "ssh-hostkeys"
+    ],
+    "changes": {
+      "removed": 12
+    },
+    "residue_errors": 0,
+    "residue_warnings": 1,
+    "ssh_regenerators": [
+      "cloud-init"
+    ],
+    "seconds": 0.5
+  },
+  "imgforge_version": "0.1.0",
+  "aws": {
+    "name": "web-1.2.0",
+    "region": "eu-west-1",
+    "images": {
+      "eu-west-1": "ami-0123"
+    },
+    "snapshot_id": "snap-0123",
+    "reused": false,
+    "source_digest": "sha256:bb",
+    "architecture": "x86_64",
+    "boot_mode": "uefi",
+    "blocks": {
+      "total": 2,
+      "data": 1,
+      "considered": 1,
+      "sent": 1,
+      "skipped_zero": 0,
+      "unchanged": 0,
+      "resumed": 0,
+      "in_snapshot": 1
+    },
+    "bytes_sent": 524288,
+    "parent_snapshot": null,
+    "seconds": 3.5
+  },
+  "zz_from_a_newer_imgforge": {
+    "kept": [
+      1,
+      2
+    ]
+  }
+}"#;
+
+    #[test]
+    fn manifest_round_trips_with_unknown_fields() {
+        let m: Manifest = serde_json::from_str(FULL).unwrap();
+        assert!(m.extra.contains_key("zz_from_a_newer_imgforge"), "{:?}", m.extra);
+        let again: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        // Same text as written: field names, nesting and order.
+        assert_eq!(serde_json::to_string_pretty(&again).unwrap(), FULL);
+    }
+
+    /// FULL has every field the schema requires and none it does not know (but the stranger),
+    /// so the round trip above covers the whole manifest.
+    #[test]
+    fn the_full_manifest_covers_the_schema() {
+        let schema: serde_json::Value = serde_json::from_str(&schema_text::<Manifest>()).unwrap();
+        let full: serde_json::Value = serde_json::from_str(FULL).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        for key in full.as_object().unwrap().keys().filter(|k| *k != "zz_from_a_newer_imgforge") {
+            assert!(props.contains_key(key), "{key} not in the schema");
+        }
+        for key in props.keys() {
+            assert!(full.get(key).is_some(), "FULL lacks {key}: add it");
+        }
+    }
+
+    #[test]
+    fn update_keeps_unknown_fields_and_writes_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.manifest.json");
+        std::fs::write(&path, FULL).unwrap();
+        update(&path, |m| m.outputs[0].size = 7).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["outputs"][0]["size"], 7);
+        assert_eq!(v["zz_from_a_newer_imgforge"]["kept"], serde_json::json!([1, 2]));
+        assert_eq!(v["aws"]["images"]["eu-west-1"], "ami-0123");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["web.manifest.json"], "no temporary file left");
+    }
+
+    #[test]
+    fn a_partial_manifest_reads_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        std::fs::write(&path, r#"{"name": "arm", "outputs": [{"format": "raw", "path": "a.raw", "size": 512, "sha256": ""}]}"#).unwrap();
+        let m = read(&path).unwrap();
+        assert_eq!((m.schema, m.name.as_str(), m.outputs.len(), m.aws.is_none()), (SCHEMA, "arm", 1, true));
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(!text.contains("\"aws\""), "no aws section before a publish: {text}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_naming_file_and_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.manifest.json");
+        std::fs::write(&path, r#"{"schema": 99, "name": "x", "outputs": "a different shape"}"#).unwrap();
+        let e = format!("{:#}", read(&path).unwrap_err());
+        assert!(e.contains(&path.display().to_string()) && e.contains("schema 99") && e.contains("(schema 1)"), "{e}");
+        let e = format!("{:#}", update(&path, |_| ()).unwrap_err());
+        assert!(e.contains("schema 99"), "{e}");
+        assert!(std::fs::read_to_string(&path).unwrap().contains("a different shape"), "left as it was");
+    }
 }

@@ -7,10 +7,55 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-/// Version of the JSON event schema.
+/// Version of the JSON event schema (`schemas/events.schema.json`).
 pub const EVENT_SCHEMA: u32 = 1;
+
+/// One `--json` event, written inside an [`Envelope`]; `R` is the command's result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event<R> {
+    /// A step starts.
+    Step {
+        /// Step name.
+        step: String,
+        /// What it does.
+        message: String,
+    },
+    /// A step finished.
+    StepDone {
+        /// Step name.
+        step: String,
+        /// Wall time.
+        seconds: f64,
+    },
+    /// Something worth a user's attention that does not stop the command.
+    Notice {
+        /// The notice.
+        message: String,
+    },
+    /// One line of provisioner output.
+    Output {
+        /// The provisioner's label.
+        provisioner: String,
+        /// The line.
+        line: String,
+    },
+    /// The command's result, last.
+    Result(R),
+}
+
+/// One line of `--json` output: `{"schema":1,"event":"…",…}`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Envelope<R> {
+    /// Version of the event schema.
+    pub schema: u32,
+    /// The event, its fields beside `schema`.
+    #[serde(flatten)]
+    pub event: Event<R>,
+}
 
 /// Where progress goes.
 #[derive(Debug)]
@@ -26,24 +71,27 @@ impl Events {
         Self { json, tty: !json && std::io::stderr().is_terminal(), out: Mutex::new(()) }
     }
 
-    fn emit(&self, event: &str, fields: Value) {
+    fn emit<R: Serialize>(&self, event: Event<R>) -> serde_json::Result<()> {
         if !self.json {
-            return;
+            return Ok(());
         }
-        let mut obj = json!({ "schema": EVENT_SCHEMA, "event": event });
-        if let (Some(o), Value::Object(f)) = (obj.as_object_mut(), fields) {
-            o.extend(f);
-        }
+        let line = serde_json::to_string(&Envelope { schema: EVENT_SCHEMA, event })?;
         let _lock = self.out.lock();
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{obj}");
+        let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
+        Ok(())
+    }
+
+    /// An event without a result: its fields are strings and numbers, which always serialise.
+    fn emit_plain(&self, event: Event<()>) {
+        let _ = self.emit(event);
     }
 
     /// A build step starts.
     pub fn step(&self, step: &str, what: &str) {
         if self.json {
-            self.emit("step", json!({ "step": step, "message": what }));
+            self.emit_plain(Event::Step { step: step.into(), message: what.into() });
         } else {
             tracing::info!("{what}");
         }
@@ -51,30 +99,28 @@ impl Events {
 
     /// A step finished after `secs`.
     pub fn step_done(&self, step: &str, secs: f64) {
-        self.emit("step_done", json!({ "step": step, "seconds": secs }));
+        self.emit_plain(Event::StepDone { step: step.into(), seconds: secs });
     }
 
     /// A notice worth a user's attention that does not stop the build.
     pub fn notice(&self, message: &str) {
-        if self.json {
-            self.emit("notice", json!({ "message": message }));
-        }
+        self.emit_plain(Event::Notice { message: message.into() });
         tracing::warn!("{message}");
     }
 
     /// One line of provisioner output.
     pub fn output(&self, label: &str, line: &str) {
         if self.json {
-            self.emit("output", json!({ "provisioner": label, "line": line }));
+            self.emit_plain(Event::Output { provisioner: label.into(), line: line.into() });
         } else {
             let _lock = self.out.lock();
             let _ = writeln!(std::io::stderr().lock(), "    [{label}] {line}");
         }
     }
 
-    /// The build result.
-    pub fn result(&self, fields: Value) {
-        self.emit("result", fields);
+    /// The command's result (one of the command line's `Outcome`s); it must serialise as an object.
+    pub fn result<R: Serialize>(&self, result: R) -> anyhow::Result<()> {
+        Ok(self.emit(Event::Result(result))?)
     }
 
     /// Runs `work` while showing `counter` (bytes done of `total`) as a bar on a terminal.

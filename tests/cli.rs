@@ -1,7 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Recipe validation through the real binary: bad recipes exit 2 naming file:line and a hint.
+//! Also what needs no root: `--json` output of `export`, and the build manifest it updates.
 
 mod util;
+
+use std::path::Path;
+use std::process::Output;
 
 use util::{imgforge, recipe, run, show, testdir};
 
@@ -114,4 +118,81 @@ fn validate_checks_the_signing_key() {
 
     let no_sums = "[image]\nname = \"base\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"up.img\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nsigning_key = \"vendor.asc\"\n";
     assert_recipe_error(no_sums, 8, "source.signing_key without source.checksums");
+}
+
+/// A raw disk of `mib` MiB holding a byte pattern (export takes a raw without a partition table).
+fn pattern_raw(path: &Path, mib: usize) {
+    let bytes: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Every stdout line, parsed: under `--json` each one must be a JSON event.
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}\n{}", show(o))))
+        .collect();
+    for e in &events {
+        assert!(e["schema"] == 1 && e["event"].is_string(), "not an event: {e}");
+    }
+    events
+}
+
+#[test]
+fn export_json_without_sha256_prints_only_json_lines() {
+    let dir = testdir("export-json");
+    let raw = dir.path().join("disk.raw");
+    pattern_raw(&raw, 4);
+    let out = dir.path().join("disk.qcow2");
+    let o = run(imgforge().arg("export").arg(&raw).args(["--format", "qcow2", "-o"]).arg(&out).arg("--json"));
+    assert!(o.status.success(), "{}", show(&o));
+    let events = json_lines(&o);
+    let result = events.last().unwrap();
+    assert_eq!(result["event"], "result", "{}", show(&o));
+    assert_eq!(result["outputs"][0]["path"], out.display().to_string());
+    assert_eq!(result["outputs"][0]["sha256"], "", "not asked for");
+    assert_eq!(result["uploaded"], serde_json::json!([]));
+    assert!(out.exists());
+}
+
+#[test]
+fn export_of_a_manifest_records_its_output_and_keeps_unknown_fields() {
+    let dir = testdir("export-manifest-json");
+    let raw = dir.path().join("web.raw");
+    pattern_raw(&raw, 4);
+    let m = dir.path().join("web.manifest.json");
+    let manifest = serde_json::json!({
+        "schema": 1, "name": "web", "version": "1", "build_date": "2024-05-01T12:00:00Z",
+        "outputs": [{ "format": "raw", "path": raw.display().to_string(), "size": 4 << 20, "sha256": "" }],
+        "from_a_newer_imgforge": { "kept": [1, 2] },
+    });
+    std::fs::write(&m, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let o = run(imgforge().arg("export").arg(&m).args(["-f", "qcow2", "--json"]));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(json_lines(&o).last().unwrap()["event"], "result");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    assert_eq!(v["from_a_newer_imgforge"], manifest["from_a_newer_imgforge"], "{v}");
+    assert_eq!((&v["name"], &v["version"], &v["build_date"]), (&manifest["name"], &manifest["version"], &manifest["build_date"]));
+    let outs = v["outputs"].as_array().unwrap();
+    assert_eq!(outs.len(), 2, "{v}");
+    assert_eq!(outs[1]["format"], "qcow2");
+    assert_eq!(outs[1]["sha256"].as_str().map(str::len), Some(64), "{v}");
+    assert!(dir.path().join("web.qcow2").exists());
+}
+
+#[test]
+fn export_refuses_a_manifest_of_a_newer_schema() {
+    let dir = testdir("export-manifest-newer");
+    let raw = dir.path().join("web.raw");
+    pattern_raw(&raw, 1);
+    let m = dir.path().join("web.manifest.json");
+    let text = format!(r#"{{"schema": 999, "name": "web", "outputs": [{{"format": "raw", "path": "{}"}}]}}"#, raw.display());
+    std::fs::write(&m, &text).unwrap();
+    let o = run(imgforge().arg("export").arg(&m).args(["-f", "qcow2"]));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&m.display().to_string()) && err.contains("schema 999") && err.contains("(schema 1)"), "{}", show(&o));
+    assert_eq!(std::fs::read_to_string(&m).unwrap(), text, "left as it was");
+    assert!(!dir.path().join("web.qcow2").exists());
 }

@@ -67,7 +67,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     for o in &manifest.outputs {
         tracing::info!("built {} ({} bytes, sha256 {})", o.path, o.size, o.sha256);
     }
-    events.result(serde_json::to_value(&manifest)?);
+    events.result(super::events::Outcome::Build(&manifest))?;
     if let (true, Some(settings)) = (a.publish, plan.aws.clone()) {
         let req = crate::publish::Request {
             image: plan.output_dir.join(format!("{}.manifest.json", plan.name)),

@@ -88,10 +88,11 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     if let Some(m) = &from_manifest {
         record_in_manifest(m, &outputs)?;
     }
-    for o in &outputs {
+    // Under --json stdout is JSON Lines only: the result event lists the outputs.
+    for o in outputs.iter().filter(|_| !g.json) {
         if o.sha256.is_empty() {
             println!("{} {} {}", o.format, o.size, o.path);
-        } else if !g.json {
+        } else {
             println!("{} {} {} sha256:{}", o.format, o.size, o.path, o.sha256);
         }
     }
@@ -107,7 +108,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             println!("uploaded {} {}", u.path, u.url);
         }
     }
-    events.result(serde_json::json!({ "outputs": outputs, "uploaded": uploaded }));
+    events.result(super::events::Outcome::Export(&super::events::Exported { outputs, uploaded }))?;
     Ok(())
 }
 
@@ -123,15 +124,12 @@ fn resolve_targets(input: &Path, name: &str, formats: &[Format], output: Option<
     }
 }
 
-/// Adds (or replaces, by format and path) the outputs in the build manifest.
+/// Adds (or replaces, by path) the outputs in the build manifest.
 fn record_in_manifest(path: &Path, outputs: &[crate::manifest::OutputFile]) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path)?;
-    let mut v: serde_json::Value = serde_json::from_str(&text)?;
-    let list = v["outputs"].as_array_mut().with_context(|| format!("{}: no outputs list", path.display()))?;
-    for o in outputs {
-        list.retain(|e| e["path"].as_str() != Some(o.path.as_str()));
-        list.push(serde_json::to_value(o)?);
-    }
-    crate::manifest::write(&v, path)?;
-    Ok(())
+    crate::manifest::update(path, |m| {
+        for o in outputs {
+            m.outputs.retain(|e| e.path != o.path);
+            m.outputs.push(o.clone());
+        }
+    })
 }

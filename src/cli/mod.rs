@@ -4,6 +4,7 @@
 
 mod build;
 mod docs;
+mod events;
 mod export;
 mod inspect;
 mod publish;

@@ -151,7 +151,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
 /// Prints a record: one "region ami" line per region, or the JSON result event.
 pub fn report(g: &Global, events: &Events, rec: &crate::publish::Record) -> anyhow::Result<()> {
     if g.json {
-        events.result(serde_json::to_value(rec)?);
+        events.result(super::events::Outcome::Publish(rec))?;
     } else {
         for (region, id) in &rec.images {
             println!("{region} {id} {}", rec.name);

@@ -6,7 +6,6 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 
 use crate::disk::detect::{ImageFormat, classify};
 
@@ -88,13 +87,10 @@ fn open_raw(path: &Path, file: File) -> anyhow::Result<Input> {
 }
 
 fn from_manifest(path: &Path) -> anyhow::Result<Input> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not a valid build manifest (JSON)", path.display()))?;
-    let raw = v["outputs"]
-        .as_array()
-        .and_then(|outs| outs.iter().find(|o| o["format"] == "raw"))
-        .with_context(|| format!("{}: the manifest lists no raw output", path.display()))?;
-    let raw_path = raw["path"].as_str().with_context(|| format!("{}: the raw output has no path", path.display()))?;
+    let m = crate::manifest::read(path)?;
+    let raw =
+        m.outputs.iter().find(|o| o.format == "raw").with_context(|| format!("{}: the manifest lists no raw output", path.display()))?;
+    let raw_path = raw.path.as_str();
     let dir = path.parent().unwrap_or(Path::new("."));
     // The manifest records the path as written at build time; prefer the file beside it.
     let beside = Path::new(raw_path).file_name().map(|n| dir.join(n));
@@ -105,16 +101,14 @@ fn from_manifest(path: &Path) -> anyhow::Result<Input> {
     let file =
         File::open(&candidate).with_context(|| format!("Failed to open {} (the raw named by {})", candidate.display(), path.display()))?;
     let mut input = open_raw(&candidate, file)?;
-    if let Some(size) = raw["size"].as_u64()
-        && size != input.size
-    {
-        bail!("{} is {} bytes but {} says {size}: the raw changed after the build", candidate.display(), input.size, path.display());
+    if raw.size != input.size {
+        bail!("{} is {} bytes but {} says {}: the raw changed after the build", candidate.display(), input.size, path.display(), raw.size);
     }
-    input.sha256 = raw["sha256"].as_str().and_then(|h| hex::decode(h).ok()).and_then(|b| b.try_into().ok());
-    if let Some(name) = v["name"].as_str() {
-        input.name = name.to_string();
+    input.sha256 = hex::decode(&raw.sha256).ok().and_then(|b| b.try_into().ok());
+    if !m.name.is_empty() {
+        input.name = m.name.clone();
     }
-    input.epoch = v["build_date"].as_str().and_then(crate::stamp::parse_rfc3339).unwrap_or(0);
+    input.epoch = crate::stamp::parse_rfc3339(&m.build_date).unwrap_or(0);
     input.manifest = Some(path.to_path_buf());
     Ok(input)
 }

@@ -12,7 +12,7 @@ use crate::chroot::resolve::Root;
 const MAX_INDEX: u64 = 16 << 20;
 
 /// Drivers present in every installed kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Drivers {
     /// Kernels looked at.
     pub kernels: usize,

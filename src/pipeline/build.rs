@@ -303,7 +303,7 @@ fn finish(
     let seal_name = format!("{}.seal.json", plan.name);
     crate::manifest::write(&c.seal, &plan.output_dir.join(&seal_name))?;
     let manifest = Manifest {
-        schema: 1,
+        schema: crate::manifest::SCHEMA,
         name: plan.name.clone(),
         version: stamp.version.clone(),
         description: plan.description.clone(),
@@ -324,6 +324,8 @@ fn finish(
         steps: t.0,
         seal: c.seal.summary(&seal_name),
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
+        aws: None,
+        extra: Default::default(),
     };
     let path = plan.output_dir.join(format!("{}.manifest.json", plan.name));
     crate::manifest::write(&manifest, &path)?;

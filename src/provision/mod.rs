@@ -20,7 +20,7 @@ use crate::progress::Events;
 use plan::{NamedStep, Script, Step};
 
 /// What a provisioner run is measured by, for the manifest.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct StepReport {
     /// Label.
     pub name: String,
@@ -35,7 +35,7 @@ pub struct StepReport {
 }
 
 /// Resource/task counts a configuration-management tool reported for one run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Summary {
     /// Changed tasks/states/resources.
     pub changed: u64,

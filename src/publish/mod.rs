@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 
 use crate::progress::Events;
 pub use prepare::{Prepared, Request, prepare};
@@ -36,55 +35,9 @@ pub const IMAGE_WAIT: Duration = Duration::from_secs(3600);
 /// CopyImage requests in flight at once (AWS limits concurrent copies per region).
 pub const COPY_CONCURRENCY: usize = 3;
 
-/// Block counts of one publish.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BlockStats {
-    /// Blocks of the volume (512 KiB).
-    pub total: u64,
-    /// Blocks holding data (SEEK_DATA).
-    pub data: u64,
-    /// Blocks considered (read) by this publish.
-    pub considered: u64,
-    /// Blocks PUT by this run.
-    pub sent: u64,
-    /// All-zero data blocks skipped.
-    pub skipped_zero: u64,
-    /// Blocks equal to the parent's, skipped.
-    pub unchanged: u64,
-    /// Blocks sent by an interrupted earlier run.
-    pub resumed: u64,
-    /// Blocks in the snapshot (ChangedBlocksCount).
-    pub in_snapshot: u64,
-}
-
-/// The result of a publish, printed and recorded in the manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    /// AMI name.
-    pub name: String,
-    /// Home region.
-    pub region: String,
-    /// AMI ids per region.
-    pub images: BTreeMap<String, String>,
-    /// The snapshot behind the home-region AMI.
-    pub snapshot_id: String,
-    /// An AMI of this name and digest already existed and was reused.
-    pub reused: bool,
-    /// "sha256:<hex>" of the raw.
-    pub source_digest: String,
-    /// Architecture.
-    pub architecture: String,
-    /// Boot mode.
-    pub boot_mode: String,
-    /// Block counts.
-    pub blocks: BlockStats,
-    /// Bytes PUT by this run.
-    pub bytes_sent: u64,
-    /// Parent snapshot of a delta upload.
-    pub parent_snapshot: Option<String>,
-    /// Wall time in seconds.
-    pub seconds: f64,
-}
+/// The result of a publish, printed and recorded in the manifest (typed there, with its block
+/// counts).
+pub use crate::manifest::{AwsRecord as Record, BlockStats};
 
 /// Runs a publish (or prints its calls with `dry_run`). Returns the record.
 pub fn run(req: &Request, events: &Events) -> anyhow::Result<Option<Record>> {
@@ -392,12 +345,7 @@ async fn copies(cfg: &aws_config::SdkConfig, home: &Ec2, p: &Prepared, ami: &str
 /// Records the result: in the build manifest when the input was one, else `<image>.aws.json`.
 fn save(p: &Prepared, rec: &Record) -> anyhow::Result<()> {
     match &p.input.manifest {
-        Some(m) => {
-            let text = std::fs::read_to_string(m).with_context(|| format!("Failed to read {}", m.display()))?;
-            let mut v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", m.display()))?;
-            v["aws"] = serde_json::to_value(rec)?;
-            crate::manifest::write(&v, m).with_context(|| format!("Failed to update {}", m.display()))
-        }
+        Some(m) => crate::manifest::update(m, |man| man.aws = Some(rec.clone())),
         None => {
             let mut s = p.input.path.as_os_str().to_owned();
             s.push(".aws.json");

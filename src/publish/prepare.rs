@@ -92,7 +92,7 @@ fn usage(msg: String) -> anyhow::Error {
 /// Opens and inspects everything; bad values are usage errors (exit 2).
 pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
     let input = crate::export::input::open(&req.image)?;
-    let meta = manifest_fields(&input);
+    let meta = manifest_fields(&input)?;
     let mut notices = Vec::new();
     let table = {
         let mut f = &input.file;
@@ -214,24 +214,20 @@ struct ManifestFields {
     drivers: Option<crate::image::drivers::Drivers>,
 }
 
-fn manifest_fields(input: &Input) -> ManifestFields {
-    let Some(v) = input
-        .manifest
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    else {
-        return ManifestFields::default();
+/// What the build manifest (when the input is one) says about the image.
+fn manifest_fields(input: &Input) -> anyhow::Result<ManifestFields> {
+    let Some(m) = input.manifest.as_deref().map(crate::manifest::read).transpose()? else {
+        return Ok(ManifestFields::default());
     };
-    let s = |x: &serde_json::Value| x.as_str().filter(|s| !s.is_empty()).map(str::to_string);
-    ManifestFields {
-        version: s(&v["version"]),
-        commit: s(&v["git_commit"]),
-        recipe: s(&v["recipe"]).map(|r| r.chars().take(255).collect()),
-        source: s(&v["source"]["digest"]),
-        architecture: s(&v["architecture"]),
-        drivers: serde_json::from_value(v["drivers"].clone()).ok(),
-    }
+    let s = |x: &str| (!x.is_empty()).then(|| x.to_string());
+    Ok(ManifestFields {
+        version: s(&m.version),
+        commit: m.git_commit.as_deref().and_then(s),
+        recipe: s(&m.recipe).map(|r| r.chars().take(255).collect()),
+        source: s(&m.source.digest),
+        architecture: m.architecture.as_deref().and_then(s),
+        drivers: m.drivers,
+    })
 }
 
 /// Warnings about drivers the build found missing from the image's kernels. Pure.

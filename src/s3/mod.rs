@@ -59,7 +59,7 @@ pub fn part_size(len: u64) -> u64 {
 }
 
 /// One uploaded file.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Uploaded {
     /// Local file.
     pub path: String,

@@ -68,7 +68,7 @@ pub struct SealReport {
 }
 
 /// The manifest's view of a seal run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct SealSummary {
     /// The full report's file name, beside the manifest.
     pub report: String,
