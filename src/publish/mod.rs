@@ -14,6 +14,8 @@ pub mod prepare;
 pub mod register;
 pub mod retry;
 pub mod snapshot;
+#[cfg(test)]
+mod testing;
 pub mod upload;
 pub mod wait;
 
@@ -287,16 +289,16 @@ async fn register_image(
         snapshots.dedup();
         snapshots.retain(|s| *s != pending.id);
         for s in &snapshots {
-            if let Err(e) = ec2.delete_snapshot(s).await {
-                tracing::warn!("{e}");
-            }
+            // A failure is a warning naming the snapshot to delete by hand.
+            let _logged = ec2.cleanup_snapshot(s).await;
         }
     }
     let reg = registration(p, &pending.id)?;
     let ami = match ec2.register(&reg).await {
         Ok(a) => a,
         Err(e) => {
-            cleanup_snapshot(ec2, &pending.id).await;
+            // A failure is a warning naming the snapshot to delete by hand.
+            let _logged = ec2.cleanup_snapshot(&pending.id).await;
             let _ = std::fs::remove_file(ledger::path_for(&p.input.path));
             return Err(e.into());
         }
@@ -307,7 +309,7 @@ async fn register_image(
         Ok(()) => {}
         Err(e @ register::Ec2Error::Wait { source: wait::WaitError::Failed { .. }, .. }) => {
             let _ = ec2.deregister(&ami).await;
-            cleanup_snapshot(ec2, &pending.id).await;
+            let _logged = ec2.cleanup_snapshot(&pending.id).await;
             let _ = std::fs::remove_file(ledger::path_for(&p.input.path));
             return Err(anyhow::Error::new(e).context(format!("AMI {ami} failed: deregistered it and deleted snapshot {}", pending.id)));
         }
@@ -316,13 +318,6 @@ async fn register_image(
     ec2.share_image(&ami, &p.settings.launch_permissions).await?;
     ec2.share_snapshot(&pending.id, &p.settings.launch_permissions).await?;
     Ok(ami)
-}
-
-async fn cleanup_snapshot(ec2: &Ec2, id: &str) {
-    match ec2.delete_snapshot(id).await {
-        Ok(()) => tracing::info!("deleted snapshot {id}"),
-        Err(e) => tracing::warn!("{e}; delete snapshot {id} by hand"),
-    }
 }
 
 /// The RegisterImage parameters.

@@ -343,6 +343,22 @@ impl Ec2 {
         Ok(())
     }
 
+    /// Deletes a snapshot as cleanup, logging the outcome; a failure's warning (and the error
+    /// returned) names the snapshot to delete by hand.
+    pub async fn cleanup_snapshot(&self, id: &str) -> Result<(), String> {
+        match self.delete_snapshot(id).await {
+            Ok(()) => {
+                tracing::info!("deleted snapshot {id}");
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("{e}; delete snapshot {id} in {} by hand", self.region);
+                tracing::warn!("{msg}");
+                Err(msg)
+            }
+        }
+    }
+
     /// Deletes a snapshot (cleanup).
     pub async fn delete_snapshot(&self, id: &str) -> Result<(), Ec2Error> {
         retry(&Policy::NO_WARMUP, Instant::now(), &|| format!("DeleteSnapshot {id}"), || {

@@ -88,7 +88,8 @@ pub async fn start_or_resume(ebs: &aws_sdk_ebs::Client, ec2: &Ec2, p: &Prepared,
                         state.as_deref().unwrap_or("gone (expired or deleted)")
                     ));
                     if state.is_some() {
-                        let _ = ec2.delete_snapshot(&id).await;
+                        // A failure is a warning naming it; a new one is started either way.
+                        let _logged = ec2.cleanup_snapshot(&id).await;
                     }
                 }
             },
@@ -106,9 +107,7 @@ pub async fn start_or_resume(ebs: &aws_sdk_ebs::Client, ec2: &Ec2, p: &Prepared,
             }
             (false, Some(id), Some(old)) if !st.completed && old.region == ec2.region => {
                 events.notice(&format!("the image changed since an interrupted publish: deleting its pending snapshot {id}"));
-                if let Err(e) = ec2.delete_snapshot(&id).await {
-                    tracing::warn!("{e}");
-                }
+                let _logged = ec2.cleanup_snapshot(&id).await;
             }
             _ => {}
         }
@@ -198,3 +197,35 @@ pub async fn complete(ebs: &aws_sdk_ebs::Client, id: &str, digests: &BTreeMap<u6
 
 /// How long to wait for a completed snapshot to be sealed.
 pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(2 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::options::AwsSettings;
+    use crate::publish::testing::{capture_logs, ec2_error, ec2_ok, fake, prepared, sdk_config};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stale_snapshot_that_will_not_delete_is_named_in_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = prepared(dir.path(), AwsSettings::defaults());
+        // An interrupted publish of the same image whose snapshot went to `error`.
+        let ledger = Ledger::create(&ledger::path_for(&p.input.path), &start_line(&p, "eu-west-1", "tok".into()).unwrap()).unwrap();
+        ledger.snapshot("snap-1").unwrap();
+        drop(ledger);
+        let errored = "<snapshotSet><item><snapshotId>snap-1</snapshotId><status>error</status></item></snapshotSet>";
+        let aws = fake(BTreeMap::from([
+            ("DescribeSnapshots".to_string(), ec2_ok("DescribeSnapshots", errored)),
+            ("DeleteSnapshot".to_string(), ec2_error("UnauthorizedOperation")),
+            ("POST /snapshots".to_string(), (403, r#"{"message":"no new snapshot in this test"}"#.to_string())),
+        ]));
+        let cfg = sdk_config(&aws.url);
+        let ec2 = Ec2 { client: aws_sdk_ec2::Client::new(&cfg), region: "eu-west-1".into() };
+        let (logs, _guard) = capture_logs();
+        let r = start_or_resume(&aws_sdk_ebs::Client::new(&cfg), &ec2, &p, &Events::new(false)).await;
+        assert!(r.is_err(), "the fake refuses StartSnapshot");
+        assert_eq!(*aws.seen.lock().unwrap(), ["DescribeSnapshots", "DeleteSnapshot", "POST /snapshots"]);
+        let logs = logs.text();
+        assert!(logs.contains("WARN") && logs.contains("UnauthorizedOperation"), "{logs}");
+        assert!(logs.contains("delete snapshot snap-1 in eu-west-1 by hand"), "{logs}");
+    }
+}
