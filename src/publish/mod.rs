@@ -299,7 +299,7 @@ async fn register_image(
         Err(e) => {
             // A failure is a warning naming the snapshot to delete by hand.
             let _logged = ec2.cleanup_snapshot(&pending.id).await;
-            let _ = std::fs::remove_file(ledger::path_for(&p.input.path));
+            drop_ledger(p);
             return Err(e.into());
         }
     };
@@ -308,16 +308,44 @@ async fn register_image(
     match ec2.wait_image(&ami, IMAGE_WAIT).await {
         Ok(()) => {}
         Err(e @ register::Ec2Error::Wait { source: wait::WaitError::Failed { .. }, .. }) => {
-            let _ = ec2.deregister(&ami).await;
-            let _logged = ec2.cleanup_snapshot(&pending.id).await;
-            let _ = std::fs::remove_file(ledger::path_for(&p.input.path));
-            return Err(anyhow::Error::new(e).context(format!("AMI {ami} failed: deregistered it and deleted snapshot {}", pending.id)));
+            let deregistered = ec2.deregister(&ami).await.map_err(|d| d.to_string());
+            // Tried even when the AMI would not deregister: it may be gone already.
+            let deleted = ec2.cleanup_snapshot(&pending.id).await;
+            drop_ledger(p);
+            return Err(anyhow::Error::new(e).context(failed_image_context(&ami, &pending.id, &deregistered, &deleted)));
         }
         Err(e) => return Err(e.into()),
     }
     ec2.share_image(&ami, &p.settings.launch_permissions).await?;
     ec2.share_snapshot(&pending.id, &p.settings.launch_permissions).await?;
     Ok(ami)
+}
+
+/// The error context of a registered AMI that failed, from what its cleanup did. Pure.
+pub fn failed_image_context(ami: &str, snapshot: &str, deregistered: &Result<(), String>, deleted: &Result<(), String>) -> String {
+    match (deregistered, deleted) {
+        (Ok(()), Ok(())) => format!("AMI {ami} failed: deregistered it and deleted snapshot {snapshot}"),
+        (Ok(()), Err(e)) => {
+            format!("AMI {ami} failed: deregistered it, but deleting snapshot {snapshot} failed ({e}): delete snapshot {snapshot} by hand")
+        }
+        (Err(e), Ok(())) => {
+            format!("AMI {ami} failed: deleted snapshot {snapshot}, but deregistering the AMI failed ({e}): deregister AMI {ami} by hand")
+        }
+        (Err(d), Err(e)) => format!(
+            "AMI {ami} failed, and its cleanup too: deregistering it failed ({d}), deleting snapshot {snapshot} failed ({e}): deregister AMI {ami}, then delete snapshot {snapshot}, by hand"
+        ),
+    }
+}
+
+/// Removes the ledger of a publish whose snapshot is gone; a failure is a warning.
+fn drop_ledger(p: &Prepared) {
+    let path = ledger::path_for(&p.input.path);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("Failed to remove {}: {e}; remove it by hand before publishing this image again", path.display());
+        }
+        _ => {}
+    }
 }
 
 /// The RegisterImage parameters.
@@ -399,5 +427,29 @@ fn save(p: &Prepared, rec: &Record) -> anyhow::Result<()> {
             crate::manifest::write(rec, std::path::Path::new(&s))
                 .with_context(|| format!("Failed to write {}", std::path::Path::new(&s).display()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failed_ami_message_says_what_the_cleanup_did() {
+        let ok = Ok(());
+        let no = |e: &str| Err(e.to_string());
+        let m = failed_image_context("ami-1", "snap-1", &ok, &ok);
+        assert_eq!(m, "AMI ami-1 failed: deregistered it and deleted snapshot snap-1");
+        let m = failed_image_context("ami-1", "snap-1", &ok, &no("InUse"));
+        assert!(m.contains("deregistered it") && m.contains("InUse") && m.ends_with("delete snapshot snap-1 by hand"), "{m}");
+        let m = failed_image_context("ami-1", "snap-1", &no("denied"), &ok);
+        assert!(m.contains("deleted snapshot snap-1") && m.contains("denied") && m.ends_with("deregister AMI ami-1 by hand"), "{m}");
+        assert!(!m.contains("deregistered it"), "{m}");
+        let m = failed_image_context("ami-1", "snap-1", &no("denied"), &no("InUse"));
+        assert!(
+            m.contains("denied") && m.contains("InUse") && m.ends_with("deregister AMI ami-1, then delete snapshot snap-1, by hand"),
+            "{m}"
+        );
+        assert!(!m.contains("deregistered it") && !m.contains("deleted snapshot"), "{m}");
     }
 }
