@@ -1,19 +1,25 @@
 //! `imgforge publish`: a raw disk into an EBS snapshot with the EBS direct APIs, then an AMI.
 //!
-//! prepare (validate, read the image) → look up the AMI by name (idempotent) → start or resume
-//! the snapshot (ledger) → upload blocks → complete → wait → tag → register → wait → share →
-//! copy to other regions → record in the manifest.
+//! prepare (validate, read the image) → look up the AMI by name (idempotent) → plan the calls
+//! (`plan.rs`: start the snapshot → upload blocks → complete → wait → tag → register → wait →
+//! share → copy to other regions) → execute them (`execute.rs`; the snapshot is resumed from
+//! the ledger when there is one) or print them (`--dry-run`, `dryrun.rs`) → record in the
+//! manifest.
 
 pub mod blocks;
 pub mod client;
 pub mod dryrun;
+pub mod execute;
 pub mod ledger;
 pub mod name;
 pub mod options;
+pub mod plan;
 pub mod prepare;
 pub mod register;
 pub mod retry;
 pub mod snapshot;
+#[cfg(test)]
+mod testing;
 pub mod upload;
 pub mod wait;
 
@@ -25,8 +31,10 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::progress::Events;
+use execute::Run;
+use plan::{FindImage, Id, Start};
 pub use prepare::{Prepared, Request, prepare};
-use register::{Ec2, Registration};
+use register::Ec2;
 
 /// Root device of the AMI.
 pub const ROOT_DEVICE: &str = "/dev/xvda";
@@ -46,7 +54,7 @@ pub fn run(req: &Request, events: &Events) -> anyhow::Result<Option<Record>> {
         events.notice(n);
     }
     if req.dry_run {
-        dryrun::print(&p, req)?;
+        dryrun::print(&p)?;
         return Ok(None);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("Failed to start the async runtime")?;
@@ -70,79 +78,45 @@ async fn publish(p: &Prepared, req: &Request, events: &Events) -> anyhow::Result
     let started = Instant::now();
     let cfg = client::load(p.settings.region.as_deref(), req.endpoint_url.as_deref()).await?;
     let region = cfg.region().map(|r| r.to_string()).context("no AWS region")?;
-    let ebs = aws_sdk_ebs::Client::new(&cfg);
-    let ec2 = Ec2 { client: aws_sdk_ec2::Client::new(&cfg), region: region.clone() };
-    let mut stats = BlockStats {
-        total: blocks::block_count(p.input.size),
-        data: p.data.len() as u64,
-        considered: p.candidates.len() as u64,
-        ..BlockStats::default()
-    };
-    let replace = match existing(&ec2, p, req.force).await? {
-        Existing::None => None,
-        Existing::Replace(found) => Some(found),
-        Existing::Same(found) => {
-            events.notice(&format!("AMI {} `{}` already holds this image ({}): reusing it", found.id, p.name, p.source_digest));
-            if found.state != "available" {
-                ec2.wait_image(&found.id, IMAGE_WAIT).await?;
-            }
-            forget_ledger(&ec2, p, &found.snapshots).await?;
-            let mut images = BTreeMap::from([(region.clone(), found.id.clone())]);
-            images.extend(copies(&cfg, &ec2, p, &found.id).await?);
-            return Ok(record(p, &region, images, found.snapshots.first().cloned().unwrap_or_default(), true, stats, 0, started));
-        }
-    };
-    let pending = snapshot::start_or_resume(&ebs, &ec2, p, events).await?;
-    let outcome = if pending.completed {
-        upload::Outcome { digests: pending.done.clone(), resumed: pending.done.len() as u64, ..upload::Outcome::default() }
-    } else {
-        events.step(
-            "upload",
-            &format!(
-                "uploading {} to snapshot {} ({} of {} blocks to read)",
-                p.input.path.display(),
-                pending.id,
-                p.candidates.len(),
-                stats.total
-            ),
-        );
-        let t = Instant::now();
-        let out = snapshot::fill(&ebs, p, &pending, bar(p.candidates.len() as u64)).await.map_err(|e| {
-            e.context(format!(
-                "snapshot {} is kept for a resume: run the same publish again (it expires {} minutes after its last write)",
-                pending.id,
-                snapshot::timeout_minutes(p)
-            ))
-        })?;
-        events.step_done("upload", t.elapsed().as_secs_f64());
-        snapshot::complete(&ebs, &pending.id, &out.digests).await?;
-        pending.ledger.completed()?;
-        out
-    };
-    stats.sent = outcome.sent;
-    stats.skipped_zero = outcome.skipped_zero;
-    stats.unchanged = outcome.unchanged;
-    stats.resumed = outcome.resumed;
-    stats.in_snapshot = outcome.digests.len() as u64;
-    tracing::info!(
-        "snapshot {}: {} block(s) sent ({} bytes), {} zero, {} unchanged, {} from an earlier run",
-        pending.id,
-        stats.sent,
-        outcome.bytes_sent,
-        stats.skipped_zero,
-        stats.unchanged,
-        stats.resumed
-    );
-    let ami = register_image(&ec2, p, &pending, replace, events).await?;
+    let mut run = Run::new(p, events, &cfg, &region);
+    let found = existing(&run.ec2, p, &plan::lookup(p, &region), req.force).await?;
+    let plan = plan::build(p, &region, found.start())?;
+    if let Existing::Same(f) = &found {
+        events.notice(&format!("AMI {} `{}` already holds this image ({}): reusing it", f.id, p.name, p.source_digest));
+        run.ids.image = Some(f.id.clone());
+        run.home(&plan.home).await?;
+        forget_ledger(&run.ec2, p, &f.snapshots).await?;
+        let mut images = BTreeMap::from([(region.clone(), f.id.clone())]);
+        images.extend(execute::copies(&cfg, &run.ids, &plan.copies).await?);
+        let snapshot = f.snapshots.first().cloned().unwrap_or_default();
+        return Ok(record(p, &region, images, snapshot, true, stats(p, &upload::Outcome::default()), 0, started));
+    }
+    run.home(&plan.home).await?;
+    let ami = run.ids.get(Id::Image)?.to_string();
+    let pending = run.pending.take().context("the publish plan made no snapshot")?;
     pending.ledger.image(&region, &ami)?;
-    let mut images = BTreeMap::from([(region.clone(), ami.clone())]);
-    images.extend(copies(&cfg, &ec2, p, &ami).await?);
-    let rec = record(p, &region, images, pending.id.clone(), false, stats, outcome.bytes_sent, started);
+    let mut images = BTreeMap::from([(region.clone(), ami)]);
+    images.extend(execute::copies(&cfg, &run.ids, &plan.copies).await?);
+    let rec = record(p, &region, images, pending.id.clone(), false, stats(p, &run.outcome), run.outcome.bytes_sent, started);
     let ledger = std::sync::Arc::try_unwrap(pending.ledger).ok();
     if let Some(l) = ledger {
         l.remove()?;
     }
     Ok(rec)
+}
+
+/// Block counts of the image and of what the upload did.
+fn stats(p: &Prepared, o: &upload::Outcome) -> BlockStats {
+    BlockStats {
+        total: blocks::block_count(p.input.size),
+        data: p.data.len() as u64,
+        considered: p.candidates.len() as u64,
+        sent: o.sent,
+        skipped_zero: o.skipped_zero,
+        unchanged: o.unchanged,
+        resumed: o.resumed,
+        in_snapshot: o.digests.len() as u64,
+    }
 }
 
 /// What the name look-up found.
@@ -155,9 +129,20 @@ enum Existing {
     Replace(register::Found),
 }
 
+impl Existing {
+    /// What the plan starts from.
+    fn start(&self) -> Start<'_> {
+        match self {
+            Existing::None => Start::New,
+            Existing::Same(f) => Start::Reuse(f),
+            Existing::Replace(f) => Start::Replace(f),
+        }
+    }
+}
+
 /// Looks for our AMI of this name (before anything is created, so re-runs are idempotent).
-async fn existing(ec2: &Ec2, p: &Prepared, force: bool) -> anyhow::Result<Existing> {
-    let Some(found) = ec2.find_image(&p.name).await? else { return Ok(Existing::None) };
+async fn existing(ec2: &Ec2, p: &Prepared, lookup: &FindImage, force: bool) -> anyhow::Result<Existing> {
+    let Some(found) = ec2.find_image(&lookup.name).await? else { return Ok(Existing::None) };
     let digest = found.tags.get("SourceDigest").cloned().unwrap_or_default();
     if digest == p.source_digest {
         return Ok(Existing::Same(found));
@@ -216,130 +201,6 @@ fn record(
         parent_snapshot: p.parent.as_ref().map(|x| x.snapshot.clone()),
         seconds: started.elapsed().as_secs_f64(),
     }
-}
-
-/// Seals, tags and registers the snapshot; a failed registration deletes it.
-async fn register_image(
-    ec2: &Ec2,
-    p: &Prepared,
-    pending: &snapshot::Pending,
-    replace: Option<register::Found>,
-    events: &Events,
-) -> anyhow::Result<String> {
-    ec2.wait_snapshot(&pending.id, snapshot::SNAPSHOT_WAIT).await?;
-    ec2.create_tags(&pending.id, &p.tags).await?;
-    if let Some(old) = replace {
-        events.notice(&format!("--force: deregistering AMI {} `{}` (other bytes) and deleting its snapshot(s)", old.id, p.name));
-        ec2.deregister(&old.id).await?;
-        // The AMI's own mapping names its snapshot; our tags find it too (and any left behind).
-        let mut snapshots = old.snapshots.clone();
-        if let Some(d) = old.tags.get("SourceDigest") {
-            snapshots.extend(ec2.find_snapshots_by_tags(&[("BuiltBy", "imgforge"), ("Name", &p.name), ("SourceDigest", d)]).await?);
-        }
-        snapshots.sort();
-        snapshots.dedup();
-        snapshots.retain(|s| *s != pending.id);
-        for s in &snapshots {
-            if let Err(e) = ec2.delete_snapshot(s).await {
-                tracing::warn!("{e}");
-            }
-        }
-    }
-    let reg = registration(p, &pending.id)?;
-    let ami = match ec2.register(&reg).await {
-        Ok(a) => a,
-        Err(e) => {
-            cleanup_snapshot(ec2, &pending.id).await;
-            let _ = std::fs::remove_file(ledger::path_for(&p.input.path));
-            return Err(e.into());
-        }
-    };
-    tracing::info!("registered {ami} `{}` in {}", p.name, ec2.region);
-    ec2.ensure_image_tags(&ami, &p.name, &p.tags).await?;
-    match ec2.wait_image(&ami, IMAGE_WAIT).await {
-        Ok(()) => {}
-        Err(e @ register::Ec2Error::Wait { source: wait::WaitError::Failed { .. }, .. }) => {
-            let _ = ec2.deregister(&ami).await;
-            cleanup_snapshot(ec2, &pending.id).await;
-            let _ = std::fs::remove_file(ledger::path_for(&p.input.path));
-            return Err(anyhow::Error::new(e).context(format!("AMI {ami} failed: deregistered it and deleted snapshot {}", pending.id)));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    ec2.share_image(&ami, &p.settings.launch_permissions).await?;
-    ec2.share_snapshot(&pending.id, &p.settings.launch_permissions).await?;
-    Ok(ami)
-}
-
-async fn cleanup_snapshot(ec2: &Ec2, id: &str) {
-    match ec2.delete_snapshot(id).await {
-        Ok(()) => tracing::info!("deleted snapshot {id}"),
-        Err(e) => tracing::warn!("{e}; delete snapshot {id} by hand"),
-    }
-}
-
-/// The RegisterImage parameters.
-pub fn registration(p: &Prepared, snapshot: &str) -> anyhow::Result<Registration> {
-    Ok(Registration {
-        name: p.name.clone(),
-        description: p.description.clone(),
-        architecture: p.arch.as_str().into(),
-        root_device: ROOT_DEVICE.into(),
-        snapshot: snapshot.into(),
-        volume_size: i32::try_from(p.volume_gib).context("volume size out of range")?,
-        volume_type: p.settings.volume_type.clone(),
-        boot_mode: p.boot.as_str().into(),
-        uefi_data: p.settings.uefi_data.clone(),
-        tpm: p.settings.tpm_support,
-        imds_v2: p.settings.imds_v2,
-        ena: p.settings.ena,
-        sriov: p.settings.sriov,
-        tags: p.tags.clone(),
-    })
-}
-
-/// CopyImage to each listed region (at most [`COPY_CONCURRENCY`] at once), looking up first.
-async fn copies(cfg: &aws_config::SdkConfig, home: &Ec2, p: &Prepared, ami: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(COPY_CONCURRENCY));
-    let mut tasks = tokio::task::JoinSet::new();
-    for r in p.settings.copy_to_regions.iter().filter(|r| **r != home.region) {
-        let ec2 = Ec2 { client: client::ec2_in(cfg, r), region: r.clone() };
-        let (sem, name, desc, src_region, src, perms) = (
-            sem.clone(),
-            p.name.clone(),
-            p.description.clone(),
-            home.region.clone(),
-            ami.to_string(),
-            p.settings.launch_permissions.clone(),
-        );
-        let token: String = blake3::hash(format!("{src} {r} {name}").as_bytes()).to_hex()[..32].to_string();
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let id = match ec2.find_image(&name).await? {
-                Some(f) => f.id,
-                None => ec2.copy_from(&src_region, &src, &name, &desc, &token).await?,
-            };
-            ec2.wait_image(&id, IMAGE_WAIT).await?;
-            ec2.share_image(&id, &perms).await?;
-            Ok::<_, register::Ec2Error>((ec2.region.clone(), id))
-        });
-    }
-    let mut out = BTreeMap::new();
-    let mut errors = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok((region, id))) => {
-                tracing::info!("copied to {region}: {id}");
-                out.insert(region, id);
-            }
-            Ok(Err(e)) => errors.push(e.to_string()),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if !errors.is_empty() {
-        bail!("Failed to copy {ami} to {} region(s): {}", errors.len(), errors.join("; "));
-    }
-    Ok(out)
 }
 
 /// Records the result: in the build manifest when the input was one, else `<image>.aws.json`.

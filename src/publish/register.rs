@@ -10,6 +10,7 @@ use aws_sdk_ec2::types::{
     TagSpecification, TpmSupportValues, VolumeType,
 };
 
+use super::plan::Registration;
 use super::retry::{Policy, retry};
 use super::wait::{Poll, WaitError, Waiter};
 
@@ -47,39 +48,6 @@ pub struct Found {
     pub state: String,
     /// Snapshots behind it.
     pub snapshots: Vec<String>,
-}
-
-/// What RegisterImage is given.
-#[derive(Debug, Clone)]
-pub struct Registration {
-    /// AMI name.
-    pub name: String,
-    /// Description.
-    pub description: String,
-    /// x86_64 / arm64.
-    pub architecture: String,
-    /// Root device.
-    pub root_device: String,
-    /// Snapshot.
-    pub snapshot: String,
-    /// Root volume GiB.
-    pub volume_size: i32,
-    /// Root volume type.
-    pub volume_type: String,
-    /// legacy-bios / uefi / uefi-preferred.
-    pub boot_mode: String,
-    /// Base64 UEFI variable store.
-    pub uefi_data: Option<String>,
-    /// NitroTPM.
-    pub tpm: bool,
-    /// IMDSv2 required.
-    pub imds_v2: bool,
-    /// ENA.
-    pub ena: bool,
-    /// SR-IOV.
-    pub sriov: bool,
-    /// Tags on the AMI.
-    pub tags: BTreeMap<String, String>,
 }
 
 /// EC2 in one region.
@@ -184,10 +152,10 @@ impl Ec2 {
         Ok(())
     }
 
-    /// RegisterImage; returns the AMI id.
-    pub async fn register(&self, r: &Registration) -> Result<String, Ec2Error> {
+    /// RegisterImage from `snapshot` (the id `r.snapshot` stands for); returns the AMI id.
+    pub async fn register(&self, r: &Registration, snapshot: &str) -> Result<String, Ec2Error> {
         let ebs = EbsBlockDevice::builder()
-            .snapshot_id(&r.snapshot)
+            .snapshot_id(snapshot)
             .volume_size(r.volume_size)
             .volume_type(VolumeType::from(r.volume_type.as_str()))
             .delete_on_termination(true)
@@ -223,7 +191,7 @@ impl Ec2 {
             b.send()
         })
         .await
-        .map_err(|f| self.err(format!("register the AMI `{}` from snapshot {}", r.name, r.snapshot), f.to_string()))?;
+        .map_err(|f| self.err(format!("register the AMI `{}` from snapshot {snapshot}", r.name), f.to_string()))?;
         out.image_id()
             .map(str::to_string)
             .ok_or_else(|| self.err(format!("register the AMI `{}`", r.name), "no image id in the answer".into()))
@@ -341,6 +309,22 @@ impl Ec2 {
         .await
         .map_err(|f| self.err(format!("deregister {id}"), f.to_string()))?;
         Ok(())
+    }
+
+    /// Deletes a snapshot as cleanup, logging the outcome; a failure's warning (and the error
+    /// returned) names the snapshot to delete by hand.
+    pub async fn cleanup_snapshot(&self, id: &str) -> Result<(), String> {
+        match self.delete_snapshot(id).await {
+            Ok(()) => {
+                tracing::info!("deleted snapshot {id}");
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("{e}; delete snapshot {id} in {} by hand", self.region);
+                tracing::warn!("{msg}");
+                Err(msg)
+            }
+        }
     }
 
     /// Deletes a snapshot (cleanup).

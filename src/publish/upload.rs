@@ -286,11 +286,12 @@ fn read_block(file: &File, path: &std::path::Path, size: u64, data: &[u64], bloc
     Ok(buf)
 }
 
-/// The block's bytes and digest when it is to be sent, `None` when skipped.
 /// A block to send: its bytes and SHA-256.
-type ToSend = (Vec<u8>, [u8; 32]);
+pub(super) type ToSend = (Vec<u8>, [u8; 32]);
 
-fn read_and_decide(job: &Job, block: u64) -> Result<Option<ToSend>, UploadError> {
+/// The block's bytes and digest when it is to be sent, `None` when skipped (the dry run lists
+/// the blocks with this too).
+pub(super) fn read_and_decide(job: &Job, block: u64) -> Result<Option<ToSend>, UploadError> {
     let buf = read_block(&job.file, &job.path, job.size, &job.data, block)?;
     let parent = match &job.parent {
         Some((f, p, size)) => Some(read_block(f, p, *size, &job.parent_data, block)?),
