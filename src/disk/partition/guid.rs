@@ -3,24 +3,28 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A GUID stored in GPT's mixed-endian layout.
+use uuid::Uuid;
+
+/// A GUID stored in GPT's mixed-endian layout: the first three fields little-endian, the
+/// last eight bytes as written. The byte order is uuid's `to_bytes_le`/`from_bytes_le`.
 ///
-/// `Display` and `FromStr` use the canonical uppercase text form, e.g.
-/// `4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709`.
+/// `Display` writes the canonical hyphenated text form in uppercase, e.g.
+/// `4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709`; `FromStr` accepts that form in either case.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Guid(pub [u8; 16]);
 
 impl Guid {
-    /// Builds a GUID from its text-form fields (`d1-d2-d3-d4[0..2]-d4[2..8]`).
-    pub const fn from_fields(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> Guid {
-        let [a0, a1, a2, a3] = d1.to_le_bytes();
-        let [b0, b1] = d2.to_le_bytes();
-        let [c0, c1] = d3.to_le_bytes();
-        let [e0, e1, e2, e3, e4, e5, e6, e7] = d4;
-        Guid([a0, a1, a2, a3, b0, b1, c0, c1, e0, e1, e2, e3, e4, e5, e6, e7])
+    /// The GUID with the same text form as `uuid`.
+    pub const fn from_uuid(uuid: Uuid) -> Guid {
+        Guid(uuid.to_bytes_le())
     }
 
-    /// Whether this is the all-zero GUID.
+    /// The uuid with the same text form as this GUID.
+    pub const fn to_uuid(self) -> Uuid {
+        Uuid::from_bytes_le(self.0)
+    }
+
+    /// Whether this is the all-zero GUID, which marks an unused GPT entry.
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 16]
     }
@@ -28,14 +32,7 @@ impl Guid {
 
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a0, a1, a2, a3, b0, b1, c0, c1, e0, e1, e2, e3, e4, e5, e6, e7] = self.0;
-        write!(
-            f,
-            "{:08X}-{:04X}-{:04X}-{e0:02X}{e1:02X}-{e2:02X}{e3:02X}{e4:02X}{e5:02X}{e6:02X}{e7:02X}",
-            u32::from_le_bytes([a0, a1, a2, a3]),
-            u16::from_le_bytes([b0, b1]),
-            u16::from_le_bytes([c0, c1]),
-        )
+        f.write_str(self.to_uuid().hyphenated().encode_upper(&mut Uuid::encode_buffer()))
     }
 }
 
@@ -56,33 +53,14 @@ pub struct GuidParseError {
 impl FromStr for Guid {
     type Err = GuidParseError;
 
+    /// Parses the 36-character hyphenated form only; uuid on its own would also take the
+    /// simple, braced and URN forms, which are 32, 38 and 45 characters long.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || GuidParseError { input: s.to_owned() };
         if s.len() != 36 {
             return Err(err());
         }
-        let mut text = [0u8; 16];
-        let mut nibbles = 0usize;
-        for (pos, c) in s.chars().enumerate() {
-            if matches!(pos, 8 | 13 | 18 | 23) {
-                if c != '-' {
-                    return Err(err());
-                }
-                continue;
-            }
-            let digit = c.to_digit(16).and_then(|d| u8::try_from(d).ok());
-            let byte = text.get_mut(nibbles / 2);
-            match (digit, byte) {
-                (Some(d), Some(b)) => *b = (*b << 4) | d,
-                _ => return Err(err()),
-            }
-            nibbles += 1;
-        }
-        if nibbles != 32 {
-            return Err(err());
-        }
-        let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15] = text;
-        Ok(Guid([t3, t2, t1, t0, t5, t4, t7, t6, t8, t9, t10, t11, t12, t13, t14, t15]))
+        Uuid::try_parse(s).map(Guid::from_uuid).map_err(|_| err())
     }
 }
 
@@ -107,7 +85,9 @@ mod tests {
             assert_eq!(text.parse::<Guid>().unwrap(), guid);
             assert_eq!(text.to_lowercase().parse::<Guid>().unwrap(), guid);
         }
-        assert_eq!(types::EFI_SYSTEM.0[..4], [0x28, 0x73, 0x2A, 0xC1]);
+        let efi = [0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B];
+        assert_eq!(types::EFI_SYSTEM.0, efi);
+        assert_eq!(format!("{:?}", Guid(efi)), "Guid(C12A7328-F81F-11D2-BA4B-00A0C93EC93B)");
         for bad in [
             "",
             "C12A7328F81F11D2BA4B00A0C93EC93B",
@@ -115,6 +95,8 @@ mod tests {
             "G12A7328-F81F-11D2-BA4B-00A0C93EC93B",
             "C12A7328-F81F-11D2-BA4B+00A0C93EC93B",
             "C12A7328-F81F-11D2-BA4B-00A0C93EC93ß",
+            "{C12A7328-F81F-11D2-BA4B-00A0C93EC93B}",
+            "urn:uuid:C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
         ] {
             let err = bad.parse::<Guid>().unwrap_err();
             assert!(err.to_string().starts_with("Failed to parse GUID"), "{err}");

@@ -1,19 +1,21 @@
 //! Well-known GPT partition type GUIDs.
 
+use uuid::uuid;
+
 use super::Guid;
 
 /// Linux root (/) on x86-64 (sgdisk code 8304).
-pub const LINUX_ROOT_X86_64: Guid = Guid::from_fields(0x4F68_BCE3, 0xE8CD, 0x4DB1, [0x96, 0xE7, 0xFB, 0xCA, 0xF9, 0x84, 0xB7, 0x09]);
+pub const LINUX_ROOT_X86_64: Guid = Guid::from_uuid(uuid!("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"));
 /// Linux root (/) on AArch64 (sgdisk code 8305).
-pub const LINUX_ROOT_AARCH64: Guid = Guid::from_fields(0xB921_B045, 0x1DF0, 0x41C3, [0xAF, 0x44, 0x4C, 0x6F, 0x28, 0x0D, 0x3F, 0xAE]);
+pub const LINUX_ROOT_AARCH64: Guid = Guid::from_uuid(uuid!("B921B045-1DF0-41C3-AF44-4C6F280D3FAE"));
 /// Generic Linux filesystem data (sgdisk code 8300).
 #[cfg(test)]
-pub const LINUX_FS: Guid = Guid::from_fields(0x0FC6_3DAF, 0x8483, 0x4772, [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4]);
+pub const LINUX_FS: Guid = Guid::from_uuid(uuid!("0FC63DAF-8483-4772-8E79-3D69D8477DE4"));
 /// EFI system partition (sgdisk code EF00).
-pub const EFI_SYSTEM: Guid = Guid::from_fields(0xC12A_7328, 0xF81F, 0x11D2, [0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B]);
+pub const EFI_SYSTEM: Guid = Guid::from_uuid(uuid!("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"));
 /// BIOS boot partition for GRUB on GPT (sgdisk code EF02).
 #[cfg(test)]
-pub const BIOS_BOOT: Guid = Guid::from_fields(0x2168_6148, 0x6449, 0x6E6F, [0x74, 0x4E, 0x65, 0x65, 0x64, 0x45, 0x46, 0x49]);
+pub const BIOS_BOOT: Guid = Guid::from_uuid(uuid!("21686148-6449-6E6F-744E-656564454649"));
 /// Extended boot loader partition, /boot (sgdisk code EA00).
 #[cfg(test)]
-pub const XBOOTLDR: Guid = Guid::from_fields(0xBC13_C2FF, 0x59E6, 0x4262, [0xA3, 0x52, 0xB2, 0x75, 0xFD, 0x6F, 0x71, 0x72]);
+pub const XBOOTLDR: Guid = Guid::from_uuid(uuid!("BC13C2FF-59E6-4262-A352-B275FD6F7172"));
