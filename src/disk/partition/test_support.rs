@@ -162,34 +162,49 @@ pub struct SfdiskPart {
     pub bootable: bool,
 }
 
-fn json_value<'a>(object: &'a str, key: &str) -> Option<&'a str> {
-    let pattern = format!("\"{key}\":");
-    let rest = &object[object.find(&pattern)? + pattern.len()..];
-    let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim().trim_matches('"'))
+#[derive(serde::Deserialize)]
+struct SfdiskJson {
+    partitiontable: SfdiskTable,
+}
+
+#[derive(serde::Deserialize)]
+struct SfdiskTable {
+    id: String,
+    device: String,
+    partitions: Vec<SfdiskEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct SfdiskEntry {
+    node: String,
+    start: u64,
+    size: u64,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    bootable: bool,
 }
 
 /// Parses `sfdisk --json path`: (disk id, partitions).
 pub fn sfdisk_json(path: &Path) -> (u32, Vec<SfdiskPart>) {
     let out = run("sfdisk", &["--json", s(path)], None);
-    let id = json_value(&out, "id").unwrap().trim_start_matches("0x");
-    let list = &out[out.find("\"partitions\"").unwrap()..];
-    let parts = list
-        .split('{')
-        .skip(1)
-        .map(|object| {
-            let node = json_value(object, "node").unwrap();
-            let digits = node.len() - node.chars().rev().take_while(char::is_ascii_digit).count();
+    let table = serde_json::from_str::<SfdiskJson>(&out).unwrap_or_else(|e| panic!("sfdisk --json output {out}: {e}")).partitiontable;
+    let parts = table
+        .partitions
+        .iter()
+        .map(|p| {
+            // The node is the device name plus the index ("disk.raw5"; "p5" after a trailing digit).
+            let index = p.node.strip_prefix(&table.device).unwrap().trim_start_matches('p');
             SfdiskPart {
-                index: node[digits..].parse().unwrap(),
-                start: json_value(object, "start").unwrap().parse().unwrap(),
-                size: json_value(object, "size").unwrap().parse().unwrap(),
-                kind: u8::from_str_radix(json_value(object, "type").unwrap(), 16).unwrap(),
-                bootable: json_value(object, "bootable") == Some("true"),
+                index: index.parse().unwrap(),
+                start: p.start,
+                size: p.size,
+                kind: u8::from_str_radix(&p.kind, 16).unwrap(),
+                bootable: p.bootable,
             }
         })
         .collect();
-    (u32::from_str_radix(id, 16).unwrap(), parts)
+    (u32::from_str_radix(table.id.trim_start_matches("0x"), 16).unwrap(), parts)
 }
 
 fn le32(buf: &[u8], off: usize) -> u32 {
