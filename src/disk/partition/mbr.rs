@@ -98,7 +98,7 @@ fn mbr_byte_range(e: &MbrEntry, index: u32, base_lba: u64, disk_size: u64) -> Re
 
 /// Parses the four primary entries of an MBR sector 0.
 ///
-/// Logical partitions need further reads and are added by [`read`]; an extended
+/// Logical partitions need further reads and are added by [`read`](super::read); an extended
 /// partition appears here as a primary with its type 0x05/0x0F/0x85.
 pub fn parse_mbr(sector0: &[u8], disk_size: u64) -> Result<PartitionTable, PartitionError> {
     let primaries = parse_mbr_primaries(sector0, disk_size)?;

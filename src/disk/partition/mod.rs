@@ -5,6 +5,30 @@
 //! yields a [`PartitionError`], never a panic. Only 512-byte logical sectors are
 //! supported. Reading touches the first sectors of the disk, the GPT entry arrays,
 //! the backup GPT header and the EBR chain, never the whole disk.
+//!
+//! # Why not gptman or mbrman
+//!
+//! The disk is hostile input (an upstream image, or one a provisioner wrote), and
+//! gptman's reader trusts it: `GPT::read_from` does
+//! `Vec::with_capacity(header.number_of_partition_entries as usize)` straight from the
+//! header, so an attacker who sets the count (up to 2^32-1) and computes a matching
+//! header CRC makes it allocate and loop on demand; it rejects any `header_size` other
+//! than 92, although UEFI allows up to the sector size; it computes the CRCs through
+//! `serialize(..).expect(..)` and an `assert_eq!` on the array length, which panic; and
+//! its errors ("invalid header size") do not say which header or partition failed.
+//! Here every size and offset is checked arithmetic, the entry count is capped at
+//! [`MAX_GPT_ENTRIES`], every read is bounded by the disk size, and each
+//! [`PartitionError`] names the header LBA, partition index or EBR it is about. For MBR,
+//! mbrman would be a second partition crate for what `mbr.rs` does in about 200 lines:
+//! four primary entries and a bounded walk of the EBR chain.
+//!
+//! # Layout
+//!
+//! This file holds the table model ([`Partition`], [`PartitionTable`]), [`read`] and
+//! the public limits; `gpt.rs` and `mbr.rs` parse the two table kinds (`mbr.rs` also
+//! walks the EBR chain and reports where each entry is stored, for `grow`);
+//! `fields.rs` has the bounds-checked buffer and disk readers; `error.rs`, `guid.rs`
+//! and `types.rs` the error type, [`Guid`] and the well-known [`types`].
 
 mod error;
 mod fields;
