@@ -4,6 +4,5 @@ pub mod convert;
 pub mod detect;
 pub mod fsprobe;
 pub mod grow;
-#[allow(dead_code)] // a complete API: some items serve only tests and later features
 pub mod partition;
 pub mod workdisk;
