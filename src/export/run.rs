@@ -67,11 +67,34 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
         let dir = t.dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         works.push(WorkDisk::create(dir)?);
     }
-    let done = AtomicU64::new(0);
-    // Kernel copies (raw, fixed VHD), with the digest computed alongside when only they need it.
+    let late_digest = known.is_none() && needs_ids && !ids_first;
+    if let Some(d) = write_copies(input, targets, &works, &spec, late_digest, events)? {
+        spec.digest = d;
+    }
+    write_streams(input, targets, &works, &spec, opts, firmware, events)?;
+    if stop_requested() {
+        bail!("export stopped by a signal; no output was written");
+    }
+    name_outputs(input, targets, works, fin, events)
+}
+
+/// Kernel copies (raw, fixed VHD), with the content digest computed alongside when only they
+/// need it (returned then).
+fn write_copies(
+    input: &Input,
+    targets: &[Target],
+    works: &[WorkDisk],
+    spec: &DiskSpec,
+    late_digest: bool,
+    events: &Events,
+) -> anyhow::Result<Option<[u8; 32]>> {
     let copies: Vec<usize> = (0..targets.len()).filter(|&i| targets[i].format.is_copy()).collect();
-    if !copies.is_empty() {
-        let late_digest = known.is_none() && needs_ids && !ids_first;
+    if copies.is_empty() {
+        return Ok(None);
+    }
+    let stop = || stop_requested();
+    let done = AtomicU64::new(0);
+    {
         let total = input.size.saturating_mul(copies.len() as u64);
         let digest = events.with_bar("copying", total, &done, || {
             std::thread::scope(|s| -> anyhow::Result<Option<[u8; 32]>> {
@@ -92,9 +115,7 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
                 }
             })
         })?;
-        if let Some(d) = digest {
-            spec.digest = d;
-        }
+        let spec = DiskSpec { digest: digest.unwrap_or(spec.digest), ..spec.clone() };
         for &i in &copies {
             if targets[i].format == Format::Vhd {
                 let vsize = super::vhd::fixed_virtual_size(input.size);
@@ -102,15 +123,31 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
                 works[i].file().write_all_at(&footer, vsize).map_err(|e| write_error(e, &targets[i].dest))?;
             }
         }
+        Ok(digest)
     }
-    // Streaming formats: one read of the input for all of them.
+}
+
+/// Streaming formats (qcow2, VMDK, dynamic VHD, OVA): one read of the input feeds them all.
+fn write_streams(
+    input: &Input,
+    targets: &[Target],
+    works: &[WorkDisk],
+    spec: &DiskSpec,
+    opts: &ExportOptions,
+    firmware: super::ovf::Firmware,
+    events: &Events,
+) -> anyhow::Result<()> {
     let streams: Vec<usize> = (0..targets.len()).filter(|&i| !targets[i].format.is_copy()).collect();
-    if !streams.is_empty() {
+    if streams.is_empty() {
+        return Ok(());
+    }
+    let stop = || stop_requested();
+    {
         let mut writers: Vec<Box<dyn FormatWriter>> = Vec::new();
         for &i in &streams {
             let file = works[i].file().try_clone().context("Failed to duplicate an output descriptor")?;
             let inner =
-                super::options::writer(targets[i].format, file, &spec, opts, firmware).map_err(|e| write_error(e, &targets[i].dest))?;
+                super::options::writer(targets[i].format, file, spec, opts, firmware).map_err(|e| write_error(e, &targets[i].dest))?;
             writers.push(Box::new(Named { inner, dest: targets[i].dest.clone() }));
         }
         let done = AtomicU64::new(0);
@@ -128,9 +165,11 @@ pub fn export(input: &Input, targets: &[Target], opts: &ExportOptions, fin: Fini
             w.finish().map_err(|e| anyhow::Error::new(e).context("Export failed"))?;
         }
     }
-    if stop_requested() {
-        bail!("export stopped by a signal; no output was written");
-    }
+    Ok(())
+}
+
+/// Verifies (when asked), hashes and names each output, in target order.
+fn name_outputs(input: &Input, targets: &[Target], works: Vec<WorkDisk>, fin: Finish, events: &Events) -> anyhow::Result<Vec<OutputFile>> {
     let mut outputs = Vec::new();
     for (work, t) in works.into_iter().zip(targets) {
         let verify = |fd: &Path| -> anyhow::Result<()> {

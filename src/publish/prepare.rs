@@ -100,26 +100,8 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
     };
     let has_esp =
         table.as_ref().is_some_and(|t| t.partitions.iter().any(|p| p.type_guid == Some(types::EFI_SYSTEM) || p.mbr_type == Some(0xEF)));
-    let arch = match (req.settings.architecture, &meta.architecture) {
-        (Some(a), _) => a,
-        // The build read it from the image's own executables.
-        (None, Some(m)) => parse_arch(m).map_err(|e| {
-            usage(format!("{}: the build found {e}; AWS takes x86_64 or arm64 images", input.manifest.as_deref().unwrap_or(&req.image).display()))
-        })?,
-        (None, None) => detect_arch(table.as_ref()).unwrap_or_else(|| {
-            notices.push(
-                "no architecture in a build manifest and no x86-64 or aarch64 root partition type GUID in the image: assuming x86_64 (set [aws] architecture or --architecture)"
-                    .into(),
-            );
-            Arch::X86_64
-        }),
-    };
-    let boot = match req.settings.boot_mode {
-        Some(b) => b,
-        None if arch == Arch::Arm64 => BootMode::Uefi,
-        None if has_esp => BootMode::UefiPreferred,
-        None => BootMode::LegacyBios,
-    };
+    let arch = architecture(req, &input, &meta, table.as_ref(), &mut notices)?;
+    let boot = boot_mode(req, arch, has_esp);
     let snapshot_gib = blocks::gib_ceil(input.size);
     check_combination(&req.settings, boot, arch, snapshot_gib).map_err(usage)?;
     let vars = NameVars {
@@ -133,18 +115,7 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
     let template = req.settings.name_template.clone().unwrap_or_else(|| default_template(&vars).to_string());
     let name = render(&template, &vars).map_err(usage)?;
     let parent = req.parent.as_ref().map(|(snap, path)| open_parent(snap, path)).transpose()?;
-    let mode = match (&parent, req.settings.encrypted) {
-        (Some(_), true) => {
-            notices.push(
-                "EBS does not allow a parent snapshot together with encryption: uploading every block (full upload) instead of a delta"
-                    .into(),
-            );
-            Mode::Full
-        }
-        (Some(_), false) => Mode::Delta,
-        (None, true) => Mode::Full,
-        (None, false) => Mode::Sparse,
-    };
+    let mode = upload_mode(parent.is_some(), req.settings.encrypted, &mut notices);
     let parent = if mode == Mode::Delta { parent } else { None };
     let extents = crate::disk::convert::data_extents(&input.file, input.size)
         .with_context(|| format!("Failed to find the data extents of {}", input.path.display()))?;
@@ -167,20 +138,8 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
         ),
     };
     let volume_gib = req.settings.volume_size.unwrap_or(snapshot_gib);
-    let mut tags = BTreeMap::new();
-    tags.insert("Name".to_string(), name.clone());
-    for (k, v) in [("Version", &meta.version), ("Commit", &meta.commit), ("Recipe", &meta.recipe)] {
-        if let Some(v) = v {
-            tags.insert(k.to_string(), v.clone());
-        }
-    }
     let ancestor = parent.as_ref().map(|p| p.snapshot.clone()).or(meta.source.clone());
-    if let Some(a) = ancestor {
-        tags.insert("Ancestor".into(), a.chars().take(255).collect());
-    }
-    tags.insert("SourceDigest".into(), source_digest.clone());
-    tags.insert("BuiltBy".into(), "imgforge".into());
-    tags.extend(req.settings.tags.clone());
+    let tags = image_tags(&name, &meta, ancestor, &source_digest, &req.settings.tags);
     let description: String = format!("{name}: built by imgforge from {}", source_digest).chars().take(255).collect();
     let file = Arc::new(input.file.try_clone().with_context(|| format!("Failed to reopen {}", input.path.display()))?);
     Ok(Prepared {
@@ -202,6 +161,81 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
         tags,
         notices,
     })
+}
+
+/// The CPU architecture: the flag or recipe, else what the build read from the image's own
+/// executables, else the root partition's type GUID, else x86_64 with a notice.
+fn architecture(
+    req: &Request,
+    input: &crate::export::input::Input,
+    meta: &ManifestFields,
+    table: Option<&partition::PartitionTable>,
+    notices: &mut Vec<String>,
+) -> anyhow::Result<Arch> {
+    Ok(match (req.settings.architecture, &meta.architecture) {
+        (Some(a), _) => a,
+        (None, Some(m)) => parse_arch(m).map_err(|e| {
+            usage(format!("{}: the build found {e}; AWS takes x86_64 or arm64 images", input.manifest.as_deref().unwrap_or(&req.image).display()))
+        })?,
+        (None, None) => detect_arch(table).unwrap_or_else(|| {
+            notices.push(
+                "no architecture in a build manifest and no x86-64 or aarch64 root partition type GUID in the image: assuming x86_64 (set [aws] architecture or --architecture)"
+                    .into(),
+            );
+            Arch::X86_64
+        }),
+    })
+}
+
+/// The boot mode: as asked, else UEFI for arm64, UEFI-preferred with an ESP, legacy BIOS without.
+fn boot_mode(req: &Request, arch: Arch, has_esp: bool) -> BootMode {
+    match req.settings.boot_mode {
+        Some(b) => b,
+        None if arch == Arch::Arm64 => BootMode::Uefi,
+        None if has_esp => BootMode::UefiPreferred,
+        None => BootMode::LegacyBios,
+    }
+}
+
+/// Which blocks to send: a delta over a parent, every block (encrypted), or the non-zero ones.
+fn upload_mode(has_parent: bool, encrypted: bool, notices: &mut Vec<String>) -> Mode {
+    match (has_parent, encrypted) {
+        (true, true) => {
+            notices.push(
+                "EBS does not allow a parent snapshot together with encryption: uploading every block (full upload) instead of a delta"
+                    .into(),
+            );
+            Mode::Full
+        }
+        (true, false) => Mode::Delta,
+        (false, true) => Mode::Full,
+        (false, false) => Mode::Sparse,
+    }
+}
+
+/// The tags on the snapshot and the AMI: Name, Version, Commit, Recipe, Ancestor, SourceDigest,
+/// BuiltBy, then the user's (which win).
+fn image_tags(
+    name: &str,
+    meta: &ManifestFields,
+    ancestor: Option<String>,
+    source_digest: &str,
+    extra: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::new();
+    tags.insert("Name".to_string(), name.to_string());
+    for (k, v) in [("Version", &meta.version), ("Commit", &meta.commit), ("Recipe", &meta.recipe)] {
+        if let Some(v) = v {
+            tags.insert(k.to_string(), v.clone());
+        }
+    }
+    if let Some(a) = ancestor {
+        tags.insert("Ancestor".into(), a.chars().take(255).collect());
+    }
+    tags.insert("SourceDigest".into(), source_digest.to_string());
+    tags.insert("BuiltBy".into(), "imgforge".into());
+    tags.extend(extra.clone());
+    tags
 }
 
 #[derive(Debug, Default)]
