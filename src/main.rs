@@ -10,8 +10,9 @@
 //! | configuration | [`recipe`] | TOML recipe → validated plan, made of the domains' own option types |
 //! | domains | [`source`], [`provision`], [`seal`], [`stamp`], [`export`], [`publish`], [`s3`], [`manifest`] | verify an upstream; run provisioners; scrub identities; stamp the version; write formats; upload to AWS; the build record |
 //! | the image | [`image`], [`disk`], [`chroot`] | attach and mount an image and read facts from it; disk formats and partition tables; the image root seen from the host (in-root paths, chrooted processes) |
-//! | the host | [`host`], [`error`], [`logging`], [`progress`], [`io`] | loop devices, mounts, namespaces, commands, signals; shared error classes; logs; progress events; hashing readers and writers, file digests |
+//! | the host | [`host`], [`aws`], [`io`], [`error`], [`logging`], [`progress`] | loop devices, mounts, namespaces, commands, signals; the AWS SDK set up once (config, retry, runtime); hashing readers and writers, file digests; shared error classes; logs; progress events |
 
+mod aws;
 mod chroot;
 mod cli;
 mod disk;

@@ -123,6 +123,20 @@ impl Events {
         Ok(self.emit(Event::Result(result))?)
     }
 
+    /// A bar counting `unit`s (blocks…) for the caller to advance, on a terminal only: none
+    /// without one and none under `--json`, like every bar of the program.
+    pub fn count_bar(&self, label: &str, total: u64, unit: &str) -> Option<ProgressBar> {
+        if !self.tty {
+            return None;
+        }
+        let b = ProgressBar::new(total);
+        let template = format!("  {label} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{msg}}, {{per_sec}}, eta {{eta}}");
+        if let Ok(s) = ProgressStyle::with_template(&template) {
+            b.set_style(s.progress_chars("=> "));
+        }
+        Some(b)
+    }
+
     /// Runs `work` while showing `counter` (bytes done of `total`) as a bar on a terminal.
     pub fn with_bar<T>(&self, label: &str, total: u64, counter: &AtomicU64, work: impl FnOnce() -> T) -> T {
         if !self.tty {
@@ -149,5 +163,21 @@ impl Events {
             bar.finish_and_clear();
             out
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--json` owns stdout and never draws a bar, whatever stderr is (publish used to build its
+    /// block bar from `stderr().is_terminal()` alone).
+    #[test]
+    fn no_bar_under_json() {
+        let json = Events { json: true, tty: false, out: Mutex::new(()) };
+        assert!(json.count_bar("uploading", 10, "blocks").is_none());
+        let tty = Events { json: false, tty: true, out: Mutex::new(()) };
+        assert!(tty.count_bar("uploading", 10, "blocks").is_some());
+        assert!(!Events::new(true).tty, "--json must turn bars off");
     }
 }

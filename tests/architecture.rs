@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("configuration", &["recipe"]),
     ("domains", &["source", "provision", "seal", "stamp", "export", "publish", "s3", "manifest"]),
     ("the image", &["image", "disk", "chroot"]),
-    ("the host", &["host", "error", "logging", "progress", "io"]),
+    ("the host", &["host", "aws", "io", "error", "logging", "progress"]),
 ];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;

@@ -14,7 +14,8 @@ use super::prepare::Prepared;
 use super::register::{Ec2, Ec2Error};
 use super::snapshot::{self, Pending};
 use super::upload::Outcome;
-use super::{COPY_CONCURRENCY, IMAGE_WAIT, blocks, client, ledger, wait};
+use super::{COPY_CONCURRENCY, IMAGE_WAIT, blocks, ledger, wait};
+use crate::aws::client;
 use crate::progress::Events;
 
 /// The ids bound so far.
@@ -120,13 +121,15 @@ impl<'a> Run<'a> {
         let what = format!("{} of {total} blocks to read", p.candidates.len());
         self.events.step("upload", &format!("uploading {} to snapshot {} ({what})", p.input.path.display(), pending.id));
         let t = Instant::now();
-        let out = snapshot::fill(&self.ebs, p, pending, super::bar(p.candidates.len() as u64)).await.map_err(|e| {
-            e.context(format!(
-                "snapshot {} is kept for a resume: run the same publish again (it expires {} minutes after its last write)",
-                pending.id,
-                snapshot::timeout_minutes(p)
-            ))
-        })?;
+        let out = snapshot::fill(&self.ebs, p, pending, self.events.count_bar("uploading", p.candidates.len() as u64, "blocks"))
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "snapshot {} is kept for a resume: run the same publish again (it expires {} minutes after its last write)",
+                    pending.id,
+                    snapshot::timeout_minutes(p)
+                ))
+            })?;
         self.events.step_done("upload", t.elapsed().as_secs_f64());
         self.outcome = out;
         Ok(())

@@ -7,7 +7,6 @@
 //! manifest.
 
 pub mod blocks;
-pub mod client;
 pub mod dryrun;
 pub mod execute;
 pub mod ledger;
@@ -16,7 +15,6 @@ pub mod options;
 pub mod plan;
 pub mod prepare;
 pub mod register;
-pub mod retry;
 pub mod snapshot;
 #[cfg(test)]
 mod testing;
@@ -24,11 +22,9 @@ pub mod upload;
 pub mod wait;
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::progress::Events;
 use execute::Run;
@@ -57,26 +53,15 @@ pub fn run(req: &Request, events: &Events) -> anyhow::Result<Option<Record>> {
         dryrun::print(&p)?;
         return Ok(None);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("Failed to start the async runtime")?;
+    let rt = crate::aws::runtime()?;
     let record = rt.block_on(publish(&p, req, events))?;
     save(&p, &record)?;
     Ok(Some(record))
 }
 
-fn bar(total: u64) -> Option<ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let b = ProgressBar::new(total);
-    if let Ok(s) = ProgressStyle::with_template("  uploading [{bar:30}] {pos}/{len} blocks, {msg}, {per_sec}, eta {eta}") {
-        b.set_style(s.progress_chars("=> "));
-    }
-    Some(b)
-}
-
 async fn publish(p: &Prepared, req: &Request, events: &Events) -> anyhow::Result<Record> {
     let started = Instant::now();
-    let cfg = client::load(p.settings.region.as_deref(), req.endpoint_url.as_deref()).await?;
+    let cfg = crate::aws::client::load(p.settings.region.as_deref(), req.endpoint_url.as_deref()).await?;
     let region = cfg.region().map(|r| r.to_string()).context("no AWS region")?;
     let mut run = Run::new(p, events, &cfg, &region);
     let found = existing(&run.ec2, p, &plan::lookup(p, &region), req.force).await?;

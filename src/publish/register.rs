@@ -11,8 +11,8 @@ use aws_sdk_ec2::types::{
 };
 
 use super::plan::Registration;
-use super::retry::{Policy, retry};
 use super::wait::{Poll, WaitError, Waiter};
+use crate::aws::retry::{Policy, retry};
 
 /// Errors of the EC2 steps.
 #[derive(Debug, thiserror::Error)]

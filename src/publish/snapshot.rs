@@ -15,8 +15,8 @@ use super::ledger::{self, Ledger, Start};
 use super::plan::{StartSnapshot, Sum};
 use super::prepare::Prepared;
 use super::register::Ec2;
-use super::retry::{Policy, retry};
 use super::upload::{Job, Outcome, upload};
+use crate::aws::retry::{Policy, retry};
 use crate::progress::Events;
 
 /// Tag carrying the StartSnapshot ClientToken.

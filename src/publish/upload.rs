@@ -20,7 +20,7 @@ use indicatif::ProgressBar;
 
 use super::blocks::{BLOCK, Mode, sha256, should_send};
 use super::ledger::Ledger;
-use super::retry::{Class, Policy, retry};
+use crate::aws::retry::{Class, Policy, retry};
 
 /// Errors of the upload.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
 
-use crate::publish::retry::{Policy, retry};
+use crate::aws::retry::{Policy, retry};
 
 /// Parts in flight per file (each is held in memory once).
 pub const PARALLEL_PARTS: usize = 4;
@@ -73,9 +73,9 @@ pub struct Uploaded {
 
 /// Uploads `files` under `dest`.
 pub fn upload(dest: &S3Url, files: &[PathBuf], endpoint_url: Option<&str>) -> anyhow::Result<Vec<Uploaded>> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("Failed to start the async runtime")?;
+    let rt = crate::aws::runtime()?;
     rt.block_on(async {
-        let cfg = crate::publish::client::load(None, endpoint_url).await?;
+        let cfg = crate::aws::client::load(None, endpoint_url).await?;
         let mut conf = aws_sdk_s3::config::Builder::from(&cfg);
         if cfg.endpoint_url().is_some() {
             // Custom endpoints (emulators, MinIO) rarely resolve bucket subdomains.
