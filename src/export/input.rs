@@ -51,7 +51,10 @@ fn open_raw(path: &Path, file: File) -> anyhow::Result<Input> {
     }
     let size = meta.len();
     if size == 0 {
-        bail!("{} is empty: not a disk image", path.display());
+        bail!(
+            "{} is empty: not a disk image (an interrupted download or copy?); give the raw, qcow2 or VHD file, or a build manifest",
+            path.display()
+        );
     }
     match super::vhd::detect(&file) {
         Ok(Some(kind)) => bail!(

@@ -203,7 +203,7 @@ fn preflight(input: &Input, targets: &[Target]) -> anyhow::Result<()> {
         }
         let dir = t.dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !dir.is_dir() {
-            bail!("output directory {} does not exist", dir.display());
+            bail!("output directory {} does not exist: create it (mkdir -p) or choose another with -o", dir.display());
         }
         if let Ok(m) = std::fs::metadata(&t.dest)
             && m.dev() == meta.dev()

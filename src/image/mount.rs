@@ -154,7 +154,8 @@ fn grow_offline(dev: &Path, fstype: &str, events: &Events) -> anyhow::Result<()>
             // 0: clean, 1: errors corrected. Anything else needs a human.
             if !matches!(check.status.code(), Some(0 | 1)) {
                 bail!(
-                    "e2fsck found problems in the upstream root filesystem ({}){}",
+                    "e2fsck found problems in the upstream root filesystem ({}){}; the upstream image is damaged: check it with \
+                     `e2fsck -fn` on its root partition and ask its vendor, or build without [disk] size",
                     check.status,
                     crate::host::command::tail(&check.stderr)
                 );
