@@ -4,14 +4,15 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
-/// `/proc/self/fd/N`: for this process's own calls (open, linkat, mount).
-pub fn self_path(fd: impl AsFd) -> PathBuf {
+/// `/proc/self/fd/N`: for this process's own calls (open, linkat, mount). Takes a reference:
+/// the path is only valid while the caller keeps the descriptor open.
+pub fn self_path<F: AsFd>(fd: &F) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
 }
 
 /// `/proc/PID/fd/N`: for other programs imgforge runs (mtools, e2fsck), to which `/proc/self`
 /// would mean themselves. Valid while this process holds the descriptor.
-pub fn shared_path(fd: impl AsFd) -> PathBuf {
+pub fn shared_path<F: AsFd>(fd: &F) -> PathBuf {
     PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), fd.as_fd().as_raw_fd()))
 }
 

@@ -75,7 +75,7 @@ impl MountTree {
     /// Mounts `spec` on the directory `target_fd`, which the caller resolved inside the root;
     /// `shown` is its path for messages and teardown.
     pub fn mount_at(&mut self, spec: &MountSpec<'_>, target_fd: impl AsFd, shown: &Path) -> Result<(), MountError> {
-        let magic = super::fd::self_path(target_fd);
+        let magic = super::fd::self_path(&target_fd);
         let mut builder = Mount::builder().flags(spec.flags);
         if let Some(fstype) = spec.fstype {
             builder = builder.fstype(fstype);
