@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-
 use super::Global;
 use crate::recipe::plan::{Overrides, load_plan};
 
@@ -20,7 +18,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     // A pinned key that does not parse would only fail at build time: check it here.
     let key = match &plan.source.signing_key {
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("Failed to read the signing key {}", p.display()))?;
+            let bytes = crate::source::verify::read_key(p)?;
             let fpr = crate::source::signature::fingerprint(&bytes).map_err(|e| {
                 crate::error::UsageError(format!(
                     "{}: source.signing_key {} is not an OpenPGP public key ({e}); hint: export the vendor's key with `gpg --armor --export KEYID`",

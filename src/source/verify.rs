@@ -77,7 +77,8 @@ fn expected(plan: &SourcePlan) -> anyhow::Result<(Algo, String, Option<String>, 
     Ok((entry.algo, entry.digest, Some(sums_loc.to_string()), fingerprint))
 }
 
-fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+/// The pinned signing key's bytes (armored or binary), for verification and `validate`.
+pub fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("Failed to read the signing key {}", path.display()))
 }
 
