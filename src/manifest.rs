@@ -126,6 +126,13 @@ pub struct Manifest {
     pub outputs: Vec<OutputFile>,
     /// Provisioners with their durations.
     pub provisioners: Vec<StepReport>,
+    /// Services whose start (restart, reload) the build deferred to the image's first boot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<crate::chroot::services::Deferred>,
+    /// Kernel parameters provisioners set: they changed only the build sandbox's copy of
+    /// /proc/sys; the image gets what it persists (e.g. in /etc/sysctl.d).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sandbox_sysctls: BTreeMap<String, String>,
     /// Seconds per build step.
     pub steps: BTreeMap<String, f64>,
     /// What sealing did.
@@ -265,6 +272,22 @@ mod tests {
       }
     }
   ],
+  "services": [
+    {
+      "unit": "nginx.service",
+      "actions": [
+        "start",
+        "restart"
+      ],
+      "via": [
+        "systemctl"
+      ],
+      "enabled": "enabled"
+    }
+  ],
+  "sandbox_sysctls": {
+    "vm.swappiness": "10"
+  },
   "steps": {
     "provision": 13.75,
     "seal": 0.5

@@ -46,6 +46,20 @@ fn step_report(dir: &Path, name: &str, i: usize) -> serde_json::Value {
     m["provisioners"][i].clone()
 }
 
+fn manifest(dir: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join(format!("out/{name}.manifest.json"))).unwrap()).unwrap()
+}
+
+/// The manifest lists `unit` as deferred to first boot with (at least) `actions`, enabled.
+fn assert_deferred(m: &serde_json::Value, unit: &str, actions: &[&str]) {
+    let services = m["services"].as_array().unwrap_or_else(|| panic!("no services in the manifest: {m}"));
+    let s = services.iter().find(|s| s["unit"] == unit).unwrap_or_else(|| panic!("{unit} not deferred: {services:?}"));
+    for a in actions {
+        assert!(s["actions"].as_array().unwrap().iter().any(|x| x == a), "{unit}: {a} not recorded: {s}");
+    }
+    assert_eq!(s["enabled"], "enabled", "{s}");
+}
+
 /// Nothing of a run is left in the image: the given paths, imgforge's run directory and the
 /// guards; and the residue scan found nothing.
 fn assert_nothing_left(dir: &Path, name: &str, m: &RoMount, paths: &[&str]) {
@@ -88,11 +102,19 @@ const ROLE_TASKS: &str = r#"- name: install a Debian package
   copy:
     src: imgforge-test.service
     dest: /etc/systemd/system/imgforge-test.service
-- name: enable the unit
-  systemd:
+- name: enable and start the unit, live-server style
+  service:
     name: imgforge-test
+    state: started
     enabled: yes
+  notify: restart imgforge-test
+- name: a kernel parameter, applied (reload) and persisted
+  sysctl:
+    name: vm.swappiness
+    value: "10"
 "#;
+
+const ROLE_HANDLERS: &str = "- name: restart imgforge-test\n  systemd:\n    name: imgforge-test\n    state: restarted\n";
 
 /// The same work as the playbook done by a shell step (another package, user and unit), as the
 /// baseline the tools' times are compared with in the test log.
@@ -123,6 +145,7 @@ fn ansible_playbook_end_to_end() {
         ("ansible/roles/web/tasks/main.yml", ROLE_TASKS),
         ("ansible/roles/web/templates/app.conf.j2", "role={{ role }} port={{ port }} build={{ lookup('env', 'IMGFORGE_BUILD') }}\n"),
         ("ansible/roles/web/files/imgforge-test.service", UNIT),
+        ("ansible/roles/web/handlers/main.yml", ROLE_HANDLERS),
         ("ansible/fail.yml", "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: this task fails\n      command: /bin/false\n"),
     ];
     // A role from requirements.yml (a local tarball: no galaxy server here).
@@ -155,7 +178,12 @@ fn ansible_playbook_end_to_end() {
     assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
     let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
     assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
+    assert!(m.read("/etc/sysctl.conf").contains("vm.swappiness=10"), "sysctl not persisted");
     assert_nothing_left(dir.path(), "ans", &m, &["/root/.ansible_async"]);
+    let manifest = manifest(dir.path(), "ans");
+    assert_deferred(&manifest, "imgforge-test.service", &["start", "restart"]);
+    assert_eq!(manifest["sandbox_sysctls"]["vm.swappiness"], "10", "{}", manifest["sandbox_sysctls"]);
+    assert_ne!(std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap().trim(), "10", "the playbook's sysctl reached the host");
     drop(m);
 
     // A failing task fails the build, named.
@@ -204,8 +232,9 @@ deploy:
   file.managed:
     - source: salt://rails/imgforge-test.service
 imgforge-test:
-  service.enabled:
-    - require:
+  service.running:
+    - enable: True
+    - watch:
       - file: /etc/systemd/system/imgforge-test.service
 "#;
 
@@ -256,6 +285,7 @@ fn salt_masterless_end_to_end() {
         &["/opt/imgforge-salt", "/etc/salt", "/var/cache/salt", "/var/log/salt", "/run/systemd/system"],
     );
     drop(m);
+    assert_deferred(&manifest(dir.path(), "slt"), "imgforge-test.service", &["start"]);
 
     // A failing state fails the build, listing the state and its comment.
     let dir = testdir("salt-fail");
@@ -279,7 +309,7 @@ fn salt_masterless_end_to_end() {
 const MANIFEST: &str = r#"package { 'hello': ensure => installed }
 user { 'deploy': ensure => present, shell => '/bin/bash' }
 file { '/etc/systemd/system/imgforge-test.service': source => 'puppet:///modules/app/imgforge-test.service' }
--> service { 'imgforge-test': enable => true }
+-> service { 'imgforge-test': ensure => running, enable => true }
 include app
 "#;
 
@@ -332,6 +362,7 @@ fn puppet_apply_end_to_end() {
         &["/etc/puppet/ssl", "/var/cache/puppet/state/last_run_report.yaml", "/var/cache/puppet/reports", "/var/lib/puppet/reports"],
     );
     drop(m);
+    assert_deferred(&manifest(dir.path(), "pup"), "imgforge-test.service", &["start"]);
 
     // A failing resource fails the build, named.
     let dir = testdir("puppet-fail");

@@ -1,14 +1,12 @@
-//! `ChrootCmd`: a command run chrooted in the image, in its own mount and PID namespaces.
+//! `ChrootCmd`: a command run in the image, inside the build's sandbox (`super::sandbox`).
 //!
-//! The child unshares a mount and a PID namespace and forks once more: the grandchild is PID 1
-//! of the new PID namespace, mounts a fresh `/proc` for it, chroots and execs. When it exits,
-//! the kernel kills every process left in that namespace (a `sleep 1000 &`, a `gpg-agent
-//! --daemon`), so nothing started by a provisioner outlives it. Both processes carry
+//! The child enters the sandbox and forks once more: the grandchild is PID 1 of a new PID
+//! namespace, pivoted into the image. When it exits, the kernel kills every process left in
+//! that namespace (a `sleep 1000 &`, a `gpg-agent --daemon`, a daemon a playbook started), so
+//! nothing started by a provisioner outlives it. Both processes carry
 //! `PR_SET_PDEATHSIG(SIGKILL)`, so if imgforge itself is killed the chain collapses too.
 //! The environment is cleared and set explicitly.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,14 +21,18 @@ pub struct ChrootCmd {
     program: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    stdin: bool,
 }
 
 /// Starting the chrooted command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChrootError {
-    /// A path or argument held a NUL byte.
-    #[error("Failed to prepare the chroot command: {0} contains a NUL byte")]
-    Nul(String),
+    /// No sandbox was set up for this image (a bug: every command runs in one).
+    #[error("No build sandbox for the image at {root}: refusing to run a command there unconfined")]
+    NoSandbox {
+        /// Image root.
+        root: PathBuf,
+    },
     /// fork/exec failed.
     #[error("Failed to start {program} chrooted in {root}: {source}")]
     Spawn {
@@ -60,6 +62,7 @@ impl ChrootCmd {
             program: program.to_string(),
             args: Vec::new(),
             env: env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
+            stdin: false,
         }
     }
 
@@ -82,81 +85,46 @@ impl ChrootCmd {
         self
     }
 
-    /// Spawns with the given stdio. Wait on the returned child; kill it to kill everything.
+    /// Gives the command imgforge's own stdin (for `imgforge sandbox-exec`) instead of none.
+    pub fn inherit_stdin(mut self) -> Self {
+        self.stdin = true;
+        self
+    }
+
+    /// Spawns in the image's sandbox with the given stdio. Wait on the returned child; kill it
+    /// to kill everything it started.
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<Child, ChrootError> {
-        let root = CString::new(self.root.as_os_str().as_bytes()).map_err(|_| ChrootError::Nul(self.root.display().to_string()))?;
+        let Some(sandbox) = super::sandbox::lookup(&self.root) else {
+            return Err(ChrootError::NoSandbox { root: self.root.clone() });
+        };
+        let spawn_err = |source| ChrootError::Spawn { program: self.program.clone(), root: self.root.clone(), source };
+        let enter = sandbox.enter().map_err(&spawn_err)?;
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).env_clear().envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).current_dir("/");
-        let ctx = ChildCtx { root, proc_: c"proc", proc_dir: c"/proc", slash: c"/" };
+        cmd.stdin(if self.stdin { Stdio::inherit() } else { Stdio::null() }).stdout(stdout).stderr(stderr).current_dir("/");
         #[allow(unsafe_code)]
-        // SAFETY: the closure only makes raw syscalls with CStrings built before the fork; it
-        // allocates nothing and takes no locks.
+        // SAFETY: the closure only makes raw syscalls with buffers built before the fork; it
+        // allocates nothing and takes no locks. `sandbox` keeps the descriptors open.
         unsafe {
-            cmd.pre_exec(move || ctx.enter())
+            cmd.pre_exec(move || enter.enter())
         };
-        cmd.spawn().map_err(|source| ChrootError::Spawn { program: self.program.clone(), root: self.root.clone(), source })
+        let child = cmd.spawn().map_err(&spawn_err);
+        drop(sandbox);
+        child
     }
-}
 
-struct ChildCtx {
-    root: CString,
-    proc_: &'static std::ffi::CStr,
-    proc_dir: &'static std::ffi::CStr,
-    slash: &'static std::ffi::CStr,
-}
-
-fn check(rc: libc::c_long) -> std::io::Result<()> {
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-}
-
-impl ChildCtx {
-    /// Runs in the forked child before exec. Returns only in the grandchild (PID 1 of the new
-    /// PID namespace); the intermediate process waits for it and exits with its status.
-    #[allow(unsafe_code)]
-    fn enter(&self) -> std::io::Result<()> {
-        // SAFETY (whole function): raw async-signal-safe syscalls on valid, NUL-terminated
-        // strings owned by `self`; no allocation between fork and exec.
-        unsafe {
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
-            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID).into())?;
-            let flags = libc::MS_REC | libc::MS_PRIVATE;
-            check(libc::mount(std::ptr::null(), self.slash.as_ptr(), std::ptr::null(), flags, std::ptr::null()).into())?;
-            let pid = libc::fork();
-            if pid < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if pid > 0 {
-                wait_and_exit(pid);
-            }
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
-            check(libc::chroot(self.root.as_ptr()).into())?;
-            check(libc::chdir(self.slash.as_ptr()).into())?;
-            let pflags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            check(libc::mount(self.proc_.as_ptr(), self.proc_dir.as_ptr(), self.proc_.as_ptr(), pflags, std::ptr::null()).into())?;
+    /// Runs to the end and returns its stdout (stderr goes to imgforge's log at debug level);
+    /// for short queries.
+    pub fn output(&self) -> Result<Vec<u8>, ChrootError> {
+        let child = self.spawn(Stdio::piped(), Stdio::piped())?;
+        let out = child.wait_with_output().map_err(|source| ChrootError::Spawn {
+            program: self.program.clone(),
+            root: self.root.clone(),
+            source,
+        })?;
+        if !out.stderr.is_empty() {
+            tracing::debug!("{}: {}", self.program, String::from_utf8_lossy(&out.stderr).trim());
         }
-        Ok(())
-    }
-}
-
-/// The intermediate process: close everything but stdio (so the parent's exec-status pipe sees
-/// EOF once the grandchild execs), wait for the grandchild, exit with its status.
-#[allow(unsafe_code)]
-fn wait_and_exit(pid: libc::pid_t) -> ! {
-    // SAFETY: raw syscalls; `status` is a valid out-pointer; _exit never returns.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        let mut status: libc::c_int = 0;
-        loop {
-            let rc = libc::waitpid(pid, &mut status, 0);
-            if rc == pid {
-                break;
-            }
-            if rc < 0 && *libc::__errno_location() != libc::EINTR {
-                libc::_exit(127);
-            }
-        }
-        let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-        libc::_exit(code)
+        Ok(out.stdout)
     }
 }

@@ -1,5 +1,6 @@
 //! What the image gets for the provisioning window only, restored exactly afterwards:
-//! a working `/etc/resolv.conf` and a `/usr/sbin/policy-rc.d` that forbids starting daemons.
+//! a working `/etc/resolv.conf` and a `/usr/sbin/policy-rc.d` that forbids starting daemons
+//! (`super::services::POLICY_RC_D`).
 //!
 //! The image's own file (often a symlink into /run) is never written through: it is renamed
 //! aside — the entry itself, whatever it is — and renamed back at the end.
@@ -90,10 +91,6 @@ fn write_new(root: &Root, path: &Path, content: &[u8], mode: u32) -> Result<(), 
     })
 }
 
-/// The policy-rc.d that keeps package scripts from starting daemons (Debian's invoke-rc.d
-/// contract: exit 101 = action forbidden).
-pub const POLICY_RC_D: &[u8] = b"#!/bin/sh\n# Installed by imgforge for the build only: do not start daemons in a chroot.\nexit 101\n";
-
 /// resolv.conf content for the chroot, from the host's real upstream resolvers: when the host
 /// uses the systemd-resolved stub (127.0.0.53), its upstream list is read instead. Pure given
 /// the two file contents.
@@ -103,12 +100,22 @@ pub fn chroot_resolv_conf(host_resolv: &str, resolved_upstream: Option<&str>) ->
         (true, Some(up)) => up,
         _ => host_resolv,
     };
-    let kept: Vec<&str> = text
+    // The sandbox reaches the host's network through slirp4netns, which keeps the host's
+    // loopback out of reach: a resolver on it is asked through slirp's forwarder instead.
+    let kept: Vec<String> = text
         .lines()
         .map(str::trim)
         .filter(|l| l.starts_with("nameserver") || l.starts_with("search") || l.starts_with("domain") || l.starts_with("options"))
+        .map(|l| match l.split_whitespace().nth(1) {
+            Some(addr) if l.starts_with("nameserver") && is_loopback(addr) => format!("nameserver {}", super::sandbox::net::SLIRP_DNS),
+            _ => l.to_string(),
+        })
         .collect();
     format!("# imgforge: for the build only; the image's own resolv.conf is restored afterwards\n{}\n", kept.join("\n"))
+}
+
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The chroot resolv.conf built from this host's files.
@@ -121,6 +128,7 @@ pub fn host_resolv_conf() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chroot::services::POLICY_RC_D;
     use std::os::unix::fs::symlink;
 
     #[test]
@@ -130,6 +138,8 @@ mod tests {
         assert!(!out.contains("127.0.0.53"));
         let plain = chroot_resolv_conf("# x\nnameserver 1.1.1.1\n", None);
         assert!(plain.ends_with("nameserver 1.1.1.1\n"), "{plain}");
+        let local = chroot_resolv_conf("nameserver 127.0.0.1\nnameserver ::1\nnameserver 10.1.1.1\n", None);
+        assert!(local.ends_with("nameserver 10.0.2.3\nnameserver 10.0.2.3\nnameserver 10.1.1.1\n"), "{local}");
     }
 
     #[test]

@@ -253,6 +253,22 @@ impl Root {
         self.remove_dir(path)
     }
 
+    /// Creates the character device node `path` (`major`:`minor`) with exactly `mode`.
+    pub fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> Result<()> {
+        let (dir, name) = self.parent(path)?;
+        let kind = nix::sys::stat::SFlag::S_IFCHR;
+        nix::sys::stat::mknodat(dir.as_fd(), name.as_os_str(), kind, Mode::from_bits_truncate(mode), nix::sys::stat::makedev(major, minor))
+            .map_err(err("create device node", path))?;
+        // mknod applied the umask.
+        nix::sys::stat::fchmodat(
+            dir.as_fd(),
+            name.as_os_str(),
+            Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(err("chmod", path))
+    }
+
     /// Creates a symlink `path` → `target` (target stored as is, never resolved by us).
     pub fn symlink(&self, target: &Path, path: &Path) -> Result<()> {
         let (dir, name) = self.parent(path)?;

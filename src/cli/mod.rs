@@ -8,6 +8,7 @@ mod events;
 mod export;
 mod inspect;
 mod publish;
+mod sandbox_exec;
 mod seal;
 mod validate;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Write the man pages (imgforge.1 and one per subcommand) into a directory.
     #[command(hide = true)]
     Manpages(docs::ManpagesArgs),
+    /// Run a command in a build's sandbox (Ansible's chroot connection calls this as its chroot).
+    #[command(hide = true)]
+    SandboxExec(sandbox_exec::Args),
 }
 
 pub use crate::error::UsageError;
@@ -82,6 +86,7 @@ pub fn main() -> ExitCode {
         Command::Seal(a) => seal::run(&cli.global, a),
         Command::Completions(a) => docs::completions(Cli::command(), a),
         Command::Manpages(a) => docs::manpages(Cli::command(), a),
+        Command::SandboxExec(a) => return sandbox_exec::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -258,7 +258,8 @@ impl Mounted {
         let list: [PseudoMount; 6] = [
             ("/proc", "proc", Some("proc"), nse, None),
             ("/sys", "sysfs", Some("sysfs"), nse | MountFlags::RDONLY, None),
-            ("/dev", "/dev", None, MountFlags::BIND, None),
+            // Not the host's /dev: a tmpfs with the few devices a build needs (`populate_dev`).
+            ("/dev", "tmpfs", Some("tmpfs"), MountFlags::NOSUID | MountFlags::NOEXEC, Some("mode=0755,size=1m")),
             (
                 "/dev/pts",
                 "devpts",
@@ -278,6 +279,9 @@ impl Mounted {
             let shown = self.root.shown(t);
             let spec = MountSpec { source: Path::new(source), fstype, flags, data };
             self.tree()?.mount_at(&spec, &fd, &shown)?;
+            if target == "/dev" {
+                populate_dev(&self.root)?;
+            }
         }
         self.root.mkdir_all(Path::new(crate::chroot::run::RUN_DIR), 0o700)?;
         self.root.write(Path::new("/run/imgforge-build"), b"1\n", 0o644)?;
@@ -291,6 +295,37 @@ impl Mounted {
         drop(root);
         held.impl_close()
     }
+}
+
+/// The devices of the build's /dev: the harmless character devices, the usual symlinks, and
+/// mount points for pts and shm. No disk, no memory, no host terminal: nothing a provisioner
+/// could write to reach the build host.
+fn populate_dev(root: &Root) -> anyhow::Result<()> {
+    const NODES: [(&str, u32, u64, u64); 6] = [
+        ("null", 0o666, 1, 3),
+        ("zero", 0o666, 1, 5),
+        ("full", 0o666, 1, 7),
+        ("random", 0o666, 1, 8),
+        ("urandom", 0o666, 1, 9),
+        ("tty", 0o666, 5, 0),
+    ];
+    let dev = Path::new("/dev");
+    for (name, mode, major, minor) in NODES {
+        root.mknod_char(&dev.join(name), mode, major, minor)?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        root.symlink(Path::new(target), &dev.join(name))?;
+    }
+    for d in ["pts", "shm"] {
+        root.mkdir_all(&dev.join(d), 0o755)?;
+    }
+    Ok(())
 }
 
 impl Held {

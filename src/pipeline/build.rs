@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-use crate::chroot::guards::{POLICY_RC_D, SwappedFile, host_resolv_conf};
+use crate::chroot::guards::{SwappedFile, host_resolv_conf};
+use crate::chroot::sandbox::Sandbox;
+use crate::chroot::services::POLICY_RC_D;
 use crate::disk::convert;
 use crate::disk::workdisk::WorkDisk;
 use crate::image::mount::{Mounted, choose_root, probe_all};
@@ -110,6 +112,10 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
 /// What happened inside the mounted image.
 struct Customized {
     provisioners: Vec<StepReport>,
+    /// Service starts deferred to first boot.
+    services: Vec<crate::chroot::services::Deferred>,
+    /// Kernel parameters set in the sandbox only.
+    sysctls: std::collections::BTreeMap<String, String>,
     seal: SealReport,
     /// The image's architecture (`arch.rs`), when an executable says.
     architecture: Option<&'static str>,
@@ -181,15 +187,27 @@ fn inside(
     t: &mut Timings,
     events: &Events,
 ) -> anyhow::Result<Customized> {
+    // Every command in the image (provisioners, the image's tools while sealing) runs in it;
+    // networking only when there is something to provision.
+    let sandbox = Sandbox::create(&m.root, !plan.steps.is_empty())?;
     let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
+    let services = sandbox.deferred_services()?;
+    report_services(&services, events);
+    let sysctls: std::collections::BTreeMap<String, String> = sandbox.sysctl_changes().into_iter().collect();
+    for (k, v) in &sysctls {
+        events.notice(&format!(
+            "{k} = {v} was set by a provisioner: it changed only the build sandbox; the image gets it only if persisted (/etc/sysctl.d)"
+        ));
+    }
     let architecture = arch::detect(&m.root);
     let drivers = drivers::detect(&m.root);
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
     let what = format!("sealing ({} operations{})", plan.seal.enabled.len(), if opts.seal_dry_run { ", dry run" } else { "" });
     // The scrub is the last write to the image: only trimming (no content change) follows.
     let seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
+    drop(sandbox);
     if opts.seal_dry_run {
-        return Ok(Customized { provisioners, seal, architecture, drivers });
+        return Ok(Customized { provisioners, services, sysctls, seal, architecture, drivers });
     }
     let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
     if seal.errors().next().is_some() {
@@ -201,7 +219,23 @@ fn inside(
         seal.check(&full_list)?;
     }
     t.time(events, "trim", "trimming free space", || crate::image::mount::trim_all(m))?;
-    Ok(Customized { provisioners, seal, architecture, drivers })
+    Ok(Customized { provisioners, services, sysctls, seal, architecture, drivers })
+}
+
+/// Logs each deferred start, and warns about units asked to run that will not run at boot.
+fn report_services(services: &[crate::chroot::services::Deferred], events: &Events) {
+    for d in services {
+        events.output("services", &format!("{}: {} deferred to first boot (asked by {})", d.unit, d.actions.join(", "), d.via.join(", ")));
+        if !d.runs_at_boot() {
+            events.notice(&format!(
+                "{} was asked to {} but is {} in the image: it will not run when the image boots (enable it: systemctl enable {})",
+                d.unit,
+                d.actions.join("/"),
+                d.enabled,
+                d.unit
+            ));
+        }
+    }
 }
 
 /// What sealing needs from the build: the host's name and the host paths given to
@@ -321,6 +355,8 @@ fn finish(
         drivers: c.drivers,
         outputs,
         provisioners: c.provisioners,
+        services: c.services,
+        sandbox_sysctls: c.sysctls,
         steps: t.0,
         seal: c.seal.summary(&seal_name),
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -1,7 +1,9 @@
 //! The ansible provisioner: `ansible-playbook` runs on the build host, as root, through the
 //! chroot connection plugin (`community.general.chroot`) against a generated inventory whose one
-//! host is the image's mount path. No SSH, no agent in the image: modules run chrooted with the
-//! image's own Python. Everything ansible needs on the host (inventory, extra vars, local temp,
+//! host is the image's mount path. No SSH, no agent in the image: modules run with the image's
+//! own Python, each in the build's sandbox — the connection's "chroot" is `imgforge
+//! sandbox-exec` — so a module that starts a daemon, sets the hostname, a sysctl or a firewall
+//! rule changes the sandbox, never the build host. Everything ansible needs on the host (inventory, extra vars, local temp,
 //! installed requirements) lives in a temporary directory on the host; its remote temp is on the
 //! build's tmpfs `/run` in the image and removed after the run.
 
@@ -41,8 +43,15 @@ pub fn run(root: &Root, label: &str, p: &AnsiblePlan, events: &Events) -> anyhow
     let exe = check_host()?;
     let work = tempfile::Builder::new().prefix("imgforge-ansible-").tempdir().context("Failed to create a temporary directory")?;
     let env = environment(work.path(), p)?;
+    let sandbox = crate::chroot::sandbox::lookup(root.path())
+        .ok_or_else(|| anyhow!("no build sandbox for {}: refusing to run ansible unconfined", root.path().display()))?;
+    let chroot_exe = work.path().join("chroot");
+    let me = std::env::current_exe().context("Failed to find imgforge's own executable")?;
+    write_wrapper(&chroot_exe, &me)?;
+    let mut env = env;
+    env.insert(crate::chroot::sandbox::ENV.to_string(), sandbox.env_value().into());
     let inventory = work.path().join("inventory.json");
-    write_private(&inventory, inventory_json(root.path()).as_bytes())?;
+    write_private(&inventory, inventory_json(root.path(), &chroot_exe).as_bytes())?;
     let vars = work.path().join("extra-vars.json");
     write_private(&vars, p.extra_vars.as_bytes())?;
     if let Some(req) = &p.requirements {
@@ -140,15 +149,28 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-/// The inventory: one host, `image`, reached by chrooting into `mount`. JSON is YAML.
-fn inventory_json(mount: &Path) -> String {
+/// The inventory: one host, `image`, reached by "chrooting" into `mount` with `chroot_exe`.
+/// JSON is YAML.
+fn inventory_json(mount: &Path, chroot_exe: &Path) -> String {
     serde_json::json!({
         "all": { "hosts": { "image": {
             "ansible_host": mount.display().to_string(),
             "ansible_connection": CONNECTION,
+            "ansible_chroot_exe": chroot_exe.display().to_string(),
         } } }
     })
     .to_string()
+}
+
+/// The connection's chroot: `imgforge sandbox-exec ROOT PROGRAM ARGS…`.
+fn write_wrapper(path: &Path, imgforge: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let quoted = imgforge.display().to_string().replace('\'', "'\\''");
+    let body = format!(
+        "#!/bin/sh\n# ansible's chroot for an imgforge build: every module runs in the build's sandbox\nexec '{quoted}' sandbox-exec \"$@\"\n"
+    );
+    write_private(path, body.as_bytes())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("Failed to chmod {}", path.display()))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
@@ -369,7 +391,9 @@ mod tests {
 
     #[test]
     fn inventory_points_at_the_mount() {
-        let v: serde_json::Value = serde_json::from_str(&inventory_json(Path::new("/tmp/imgforge-mnt/root"))).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&inventory_json(Path::new("/tmp/imgforge-mnt/root"), Path::new("/w/chroot"))).unwrap();
+        assert_eq!(v["all"]["hosts"]["image"]["ansible_chroot_exe"], "/w/chroot");
         assert_eq!(v["all"]["hosts"]["image"]["ansible_host"], "/tmp/imgforge-mnt/root");
         assert_eq!(v["all"]["hosts"]["image"]["ansible_connection"], CONNECTION);
     }

@@ -1,0 +1,206 @@
+//! The build sandbox: where every command imgforge runs in the image runs.
+//!
+//! One per build (per mounted image): a user namespace mapping every id to itself and a network
+//! namespace, held by a small process (`userns`); user-mode networking for it (`net`); a
+//! writable copy of `/proc/sys` (`procsys`); the services shim (`super::services`). Each
+//! command then enters it (`enter`): own mount, PID, UTS and IPC namespaces, pivoted into the
+//! image, capabilities of a live machine dropped. Nothing a recipe runs reaches the build
+//! host's hostname, kernel parameters, network, clock, swap, devices or processes.
+//!
+//! Commands find the sandbox of their image root through a registry: [`Sandbox::create`]
+//! registers it and dropping it unregisters, so a command for an image without one fails
+//! instead of running unconfined.
+
+pub mod enter;
+pub mod net;
+pub mod procsys;
+pub mod userns;
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+
+use super::resolve::Root;
+use super::run::RUN_DIR;
+use super::services;
+
+/// Where a sandboxed `systemd` looks to decide it is the service manager: made for the build
+/// so that `service`, init scripts and CM tools take their systemd paths (into the shim).
+const SYSTEMD_MARKER: &str = "/run/systemd/system";
+
+/// The environment variable that hands a sandbox to `imgforge sandbox-exec` (Ansible's chroot
+/// connection): `<holder pid>:<procsys dir>:<shim path>`.
+pub const ENV: &str = "IMGFORGE_SANDBOX";
+
+/// What a command needs to enter the sandbox of `root`.
+#[derive(Debug)]
+pub struct Handle {
+    root: PathBuf,
+    holder: u32,
+    user: std::fs::File,
+    net: std::fs::File,
+    procsys: PathBuf,
+    shim: PathBuf,
+}
+
+static REGISTRY: Mutex<Vec<Arc<Handle>>> = Mutex::new(Vec::new());
+
+/// The sandbox of the image mounted at `root`, if there is one.
+pub fn lookup(root: &Path) -> Option<Arc<Handle>> {
+    REGISTRY.lock().ok()?.iter().find(|h| h.root == root).cloned()
+}
+
+fn register(h: Arc<Handle>) {
+    if let Ok(mut r) = REGISTRY.lock() {
+        r.push(h);
+    }
+}
+
+fn unregister(root: &Path) {
+    if let Ok(mut r) = REGISTRY.lock() {
+        r.retain(|h| h.root != root);
+    }
+}
+
+fn cstr(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
+}
+
+impl Handle {
+    /// What the forked child does before exec, prepared now (no allocation after the fork).
+    pub fn enter(&self) -> std::io::Result<enter::Enter> {
+        let r = &self.root;
+        Ok(enter::Enter {
+            root: cstr(r)?,
+            proc_dir: cstr(&r.join("proc"))?,
+            sys_dir: cstr(&r.join("proc/sys"))?,
+            sysrq: cstr(&r.join("proc/sysrq-trigger"))?,
+            procsys: cstr(&self.procsys)?,
+            systemctl: Some((
+                cstr(&r.join(services::SYSTEMCTL.trim_start_matches('/')))?,
+                cstr(&self.shim)?,
+                cstr(&r.join(services::real_systemctl().trim_start_matches('/')))?,
+            )),
+            userns: self.user.as_raw_fd(),
+            netns: self.net.as_raw_fd(),
+        })
+    }
+
+    /// The value of [`ENV`] for a helper process started by a host tool.
+    pub fn env_value(&self) -> String {
+        format!("{}:{}:{}", self.holder, self.procsys.display(), self.shim.display())
+    }
+
+    /// A handle from [`ENV`]'s value, for `imgforge sandbox-exec`; registered until the process
+    /// exits.
+    pub fn register_from_env(root: &Path, value: &str) -> anyhow::Result<()> {
+        let mut f = value.splitn(3, ':');
+        let (Some(pid), Some(procsys), Some(shim)) = (f.next(), f.next(), f.next()) else {
+            anyhow::bail!("{ENV} is malformed: {value:?}");
+        };
+        let open = |ns: &str| {
+            let p = format!("/proc/{pid}/ns/{ns}");
+            std::fs::File::open(&p).with_context(|| format!("Failed to open {p} (is the build still running?)"))
+        };
+        register(Arc::new(Handle {
+            root: root.to_path_buf(),
+            holder: pid.parse().with_context(|| format!("{ENV} is malformed: {value:?}"))?,
+            user: open("user")?,
+            net: open("net")?,
+            procsys: procsys.into(),
+            shim: shim.into(),
+        }));
+        Ok(())
+    }
+}
+
+/// A build's sandbox; dropping it stops its network, ends its namespaces and removes what it
+/// put in the image's /run.
+#[derive(Debug)]
+pub struct Sandbox {
+    root: Root,
+    handle: Arc<Handle>,
+    procsys: procsys::Snapshot,
+    _net: Option<net::UserNet>,
+    _ns: userns::Namespaces,
+    marker_made: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// Sets up the sandbox for the image mounted at `root` (with networking when `network`).
+    pub fn create(root: &Root, network: bool) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("imgforge-sandbox-").tempdir().context("Failed to create a temporary directory")?;
+        let sys = dir.path().join("proc-sys");
+        std::fs::create_dir(&sys).with_context(|| format!("Failed to create {}", sys.display()))?;
+        let procsys = procsys::Snapshot::take(&sys).context("Failed to copy /proc/sys for the build sandbox")?;
+        let shim = dir.path().join("systemctl");
+        write_exec(&shim, services::SYSTEMCTL_SHIM.as_bytes())?;
+        let ns = userns::Namespaces::create()?;
+        let net = if network { Some(net::UserNet::start(ns.pid(), &dir.path().join("slirp4netns.log"))?) } else { None };
+        root.mkdir_all(Path::new(&services::state_dir()), 0o700)?;
+        root.write(Path::new(&services::real_systemctl()), b"", 0o755)?;
+        let marker_made = !root.exists(Path::new(SYSTEMD_MARKER))?;
+        if marker_made {
+            root.mkdir_all(Path::new(SYSTEMD_MARKER), 0o755)?;
+        }
+        let handle = Arc::new(Handle {
+            root: root.path().to_path_buf(),
+            holder: ns.pid(),
+            user: ns.user.try_clone().context("Failed to duplicate a descriptor")?,
+            net: ns.net.try_clone().context("Failed to duplicate a descriptor")?,
+            procsys: sys,
+            shim,
+        });
+        register(handle.clone());
+        Ok(Self { root: root.try_clone()?, handle, procsys, _net: net, _ns: ns, marker_made, _dir: dir })
+    }
+
+    /// Kernel parameters written in the sandbox (they changed only its copy of /proc/sys).
+    pub fn sysctl_changes(&self) -> Vec<(String, String)> {
+        self.procsys.changes()
+    }
+
+    /// Service starts deferred to first boot so far, each with its enabled state in the image.
+    pub fn deferred_services(&self) -> anyhow::Result<Vec<services::Deferred>> {
+        let mut list = services::read_log(&self.root)?;
+        for d in &mut list {
+            d.enabled = self.is_enabled(&d.unit)?;
+        }
+        Ok(list)
+    }
+
+    fn is_enabled(&self, unit: &str) -> anyhow::Result<String> {
+        if !self.root.exists(Path::new(services::SYSTEMCTL))? {
+            return Ok("no-systemd".into());
+        }
+        let cmd = super::cmd::ChrootCmd::new(self.root.path(), services::SYSTEMCTL).args(["is-enabled", unit]).env("SYSTEMD_OFFLINE", "1");
+        let out = cmd.output().with_context(|| format!("Failed to run systemctl is-enabled {unit} in the image"))?;
+        let first = String::from_utf8_lossy(&out).lines().next().unwrap_or("").trim().to_string();
+        Ok(if first.is_empty() || first.contains(' ') { "not-found".to_string() } else { first })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        unregister(&self.handle.root);
+        let run = Path::new(RUN_DIR);
+        for p in [services::log_path(), services::real_systemctl()] {
+            let _ = self.root.remove_file(Path::new(&p));
+        }
+        let _ = self.root.remove_tree(&run.join("services"));
+        if self.marker_made {
+            let _ = self.root.remove_dir(Path::new(SYSTEMD_MARKER));
+        }
+    }
+}
+
+fn write_exec(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body).with_context(|| format!("Failed to write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("Failed to chmod {}", path.display()))
+}
