@@ -90,13 +90,18 @@ fn sealed_image_clones_are_distinct_machines() {
     std::fs::write(dir.path().join("report-identity"), REPORT_SCRIPT).unwrap();
     std::fs::write(dir.path().join("report.service"), REPORT_UNIT).unwrap();
     let text = format!(
-        "[image]\nname = \"sealed\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\"systemctl enable report-identity.service\"]\n",
+        "[image]\nname = \"sealed\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\nname = \"live-server style\"\ninline = [\"systemctl enable --now report-identity.service\", \"service ssh restart\"]\n",
         up = up.display()
     );
     let r = recipe(dir.path(), &text);
     let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
     assert!(o.status.success(), "{}", show(&o));
     assert_clean(dir.path());
+    // Written live-server style: the starts were deferred to first boot (and the identity line
+    // below, printed by the unit, shows it enabled and run at boot, with sshd active).
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/sealed.manifest.json")).unwrap()).unwrap();
+    let deferred: Vec<&str> = manifest["services"].as_array().unwrap().iter().map(|s| s["unit"].as_str().unwrap()).collect();
+    assert_eq!(deferred, ["report-identity.service", "ssh.service"], "{}", manifest["services"]);
     let raw = dir.path().join("out/sealed.raw");
 
     // The upstream image's identity.

@@ -91,6 +91,9 @@ case "$verb" in
     is-failed)
         for u in $units; do echo inactive; done
         exit 1 ;;
+    is-system-running)
+        case " $* " in *" --quiet "*|*" -q "*) ;; *) echo offline ;; esac
+        exit 1 ;;
     status)
         rc=0
         for u in $units; do

@@ -47,12 +47,24 @@ pub const DROPPED_CAPS: &[(u32, &str)] = &[
 /// into the image by tools that record `hostname` (mailname, hosts files, logs).
 pub const SANDBOX_HOSTNAME: &CStr = c"localhost";
 
+/// The services shim's bind mounts: the image's systemctl and the file it is put aside to,
+/// both as resolved inside the image (canonical host paths under the root).
+#[derive(Debug)]
+pub struct Shim {
+    /// The image's `/usr/bin/systemctl`.
+    pub target: CString,
+    /// The image's `/run/imgforge/systemctl.real`.
+    pub aside: CString,
+    /// The shim on the host.
+    pub shim: CString,
+}
+
 /// Everything the child needs, prepared before the fork.
 #[derive(Debug)]
 pub struct Enter {
-    /// The image root.
+    /// The image root (the build's own mount point).
     pub root: CString,
-    /// `<root>/proc`.
+    /// `<root>/proc` (a mount point of the build).
     pub proc_dir: CString,
     /// `<root>/proc/sys`.
     pub sys_dir: CString,
@@ -60,8 +72,8 @@ pub struct Enter {
     pub sysrq: CString,
     /// The writable copy of /proc/sys on the host.
     pub procsys: CString,
-    /// `<root>/usr/bin/systemctl`, the shim on the host and where the real one is put aside.
-    pub systemctl: Option<(CString, CString, CString)>,
+    /// The services shim, when the image has a systemctl.
+    pub systemctl: Option<Shim>,
     /// Open descriptors of the sandbox's user and network namespaces.
     pub userns: RawFd,
     /// See `userns`.
@@ -76,16 +88,6 @@ fn check(rc: libc::c_long) -> std::io::Result<()> {
 fn bind(from: &CStr, to: &CStr) -> std::io::Result<()> {
     // SAFETY: valid NUL-terminated strings; raw syscall.
     check(unsafe { libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) }.into())
-}
-
-/// Whether `p` is a regular file (not following a final symlink).
-#[allow(unsafe_code)]
-fn is_regular(p: &CStr) -> bool {
-    // SAFETY: `st` is a valid out-pointer; `p` is NUL-terminated.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::lstat(p.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
-    }
 }
 
 impl Enter {
@@ -116,12 +118,9 @@ impl Enter {
             {
                 return Err(e);
             }
-            if let Some((target, shim, aside)) = &self.systemctl
-                && is_regular(target)
-                && is_regular(aside)
-            {
-                bind(target, aside)?;
-                bind(shim, target)?;
+            if let Some(s) = &self.systemctl {
+                bind(&s.target, &s.aside)?;
+                bind(&s.shim, &s.target)?;
             }
             check(libc::chdir(self.root.as_ptr()).into())?;
             check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()))?;

@@ -66,25 +66,48 @@ fn unregister(root: &Path) {
     }
 }
 
+/// The host path of the regular file `path` resolves to inside the image (symlinks followed
+/// only within the image), if it is one and lies under `root`.
+fn in_image(image: &Root, root: &Path, path: &str) -> Option<PathBuf> {
+    let fd = image.open_in(Path::new(path), nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW, 0).ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let host = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let root = std::fs::canonicalize(root).ok()?;
+    host.starts_with(&root).then_some(host)
+}
+
 fn cstr(p: &Path) -> std::io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
 }
 
 impl Handle {
     /// What the forked child does before exec, prepared now (no allocation after the fork).
+    ///
+    /// The image paths the shim is bind-mounted on are resolved here, inside the image root,
+    /// and handed over as the canonical host paths of what they resolved to: before it pivots,
+    /// the child sees the host's tree, and a symlink the image planted (`/usr/bin` → the host's
+    /// `/usr/bin`) must not bind a host file into the sandbox. (Descriptors cannot be handed
+    /// over: they name mounts of the build's namespace, not of the child's copy. Nothing of the
+    /// sandbox runs between this and the child's mounts to change the paths: every sandboxed
+    /// process dies with its command.) `/proc` is the build's own mount point; what is under it
+    /// once the fresh procfs is mounted there is the kernel's.
     pub fn enter(&self) -> std::io::Result<enter::Enter> {
         let r = &self.root;
+        let image = Root::open(r).map_err(std::io::Error::other)?;
+        let systemctl = match (in_image(&image, r, services::SYSTEMCTL), in_image(&image, r, &services::real_systemctl())) {
+            (Some(target), Some(aside)) => Some(enter::Shim { target: cstr(&target)?, aside: cstr(&aside)?, shim: cstr(&self.shim)? }),
+            _ => None,
+        };
         Ok(enter::Enter {
             root: cstr(r)?,
             proc_dir: cstr(&r.join("proc"))?,
             sys_dir: cstr(&r.join("proc/sys"))?,
             sysrq: cstr(&r.join("proc/sysrq-trigger"))?,
             procsys: cstr(&self.procsys)?,
-            systemctl: Some((
-                cstr(&r.join(services::SYSTEMCTL.trim_start_matches('/')))?,
-                cstr(&self.shim)?,
-                cstr(&r.join(services::real_systemctl().trim_start_matches('/')))?,
-            )),
+            systemctl,
             userns: self.user.as_raw_fd(),
             netns: self.net.as_raw_fd(),
         })
@@ -203,4 +226,30 @@ fn write_exec(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, body).with_context(|| format!("Failed to write {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("Failed to chmod {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn shim_targets_never_resolve_to_the_host() {
+        let img = tempfile::tempdir().unwrap();
+        let root_path = std::fs::canonicalize(img.path()).unwrap();
+        std::fs::create_dir_all(root_path.join("usr")).unwrap();
+        std::fs::create_dir_all(root_path.join("etc")).unwrap();
+        std::fs::write(root_path.join("etc/systemctl"), b"in the image").unwrap();
+        // /usr/bin -> the host's /etc: resolved in the image, it is the image's /etc.
+        symlink("/etc", root_path.join("usr/bin")).unwrap();
+        let root = Root::open(&root_path).unwrap();
+        assert_eq!(in_image(&root, &root_path, "/usr/bin/systemctl"), Some(root_path.join("etc/systemctl")));
+        // A final symlink is not followed, even to a file in the image.
+        std::fs::create_dir_all(root_path.join("sbin")).unwrap();
+        symlink("/etc/systemctl", root_path.join("sbin/systemctl")).unwrap();
+        assert_eq!(in_image(&root, &root_path, "/sbin/systemctl"), None);
+        // Escaping with .. stays in the image; a missing file is none.
+        assert_eq!(in_image(&root, &root_path, "/../../../../usr/bin/systemctl"), Some(root_path.join("etc/systemctl")));
+        assert_eq!(in_image(&root, &root_path, "/usr/bin/missing"), None);
+    }
 }
