@@ -90,7 +90,7 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
         ancestor: plan.source.image.ancestor(),
     };
     match customize(plan, opts, &work, size, &stamp, &mut t, events) {
-        Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(c.seal)),
+        Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(Box::new(c.seal))),
         Ok(c) => finish(plan, work, &src, &stamp, c, t, events).map(Outcome::Built),
         Err(e) => {
             if opts.on_error == OnError::Keep {
@@ -181,6 +181,11 @@ fn inside(
     t: &mut Timings,
     events: &Events,
 ) -> anyhow::Result<Customized> {
+    // What ~/.ssh held before the first provisioner: `ssh-userdir` removes the upstream's
+    // authorized_keys and known_hosts and keeps the recipe's.
+    let inventory =
+        crate::seal::inventory::SshInventory::take(&m.root).context("Failed to record the image's ~/.ssh files before provisioning")?;
+    let cx = &crate::seal::Context { ssh_inventory: Some(inventory), ..cx.clone() };
     let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
     let architecture = arch::detect(&m.root);
     let drivers = drivers::detect(&m.root);
@@ -223,7 +228,7 @@ pub enum Outcome {
     /// Outputs written.
     Built(Box<Manifest>),
     /// `--seal-dry-run`: the plan, nothing written.
-    SealPlan(SealReport),
+    SealPlan(Box<SealReport>),
 }
 
 /// Installs the provisioning guards, runs the provisioners, and restores the guards whatever

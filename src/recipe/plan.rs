@@ -594,4 +594,26 @@ mod tests {
         let e = planned(&format!("{HEAD}[seal.machine-id]\nuninitialised = true\n")).unwrap_err().to_string();
         assert!(e.contains("uninitialised"), "{e}");
     }
+
+    #[test]
+    fn ssh_userdir_options_and_the_older_spelling() {
+        use crate::seal::plan::UserKeyFiles;
+        let p = planned(HEAD).unwrap();
+        assert_eq!((p.seal.authorized_keys, p.seal.known_hosts), (UserKeyFiles::RemoveUpstream, UserKeyFiles::RemoveUpstream));
+        let p = planned(&format!("{HEAD}[seal.ssh-userdir]\nauthorized_keys = \"remove-all\"\nknown_hosts = \"keep\"\n")).unwrap();
+        assert_eq!((p.seal.authorized_keys, p.seal.known_hosts), (UserKeyFiles::RemoveAll, UserKeyFiles::Keep));
+        let p = planned(&format!("{HEAD}[seal.ssh-userdir]\nkeep_authorized_keys = true\n")).unwrap();
+        assert_eq!(p.seal.authorized_keys, UserKeyFiles::Keep);
+        let p = planned(&format!("{HEAD}[seal.ssh-userdir]\nkeep_authorized_keys = false\n")).unwrap();
+        assert_eq!(p.seal.authorized_keys, UserKeyFiles::RemoveAll);
+        let e = planned(&format!("{HEAD}[seal.ssh-userdir]\nauthorized_keys = \"upstream\"\n")).unwrap_err().to_string();
+        assert!(
+            e.contains("line 8") && e.contains("unknown value `upstream`") && e.contains("\"remove-upstream\", \"remove-all\", \"keep\""),
+            "{e}"
+        );
+        let e = planned(&format!("{HEAD}[seal.ssh-userdir]\nauthorized_keys = \"keep\"\nkeep_authorized_keys = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 9") && e.contains("both keep_authorized_keys and authorized_keys"), "{e}");
+    }
 }
