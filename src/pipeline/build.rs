@@ -186,7 +186,7 @@ fn inside(
     let inventory =
         crate::seal::inventory::SshInventory::take(&m.root).context("Failed to record the image's ~/.ssh files before provisioning")?;
     let cx = &crate::seal::Context { ssh_inventory: Some(inventory), ..cx.clone() };
-    let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
+    let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, &opts.cache_dir, m, events))?;
     let architecture = arch::detect(&m.root);
     let drivers = drivers::detect(&m.root);
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
@@ -233,7 +233,7 @@ pub enum Outcome {
 
 /// Installs the provisioning guards, runs the provisioners, and restores the guards whatever
 /// happened. Afterwards no process may still use the image.
-fn provision_window(plan: &BuildPlan, m: &Mounted, events: &Events) -> anyhow::Result<Vec<StepReport>> {
+fn provision_window(plan: &BuildPlan, cache_dir: &Path, m: &Mounted, events: &Events) -> anyhow::Result<Vec<StepReport>> {
     let root = &m.root;
     let resolv = SwappedFile::install(root, Path::new("/etc/resolv.conf"), host_resolv_conf().as_bytes(), 0o644)?;
     let policy = if root.dir(Path::new("/usr/sbin")).is_ok() {
@@ -245,7 +245,7 @@ fn provision_window(plan: &BuildPlan, m: &Mounted, events: &Events) -> anyhow::R
     } else {
         None
     };
-    let ran = crate::provision::run_all(&plan.steps, root, events);
+    let ran = crate::provision::run_all(&plan.steps, root, cache_dir, events);
     let left = crate::host::procscan::others_using(root.path());
     let restored = resolv.restore().and(policy.map_or(Ok(()), SwappedFile::restore));
     let reports = ran?;
