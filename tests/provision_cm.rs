@@ -303,6 +303,121 @@ fn salt_masterless_end_to_end() {
     assert!(err.contains("recipe.toml: line 9: [[provision]] #1") && err.contains("no top.sls"), "{err}");
 }
 
+/// The seconds of the "installed salt… in N s from …" line, and where from.
+fn salt_install_line(err: &str) -> (f64, String) {
+    let l = err
+        .lines()
+        .find(|l| l.contains("installed salt~=3006.0 into /opt/imgforge-salt in "))
+        .unwrap_or_else(|| panic!("no install line: {err}"));
+    let rest = l.split(" in ").nth(1).unwrap();
+    let secs: f64 = rest.split(" s from ").next().unwrap().parse().unwrap();
+    eprintln!("salt install: {l}");
+    (secs, rest.split(" s from ").nth(1).unwrap().to_string())
+}
+
+/// `install = "pip"` fetches wheels once: the first build (empty cache) downloads and builds
+/// them with pip and stores them in the cache under a key naming the image's Python; the
+/// second installs from the cache in under 15 s. Then the same wheels as a recipe wheelhouse
+/// install with no network at all (the build runs in an empty network namespace), and a
+/// wheelhouse missing a dependency fails, naming it, instead of falling back to the index.
+#[test]
+fn salt_pip_wheels_are_fetched_once_then_cached_or_offline() {
+    let test = "salt_pip_wheels_are_fetched_once_then_cached_or_offline";
+    if !have_root(test) {
+        return;
+    }
+    if !std::process::Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        skip(test, "install = \"pip\" needs the host's python3 -m pip");
+        return;
+    }
+    let up = cloud_upstream();
+    let dir = testdir("salt-wheels");
+    let cache = dir.path().join("cache");
+    let files = [
+        ("salt/states/top.sls", "base:\n  '*':\n    - marker\n"),
+        ("salt/states/marker.sls", "/etc/salted:\n  file.managed:\n    - contents: wheels\n"),
+    ];
+    for (p, c) in files {
+        std::fs::create_dir_all(dir.path().join(p).parent().unwrap()).unwrap();
+        std::fs::write(dir.path().join(p), c).unwrap();
+    }
+    let text = |extra: &str| {
+        format!(
+            "{}[[provision]]\ntype = \"salt\"\nname = \"salt\"\nstate_tree = \"salt/states\"\nminion_id = \"wheels\"\ninstall = \"pip\"\n{extra}",
+            head(up, "whl")
+        )
+    };
+    let build_with = |mut cmd: std::process::Command, extra: &str| {
+        let r = recipe(dir.path(), &text(extra));
+        let o = run(cmd.arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).arg("--cache-dir").arg(&cache));
+        assert_clean(dir.path());
+        o
+    };
+
+    let o = build_with(imgforge(), "");
+    assert!(o.status.success(), "{}", show(&o));
+    let (first, from) = salt_install_line(&stderr(&o));
+    assert_eq!(from, "the package index");
+    let stored = stderr(&o).lines().find(|l| l.contains("wheels in the wheel cache")).unwrap_or_default().to_string();
+    let entries: Vec<_> = std::fs::read_dir(cache.join("salt-wheels")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    let key = entry.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(key.starts_with("salt-3006.0-cpython-3") && key.contains("-linux-x86_64-glibc-"), "{key}");
+    assert!(stored.contains(&entry.display().to_string()), "{stored}");
+    let wheels: Vec<String> = std::fs::read_dir(entry).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    for want in ["pip-", "salt-3006.", "PyYAML-", "Jinja2-"] {
+        assert!(
+            wheels.iter().any(|w| w.to_lowercase().starts_with(&want.to_lowercase()) && w.ends_with(".whl")),
+            "no {want}*.whl in {wheels:?}"
+        );
+    }
+
+    let o = build_with(imgforge(), "");
+    assert!(o.status.success(), "{}", show(&o));
+    let (second, from) = salt_install_line(&stderr(&o));
+    assert_eq!(from, format!("the wheel cache {}", entry.display()));
+    eprintln!("salt install: first build {first:.1} s, second build {second:.1} s");
+    assert!(second < 15.0, "the cached install took {second} s");
+    step_report(dir.path(), "whl", 0);
+    let m = RoMount::open(&dir.path().join("out/whl.raw"), 1);
+    assert_eq!(m.read("/etc/salted").trim_end(), "wheels");
+    assert_nothing_left(dir.path(), "whl", &m, &["/opt/imgforge-salt"]);
+    drop(m);
+
+    // A wheelhouse, with no network: an empty network namespace.
+    let house = dir.path().join("wheels");
+    let cp = run(std::process::Command::new("cp").arg("-r").arg(entry).arg(&house));
+    assert!(cp.status.success(), "{}", show(&cp));
+    std::fs::remove_dir_all(&cache).unwrap();
+    let offline = || {
+        let mut c = std::process::Command::new("unshare");
+        c.args(["--net", "--"]).arg(env!("CARGO_BIN_EXE_imgforge"));
+        c
+    };
+    let o = build_with(offline(), "wheelhouse = \"wheels/\"\n");
+    assert!(o.status.success(), "{}", show(&o));
+    let (_, from) = salt_install_line(&stderr(&o));
+    assert!(from.starts_with(&format!("the wheelhouse {}", house.display())), "{from}");
+    assert!(!cache.join("salt-wheels").exists(), "a wheelhouse build wrote the cache");
+    let m = RoMount::open(&dir.path().join("out/whl.raw"), 1);
+    assert_eq!(m.read("/etc/salted").trim_end(), "wheels");
+    drop(m);
+
+    // Missing a dependency: no fallback to the index, the error names the wheelhouse.
+    for w in std::fs::read_dir(&house).unwrap() {
+        let w = w.unwrap().path();
+        if w.file_name().unwrap().to_string_lossy().to_lowercase().starts_with("pyyaml-") {
+            std::fs::remove_file(w).unwrap();
+        }
+    }
+    let o = build_with(offline(), "wheelhouse = \"wheels/\"\n");
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("the wheelhouse {}/ (recipe option wheelhouse) lacks a wheel", house.display())), "{err}");
+    assert!(err.to_lowercase().contains("pyyaml"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Puppet (installed into the image from Debian's packages by a shell provisioner)
 

@@ -190,3 +190,65 @@ fn fs_uuids_change_every_ext4_and_their_references() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("up.seal.json")).unwrap()).unwrap();
     assert_eq!(report["fs_uuids"].as_array().unwrap().len(), 2, "{report}");
 }
+
+/// `ssh-userdir` in a build: the upstream's root authorized_keys (planted in the upstream with
+/// debugfs) is removed, the key a shell provisioner installs for `demo` ships, and a file the
+/// recipe appended to keeps only the recipe's line; the report says what was kept and why.
+/// `authorized_keys = "remove-all"` removes the recipe's too.
+#[test]
+fn recipe_authorized_keys_stay_upstream_ones_go() {
+    if !have_root("recipe_authorized_keys_stay_upstream_ones_go") {
+        return;
+    }
+    let dir = testdir("seal-userkeys");
+    let up = dir.path().join("up.raw");
+    let o = run(std::process::Command::new("cp").arg("--sparse=always").arg(small_upstream().join("small-mbr.raw")).arg(&up));
+    assert!(o.status.success(), "{}", show(&o));
+    let (_, start, size) = *sfdisk_parts(&up).iter().find(|p| p.0 == 1).unwrap();
+    std::fs::write(dir.path().join("old_key"), "ssh-ed25519 AAAAC3upstream old-instance@cloud\n").unwrap();
+    let cmds = format!(
+        "mkdir /root/.ssh\nwrite {0}/old_key /root/.ssh/authorized_keys\nmkdir /home/ops\nmkdir /home/ops/.ssh\nwrite {0}/old_key /home/ops/.ssh/authorized_keys\n",
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("cmds"), cmds).unwrap();
+    let lo = run(std::process::Command::new("losetup")
+        .args(["--find", "--show", "--offset", &start.to_string(), "--sizelimit", &size.to_string()])
+        .arg(&up));
+    let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();
+    let dbg = run(std::process::Command::new("debugfs").arg("-w").arg("-f").arg(dir.path().join("cmds")).arg(&dev));
+    let _ = run(std::process::Command::new("losetup").args(["-d", &dev]));
+    assert!(dbg.status.success() && !String::from_utf8_lossy(&dbg.stderr).contains("rror"), "{}", show(&dbg));
+
+    let text = format!(
+        "[image]\nname = \"keys\"\nversion = \"1\"\n[source]\nurl = \"{}\"\nsha256 = \"{}\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\n  \"mkdir -p /home/demo/.ssh\",\n  \"echo 'ssh-ed25519 AAAAC3demo demo@recipe' > /home/demo/.ssh/authorized_keys\",\n  \"echo 'ssh-ed25519 AAAAC3ops ops@recipe' >> /home/ops/.ssh/authorized_keys\",\n]\n",
+        up.display(),
+        sha256(&up)
+    );
+    let r = recipe(dir.path(), &text);
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_clean(dir.path());
+    let m = RoMount::open(&dir.path().join("out/keys.raw"), 1);
+    assert_eq!(m.read("/home/demo/.ssh/authorized_keys"), "ssh-ed25519 AAAAC3demo demo@recipe\n");
+    assert_eq!(m.read("/home/ops/.ssh/authorized_keys"), "ssh-ed25519 AAAAC3ops ops@recipe\n");
+    assert!(!m.path("/root/.ssh/authorized_keys").exists());
+    assert!(m.path("/root/.ssh").is_dir());
+    drop(m);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/keys.seal.json")).unwrap()).unwrap();
+    let kept = report["kept"].as_array().unwrap();
+    let reason = |p: &str| kept.iter().find(|k| k["path"] == p).map(|k| k["reason"].as_str().unwrap().to_string()).unwrap_or_default();
+    assert_eq!(reason("/home/demo/.ssh/authorized_keys"), "created by the recipe's provisioners", "{report}");
+    assert!(reason("/home/ops/.ssh/authorized_keys").contains("the 1 line(s) the upstream had were removed"), "{report}");
+    assert!(kept.iter().all(|k| k["op"] == "ssh-userdir"), "{report}");
+    let removed = report["actions"].as_array().unwrap().iter().find(|a| a["path"] == "/root/.ssh/authorized_keys").unwrap();
+    assert_eq!(removed["action"], "removed");
+    assert_eq!(removed["detail"], "authorized keys that came with the upstream image");
+
+    let r = recipe(dir.path(), &(text + "\n[seal.ssh-userdir]\nauthorized_keys = \"remove-all\"\n"));
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
+    assert!(o.status.success(), "{}", show(&o));
+    assert_clean(dir.path());
+    let m = RoMount::open(&dir.path().join("out/keys.raw"), 1);
+    assert!(!m.path("/home/demo/.ssh/authorized_keys").exists() && !m.path("/home/ops/.ssh/authorized_keys").exists());
+    drop(m);
+}

@@ -92,7 +92,7 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
         ancestor: plan.source.image.ancestor(),
     };
     match customize(plan, opts, &work, size, &stamp, &mut t, events) {
-        Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(c.seal)),
+        Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(Box::new(c.seal))),
         Ok(c) => finish(plan, work, &src, &stamp, c, t, events).map(Outcome::Built),
         Err(e) => {
             if opts.on_error == OnError::Keep {
@@ -187,10 +187,15 @@ fn inside(
     t: &mut Timings,
     events: &Events,
 ) -> anyhow::Result<Customized> {
+    // What ~/.ssh held before the first provisioner: `ssh-userdir` removes the upstream's
+    // authorized_keys and known_hosts and keeps the recipe's.
+    let inventory =
+        crate::seal::inventory::SshInventory::take(&m.root).context("Failed to record the image's ~/.ssh files before provisioning")?;
+    let cx = &crate::seal::Context { ssh_inventory: Some(inventory), ..cx.clone() };
     // Every command in the image (provisioners, the image's tools while sealing) runs in it;
     // networking only when there is something to provision.
     let sandbox = Sandbox::create(&m.root, !plan.steps.is_empty())?;
-    let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, m, events))?;
+    let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, &opts.cache_dir, m, events))?;
     let services = sandbox.deferred_services()?;
     report_services(&services, events);
     let sysctls: std::collections::BTreeMap<String, String> = sandbox.sysctl_changes().into_iter().collect();
@@ -257,12 +262,12 @@ pub enum Outcome {
     /// Outputs written.
     Built(Box<Manifest>),
     /// `--seal-dry-run`: the plan, nothing written.
-    SealPlan(SealReport),
+    SealPlan(Box<SealReport>),
 }
 
 /// Installs the provisioning guards, runs the provisioners, and restores the guards whatever
 /// happened. Afterwards no process may still use the image.
-fn provision_window(plan: &BuildPlan, m: &Mounted, events: &Events) -> anyhow::Result<Vec<StepReport>> {
+fn provision_window(plan: &BuildPlan, cache_dir: &Path, m: &Mounted, events: &Events) -> anyhow::Result<Vec<StepReport>> {
     let root = &m.root;
     let resolv = SwappedFile::install(root, Path::new("/etc/resolv.conf"), host_resolv_conf().as_bytes(), 0o644)?;
     let policy = if root.dir(Path::new("/usr/sbin")).is_ok() {
@@ -274,7 +279,7 @@ fn provision_window(plan: &BuildPlan, m: &Mounted, events: &Events) -> anyhow::R
     } else {
         None
     };
-    let ran = crate::provision::run_all(&plan.steps, root, events);
+    let ran = crate::provision::run_all(&plan.steps, root, cache_dir, events);
     let left = crate::host::procscan::others_using(root.path());
     let restored = resolv.restore().and(policy.map_or(Ok(()), SwappedFile::restore));
     let reports = ran?;

@@ -57,7 +57,13 @@ pub fn host_inputs(step: &Step) -> Vec<&Path> {
             v.extend(a.roles_path.iter().chain(&a.collections_path).chain(&a.requirements).map(PathBuf::as_path));
             v
         }
-        Step::Salt(s) => std::iter::once(&s.state_tree).chain(&s.pillar_tree).map(PathBuf::as_path).collect(),
+        Step::Salt(s) => {
+            let house = match &s.install {
+                plan::SaltInstall::Pip { wheelhouse: Some(w), .. } => Some(w),
+                _ => None,
+            };
+            std::iter::once(&s.state_tree).chain(&s.pillar_tree).chain(house).map(PathBuf::as_path).collect()
+        }
         Step::Puppet(p) => std::iter::once(&p.manifest).chain(&p.module_path).chain(&p.hiera_config).map(PathBuf::as_path).collect(),
     }
 }
@@ -84,7 +90,8 @@ pub fn preflight(steps: &[NamedStep]) -> anyhow::Result<()> {
 }
 
 /// Runs every step in order; stops at the first failure, naming the step and its index.
-pub fn run_all(steps: &[NamedStep], root: &Root, events: &Events) -> anyhow::Result<Vec<StepReport>> {
+/// `cache_dir` is imgforge's cache directory (salt's wheel cache is in it).
+pub fn run_all(steps: &[NamedStep], root: &Root, cache_dir: &Path, events: &Events) -> anyhow::Result<Vec<StepReport>> {
     let total = steps.len();
     let mut reports = Vec::with_capacity(total);
     for (i, s) in steps.iter().enumerate() {
@@ -92,8 +99,8 @@ pub fn run_all(steps: &[NamedStep], root: &Root, events: &Events) -> anyhow::Res
         let n = i + 1;
         events.step("provision", &format!("provisioner {n}/{total}: {} ({})", s.label, s.kind));
         let start = Instant::now();
-        let summary =
-            run_one(s, n, root, events).with_context(|| format!("provisioner {n}/{total} \"{}\" ({}) failed", s.label, s.kind))?;
+        let summary = run_one(s, n, root, cache_dir, events)
+            .with_context(|| format!("provisioner {n}/{total} \"{}\" ({}) failed", s.label, s.kind))?;
         if let Some(sum) = summary {
             events.output(&s.label, &format!("summary: {} changed, {} ok, {} failed", sum.changed, sum.ok, sum.failed));
         }
@@ -102,10 +109,10 @@ pub fn run_all(steps: &[NamedStep], root: &Root, events: &Events) -> anyhow::Res
     Ok(reports)
 }
 
-fn run_one(s: &NamedStep, n: usize, root: &Root, events: &Events) -> anyhow::Result<Option<Summary>> {
+fn run_one(s: &NamedStep, n: usize, root: &Root, cache_dir: &Path, events: &Events) -> anyhow::Result<Option<Summary>> {
     match &s.step {
         Step::Ansible(p) => ansible::run(root, &s.label, p, events).map(Some),
-        Step::Salt(p) => salt::run(root, n, &s.label, p, events).map(Some),
+        Step::Salt(p) => salt::run(root, n, &s.label, p, cache_dir, events).map(Some),
         Step::Puppet(p) => puppet::run(root, n, &s.label, p, events).map(Some),
         other => run_plain(other, n, &s.label, root, events).map(|()| None),
     }

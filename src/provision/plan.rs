@@ -73,7 +73,7 @@ pub struct AnsiblePlan {
 }
 
 /// How salt gets into the image for a `type = "salt"` step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaltInstall {
     /// `salt-call` is already in the image.
     None,
@@ -81,6 +81,10 @@ pub enum SaltInstall {
     Pip {
         /// Leave the venv in the image.
         keep: bool,
+        /// The recipe's directory of wheels (pip and salt with every dependency): installed
+        /// from it alone, no index, no network. `None`: imgforge's wheel cache, filled from
+        /// the index on first use.
+        wheelhouse: Option<PathBuf>,
     },
 }
 

@@ -5,7 +5,9 @@
 //! every file salt writes (pki, cache, sockets, log) there too. The JSON result is read back and
 //! any state with `result: false` fails the build, whatever salt-call's exit code said. With
 //! `install = "pip"`, salt is pip-installed into a venv at /opt/imgforge-salt for the run and
-//! removed afterwards unless `keep = true`.
+//! removed afterwards unless `keep = true`; from wheels only: the recipe's wheelhouse, or
+//! imgforge's wheel cache (`<cache dir>/salt-wheels/<key>`, the key naming the requirement and
+//! the image's Python ABI, platform and libc), which the first build fills with `pip wheel`.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +27,10 @@ pub const VENV: &str = "/opt/imgforge-salt";
 
 /// What pip installs: the 3006 LTS line. (3007 depends on timelib, which has no wheels and
 /// needs a C compiler in the image.)
-const SALT_REQUIREMENT: &str = "salt~=3006.0";
+pub const SALT_REQUIREMENT: &str = "salt~=3006.0";
+
+/// Where the wheel cache lives under imgforge's cache directory.
+const WHEEL_CACHE: &str = "salt-wheels";
 
 /// Salt's systemd module loads only when this exists; with SYSTEMD_OFFLINE set, `systemctl
 /// enable` then works offline in the chroot.
@@ -39,22 +44,23 @@ fn run_dir(n: usize) -> String {
 /// In-image paths of step `n`.
 pub fn image_paths(p: &SaltPlan, n: usize) -> Vec<String> {
     let mut v = vec![run_dir(n)];
-    if p.install == (SaltInstall::Pip { keep: false }) {
+    if matches!(p.install, SaltInstall::Pip { keep: false, .. }) {
         v.push(VENV.to_string());
     }
     v
 }
 
 /// Runs one salt step; `n` is its 1-based index.
-pub fn run(root: &Root, n: usize, label: &str, p: &SaltPlan, events: &Events) -> anyhow::Result<Summary> {
+/// `cache_dir` is imgforge's cache directory (the wheel cache is in it).
+pub fn run(root: &Root, n: usize, label: &str, p: &SaltPlan, cache_dir: &Path, events: &Events) -> anyhow::Result<Summary> {
     let dir = run_dir(n);
     let marker_made = !root.exists(Path::new(SYSTEMD_MARKER))?;
-    let result = prepare_and_call(root, &dir, label, p, events);
+    let result = prepare_and_call(root, &dir, label, p, cache_dir, events);
     let mut cleanup = vec![root.remove_tree(Path::new(&dir))];
     if marker_made {
         cleanup.push(root.remove_dir(Path::new(SYSTEMD_MARKER)));
     }
-    if p.install == (SaltInstall::Pip { keep: false }) {
+    if matches!(p.install, SaltInstall::Pip { keep: false, .. }) {
         cleanup.push(root.remove_tree(Path::new(VENV)));
     }
     let summary = result?;
@@ -64,7 +70,7 @@ pub fn run(root: &Root, n: usize, label: &str, p: &SaltPlan, events: &Events) ->
     Ok(summary)
 }
 
-fn prepare_and_call(root: &Root, dir: &str, label: &str, p: &SaltPlan, events: &Events) -> anyhow::Result<Summary> {
+fn prepare_and_call(root: &Root, dir: &str, label: &str, p: &SaltPlan, cache_dir: &Path, events: &Events) -> anyhow::Result<Summary> {
     let d = Path::new(dir);
     root.mkdir_all(d, 0o700)?;
     let attrs = Attrs { mode: None, ids: Ids { uid: 0, gid: 0 } };
@@ -75,9 +81,9 @@ fn prepare_and_call(root: &Root, dir: &str, label: &str, p: &SaltPlan, events: &
     }
     root.write(&d.join("minion"), minion_config(dir, &p.minion_id).as_bytes(), 0o600)?;
     root.mkdir_all(Path::new(SYSTEMD_MARKER), 0o755)?;
-    let salt_call = match p.install {
-        SaltInstall::Pip { .. } => {
-            install(root, dir, label, events)?;
+    let salt_call = match &p.install {
+        SaltInstall::Pip { wheelhouse, .. } => {
+            install(root, dir, label, wheelhouse.as_deref(), cache_dir, events)?;
             format!("{VENV}/bin/salt-call")
         }
         SaltInstall::None => "/usr/bin/salt-call".to_string(),
@@ -129,44 +135,197 @@ fn minion_config(dir: &str, id: &str) -> String {
     cfg.to_string()
 }
 
-/// pip-installs salt into the venv: the venv is made without pip (Debian's python3 has no
-/// ensurepip), pip itself runs from a wheel the host's pip downloads, and it trusts the host's
-/// CA bundle (builders behind a TLS-inspecting proxy).
-fn install(root: &Root, dir: &str, label: &str, events: &Events) -> anyhow::Result<()> {
+/// Where `install` gets its wheels.
+#[derive(Debug)]
+enum Wheels {
+    /// The recipe's wheelhouse: installed offline from it, no fallback.
+    House(PathBuf),
+    /// A complete entry of the wheel cache.
+    Cached(PathBuf),
+    /// No cache entry yet: pip fetches and builds the wheels, which are then stored here.
+    Fetch(PathBuf),
+}
+
+/// pip-installs salt into the venv, from wheels only (see `Wheels`). The venv is made without
+/// pip (Debian's python3 has no ensurepip): pip runs from its own wheel, taken from the
+/// wheelhouse or cache, or downloaded by the host's pip. Online, pip trusts the host's CA
+/// bundle (builders behind a TLS-inspecting proxy) and proxy variables.
+fn install(root: &Root, dir: &str, label: &str, wheelhouse: Option<&Path>, cache_dir: &Path, events: &Events) -> anyhow::Result<()> {
     if root.exists(Path::new(&format!("{VENV}/bin/salt-call")))? {
         return Ok(());
     }
     if !root.exists(Path::new("/usr/bin/python3"))? {
         bail!("install = \"pip\" needs /usr/bin/python3 in the image");
     }
-    let host_tmp = tempfile::Builder::new().prefix("imgforge-salt-").tempdir().context("Failed to create a temporary directory")?;
-    let wheel = download_pip(host_tmp.path(), label, events)?;
-    let name = wheel.file_name().context("pip wheel has no name")?.to_string_lossy().into_owned();
+    let start = std::time::Instant::now();
+    let wheels = match wheelhouse {
+        Some(h) => Wheels::House(h.to_path_buf()),
+        None => {
+            let key = python_key(root, label, events)?;
+            let entry = cache_dir.join(WHEEL_CACHE).join(key);
+            if is_complete(&entry) { Wheels::Cached(entry) } else { Wheels::Fetch(entry) }
+        }
+    };
+    let run_wheels = format!("{dir}/wheels");
     let attrs = Attrs { mode: Some(0o644), ids: Ids { uid: 0, gid: 0 } };
-    copy_in(root, &wheel, &Path::new(dir).join(&name), &attrs)?;
+    let host_tmp = tempfile::Builder::new().prefix("imgforge-salt-").tempdir().context("Failed to create a temporary directory")?;
+    let pip_wheel = match &wheels {
+        Wheels::House(from) | Wheels::Cached(from) => {
+            copy_in(root, from, Path::new(&run_wheels), &attrs)?;
+            wheel_of(from, "pip").with_context(|| format!("{} holds no pip-*.whl", from.display()))?
+        }
+        Wheels::Fetch(_) => {
+            root.mkdir_all(Path::new(&run_wheels), 0o755)?;
+            let wheel = download_pip(host_tmp.path(), label, events)?;
+            let name = wheel.file_name().context("pip wheel has no name")?.to_string_lossy().into_owned();
+            copy_in(root, &wheel, &Path::new(&run_wheels).join(&name), &attrs)?;
+            name
+        }
+    };
     let venv = ChrootCmd::new(root.path(), "/usr/bin/python3").args(["-m", "venv", "--without-pip", VENV]);
     check(stream(|o, e| Ok(venv.spawn(o, e)?), label, events, |_| {})?, "python3 -m venv")?;
-    let mut pip = ChrootCmd::new(root.path(), &format!("{VENV}/bin/python3")).arg(format!("{dir}/{name}/pip")).args([
-        "install",
-        "--no-cache-dir",
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-    ]);
-    if let Some(ca) = host_ca_bundle() {
-        copy_in(root, &ca, &Path::new(dir).join("ca.crt"), &attrs)?;
-        pip = pip.arg("--cert").arg(format!("{dir}/ca.crt"));
+    let pip = |sub: &str| {
+        ChrootCmd::new(root.path(), &format!("{VENV}/bin/python3")).arg(format!("{run_wheels}/{pip_wheel}/pip")).arg(sub).args([
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+        ])
+    };
+    if let Wheels::Fetch(_) = &wheels {
+        let mut fetch = pip("wheel").arg("--wheel-dir").arg(&run_wheels);
+        if let Some(ca) = host_ca_bundle() {
+            copy_in(root, &ca, &Path::new(dir).join("ca.crt"), &attrs)?;
+            fetch = fetch.arg("--cert").arg(format!("{dir}/ca.crt"));
+        }
+        for k in ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"] {
+            if let Ok(v) = std::env::var(k) {
+                fetch = fetch.env(k, &v);
+            }
+        }
+        let fetch = fetch.arg(SALT_REQUIREMENT);
+        check(stream(|o, e| Ok(fetch.spawn(o, e)?), label, events, |_| {})?, &format!("pip wheel {SALT_REQUIREMENT}"))?;
     }
-    for k in ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"] {
-        if let Ok(v) = std::env::var(k) {
-            pip = pip.env(k, &v);
+    // Bytecode is compiled on import if salt needs it; compiling all of salt here costs seconds.
+    let inst = pip("install").args(["--no-index", "--no-compile", "--find-links", &run_wheels, SALT_REQUIREMENT]);
+    let installed = check(stream(|o, e| Ok(inst.spawn(o, e)?), label, events, |_| {})?, &format!("pip install {SALT_REQUIREMENT}"));
+    let from = match &wheels {
+        Wheels::House(h) => format!("the wheelhouse {}", h.display()),
+        Wheels::Cached(c) => format!("the wheel cache {}", c.display()),
+        Wheels::Fetch(_) => "the package index".to_string(),
+    };
+    installed.with_context(|| match &wheels {
+        Wheels::House(h) => format!(
+            "the wheelhouse {} (recipe option wheelhouse) lacks a wheel salt needs for the image's Python: add it with `pip wheel -w {} pip '{SALT_REQUIREMENT}'` run with the image's Python and architecture",
+            h.display(),
+            h.display()
+        ),
+        Wheels::Cached(c) => format!("the wheel cache {} is incomplete: delete that directory and build again", c.display()),
+        Wheels::Fetch(_) => "installing from the wheels pip just fetched failed".to_string(),
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    events.output(label, &format!("installed {SALT_REQUIREMENT} into {VENV} in {secs:.1} s from {from}"));
+    if let Wheels::Fetch(entry) = &wheels {
+        match store_wheels(root, &run_wheels, entry) {
+            Ok(n) => events.output(label, &format!("stored {n} wheels in the wheel cache {}", entry.display())),
+            Err(e) => events.notice(&format!("could not store salt's wheels in the cache ({e:#}); the next build downloads them again")),
         }
     }
-    let pip = pip.arg(SALT_REQUIREMENT);
-    let start = std::time::Instant::now();
-    check(stream(|o, e| Ok(pip.spawn(o, e)?), label, events, |_| {})?, &format!("pip install {SALT_REQUIREMENT}"))?;
-    events.output(label, &format!("installed {SALT_REQUIREMENT} into {VENV} in {:.1} s", start.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// The wheel cache key for the image's Python: asked from the image's python3 itself.
+fn python_key(root: &Root, label: &str, events: &Events) -> anyhow::Result<String> {
+    const ASK: &str = "import sys, sysconfig, platform; print('imgforge-python-abi', sys.implementation.cache_tag, sysconfig.get_platform(), '-'.join(platform.libc_ver()))";
+    let cmd = ChrootCmd::new(root.path(), "/usr/bin/python3").args(["-c", ASK]);
+    let mut answer = None;
+    let done = stream(
+        |o, e| Ok(cmd.spawn(o, e)?),
+        label,
+        events,
+        |l| {
+            if let Some(rest) = l.strip_prefix("imgforge-python-abi ") {
+                answer = Some(rest.to_string());
+            }
+        },
+    )?;
+    check(done, "python3 (asking its version and platform)")?;
+    let answer = answer.context("the image's python3 did not say its version and platform")?;
+    cache_key(SALT_REQUIREMENT, &answer).with_context(|| format!("the image's python3 answered \"{answer}\", not its version and platform"))
+}
+
+/// `salt-3006.0-cpython-311-linux-x86_64-glibc-2.36` from the requirement and python's
+/// "cache_tag platform libc" answer. Pure.
+fn cache_key(requirement: &str, answer: &str) -> Option<String> {
+    let f: Vec<&str> = answer.split_whitespace().collect();
+    let [tag, platform, rest @ ..] = f.as_slice() else { return None };
+    let libc = match rest {
+        [] => "nolibc",
+        [l] if l.trim_matches('-').is_empty() => "nolibc",
+        [l] => l,
+        _ => return None,
+    };
+    let clean = |s: &str| {
+        s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_')).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
+    };
+    let parts = [clean(requirement), clean(tag), clean(platform), clean(libc)];
+    parts.iter().all(|p| !p.is_empty()).then(|| parts.join("-"))
+}
+
+/// Whether `name` is a wheel of the distribution `dist` (`salt-3006.9-py3-none-any.whl`).
+pub fn is_wheel_of(name: &str, dist: &str) -> bool {
+    name.ends_with(".whl") && name.strip_prefix(dist).is_some_and(|r| r.starts_with('-'))
+}
+
+/// The file name of `dist`'s wheel in `dir`.
+fn wheel_of(dir: &Path, dist: &str) -> Option<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names.into_iter().rev().find(|n| is_wheel_of(n, dist))
+}
+
+/// A cache entry is complete when it holds pip and salt (entries appear by rename, whole).
+fn is_complete(entry: &Path) -> bool {
+    wheel_of(entry, "pip").is_some() && wheel_of(entry, "salt").is_some()
+}
+
+/// Copies the `.whl` files of the image directory `from` into the cache entry `to`: into a
+/// temporary directory beside it, renamed into place when complete (a concurrent build that
+/// got there first wins; its entry is as good). Never follows a link in the image. Returns how
+/// many wheels were stored.
+fn store_wheels(root: &Root, from: &str, to: &Path) -> anyhow::Result<usize> {
+    use nix::fcntl::OFlag;
+    let parent = to.parent().context("the wheel cache entry has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("Failed to create {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".incoming-")
+        .tempdir_in(parent)
+        .with_context(|| format!("Failed to write in {}", parent.display()))?;
+    let mut n = 0;
+    for name in root.list(Path::new(from))? {
+        let p = Path::new(from).join(&name);
+        if !name.to_string_lossy().ends_with(".whl") || root.lstat(&p)?.is_none_or(|st| st.st_mode & libc::S_IFMT != libc::S_IFREG) {
+            continue;
+        }
+        let fd = root.open_in(&p, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK, 0)?;
+        let mut src = std::fs::File::from(fd);
+        let dest = tmp.path().join(&name);
+        let mut dst = std::fs::File::create(&dest).with_context(|| format!("Failed to create {}", dest.display()))?;
+        std::io::copy(&mut src, &mut dst).with_context(|| format!("Failed to copy {} to {}", p.display(), dest.display()))?;
+        n += 1;
+    }
+    if !is_complete(tmp.path()) {
+        bail!("pip left no pip and salt wheels in {from}");
+    }
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, to) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !is_complete(to) {
+            return Err(e).with_context(|| format!("Failed to rename {} to {}", tmp.display(), to.display()));
+        }
+    }
+    Ok(n)
 }
 
 fn check(done: crate::chroot::run::Finished, what: &str) -> anyhow::Result<()> {
@@ -297,6 +456,22 @@ mod tests {
         let e = parse_results(br#"{"local": ["Rendering SLS 'base:web' failed: mapping values are not allowed here"]}"#).unwrap_err();
         assert!(e.contains("Rendering SLS 'base:web' failed"), "{e}");
         assert!(parse_results(b"{}").is_err() && parse_results(b"not json").is_err());
+    }
+
+    #[test]
+    fn cache_keys_name_the_python_abi() {
+        assert_eq!(
+            cache_key(SALT_REQUIREMENT, "cpython-311 linux-x86_64 glibc-2.36").as_deref(),
+            Some("salt-3006.0-cpython-311-linux-x86_64-glibc-2.36")
+        );
+        assert_eq!(
+            cache_key("salt~=3006.0", "cpython-312 linux-aarch64 -").as_deref(),
+            Some("salt-3006.0-cpython-312-linux-aarch64-nolibc")
+        );
+        assert_eq!(cache_key("salt", "cpython-312 ../../x").as_deref(), Some("salt-cpython-312-..-..-x-nolibc"));
+        assert!(cache_key("salt", "").is_none() && cache_key("salt", "a b c d").is_none());
+        assert!(is_wheel_of("salt-3006.9-py3-none-any.whl", "salt") && !is_wheel_of("saltfoo-1-py3-none-any.whl", "salt"));
+        assert!(!is_wheel_of("salt-3006.9.tar.gz", "salt"));
     }
 
     #[test]

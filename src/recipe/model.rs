@@ -219,6 +219,9 @@ pub struct SaltStep {
     /// With install = "pip": keep the venv in the image (default false: removed after the run).
     #[serde(default)]
     pub keep: bool,
+    /// With install = "pip": a directory of wheels (relative to the recipe) holding pip, salt
+    /// and every dependency for the image's Python; installed offline from it alone.
+    pub wheelhouse: Option<String>,
 }
 
 /// `type = "puppet"`: `puppet apply` chrooted in the image.

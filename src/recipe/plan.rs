@@ -374,6 +374,24 @@ fn toml_to_json(v: toml::Value) -> Result<serde_json::Value, String> {
     }
 }
 
+/// A salt wheelhouse: a directory holding at least a pip and a salt wheel.
+fn wheelhouse(dir: &Path, rel: &str) -> Result<PathBuf, String> {
+    let p = existing_dir(dir, rel, "wheelhouse directory")?;
+    let names: Vec<String> = std::fs::read_dir(&p)
+        .map_err(|e| format!("wheelhouse {rel}: cannot list {}: {e}", p.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    for want in ["pip", "salt"] {
+        if !names.iter().any(|n| crate::provision::salt::is_wheel_of(n, want)) {
+            return Err(format!(
+                "wheelhouse {rel} has no {want}-*.whl: fill it with `pip wheel -w {rel} pip '{}'` run with the image's Python and architecture (or copy imgforge's cache, <cache dir>/salt-wheels/<key>, from an earlier build)",
+                crate::provision::salt::SALT_REQUIREMENT
+            ));
+        }
+    }
+    Ok(p)
+}
+
 fn salt_step(dir: &Path, s: SaltStep) -> Result<Step, String> {
     let state_tree = existing_dir(dir, &s.state_tree, "state_tree directory")?;
     let pillar_tree = s.pillar_tree.as_deref().map(|p| existing_dir(dir, p, "pillar_tree directory")).transpose()?;
@@ -387,11 +405,12 @@ fn salt_step(dir: &Path, s: SaltStep) -> Result<Step, String> {
     if s.minion_id.is_empty() || !s.minion_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(format!("minion_id `{}` must be letters, digits, `-`, `_` and `.`", s.minion_id));
     }
-    let install = match (s.install.as_deref().unwrap_or("none"), s.keep) {
-        ("none", false) => SaltInstall::None,
-        ("none", true) => return Err("keep = true only applies to install = \"pip\"".into()),
-        ("pip", keep) => SaltInstall::Pip { keep },
-        (other, _) => return Err(format!("install = \"{other}\" is not one of \"none\", \"pip\"")),
+    let install = match (s.install.as_deref().unwrap_or("none"), s.keep, &s.wheelhouse) {
+        ("none", false, None) => SaltInstall::None,
+        ("none", true, _) => return Err("keep = true only applies to install = \"pip\"".into()),
+        ("none", _, Some(_)) => return Err("wheelhouse only applies to install = \"pip\"".into()),
+        ("pip", keep, house) => SaltInstall::Pip { keep, wheelhouse: house.as_deref().map(|h| wheelhouse(dir, h)).transpose()? },
+        (other, _, _) => return Err(format!("install = \"{other}\" is not one of \"none\", \"pip\"")),
     };
     if let Some(bad) = s.states.iter().find(|st| st.is_empty() || st.contains([',', ' '])) {
         return Err(format!("state `{bad}` is not a state name such as \"nginx\" or \"web.tls\""));
@@ -527,7 +546,9 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(&p.steps[0].step, Step::Ansible(a) if a.extra_vars == r#"{"port":80,"role":"web"}"# && a.tags == ["a"]));
-        assert!(matches!(&p.steps[1].step, Step::Salt(s) if s.install == SaltInstall::Pip { keep: false } && s.states.is_empty()));
+        assert!(
+            matches!(&p.steps[1].step, Step::Salt(s) if s.install == SaltInstall::Pip { keep: false, wheelhouse: None } && s.states.is_empty())
+        );
         assert!(matches!(&p.steps[2].step, Step::Puppet(pp) if pp.certname == "base" && pp.facts["role"] == "web"));
         assert_eq!((p.steps[0].kind, p.steps[1].label.as_str()), ("ansible", "salt #2"));
         let e = plan_text("[[provision]]\ntype = \"ansible\"\nplaybook = \"nope.yml\"\n").unwrap_err();
@@ -536,6 +557,20 @@ mod tests {
         assert!(e.message.contains("no top.sls") && e.line == Some(7), "{e}");
         let e = plan_text("[[provision]]\ntype = \"salt\"\nstate_tree = \"salt\"\nminion_id = \"x\"\ninstall = \"apt\"\n").unwrap_err();
         assert!(e.message.contains("install = \"apt\""), "{e}");
+        let salt = "[[provision]]\ntype = \"salt\"\nstate_tree = \"salt\"\nminion_id = \"x\"\n";
+        let e = plan_text(&format!("{salt}install = \"pip\"\nwheelhouse = \"wheels/\"\n")).unwrap_err();
+        assert!(e.message.contains("wheelhouse directory not found: wheels/") && e.line == Some(7), "{e}");
+        std::fs::create_dir_all(dir.path().join("wheels")).unwrap();
+        std::fs::write(dir.path().join("wheels/pip-24.0-py3-none-any.whl"), b"x").unwrap();
+        let e = plan_text(&format!("{salt}install = \"pip\"\nwheelhouse = \"wheels/\"\n")).unwrap_err();
+        assert!(e.message.contains("wheelhouse wheels/ has no salt-*.whl") && e.message.contains("pip wheel -w wheels/"), "{e}");
+        std::fs::write(dir.path().join("wheels/salt-3006.9-py3-none-any.whl"), b"x").unwrap();
+        let p = plan_text(&format!("{salt}install = \"pip\"\nwheelhouse = \"wheels/\"\n")).unwrap();
+        assert!(
+            matches!(&p.steps[0].step, Step::Salt(s) if matches!(&s.install, SaltInstall::Pip { wheelhouse: Some(w), .. } if w.ends_with("wheels/")))
+        );
+        let e = plan_text(&format!("{salt}wheelhouse = \"wheels/\"\n")).unwrap_err();
+        assert!(e.message.contains("wheelhouse only applies to install = \"pip\""), "{e}");
         let e = plan_text("[[provision]]\ntype = \"puppet\"\nmanifest = \"pp/site.pp\"\nmodule_path = [\"pp/site.pp\"]\n").unwrap_err();
         assert!(e.message.contains("not a directory"), "{e}");
         let e = plan_text("[[provision]]\ntype = \"puppet\"\nmanifest = \"pp/site.pp\"\nfacts = { \"bad-name\" = \"x\" }\n").unwrap_err();
@@ -593,5 +628,27 @@ mod tests {
         assert!(e.contains("line 8") && e.contains("valid kinds: private-key"), "{e}");
         let e = planned(&format!("{HEAD}[seal.machine-id]\nuninitialised = true\n")).unwrap_err().to_string();
         assert!(e.contains("uninitialised"), "{e}");
+    }
+
+    #[test]
+    fn ssh_userdir_options_and_the_older_spelling() {
+        use crate::seal::plan::UserKeyFiles;
+        let p = planned(HEAD).unwrap();
+        assert_eq!((p.seal.authorized_keys, p.seal.known_hosts), (UserKeyFiles::RemoveUpstream, UserKeyFiles::RemoveUpstream));
+        let p = planned(&format!("{HEAD}[seal.ssh-userdir]\nauthorized_keys = \"remove-all\"\nknown_hosts = \"keep\"\n")).unwrap();
+        assert_eq!((p.seal.authorized_keys, p.seal.known_hosts), (UserKeyFiles::RemoveAll, UserKeyFiles::Keep));
+        let p = planned(&format!("{HEAD}[seal.ssh-userdir]\nkeep_authorized_keys = true\n")).unwrap();
+        assert_eq!(p.seal.authorized_keys, UserKeyFiles::Keep);
+        let p = planned(&format!("{HEAD}[seal.ssh-userdir]\nkeep_authorized_keys = false\n")).unwrap();
+        assert_eq!(p.seal.authorized_keys, UserKeyFiles::RemoveAll);
+        let e = planned(&format!("{HEAD}[seal.ssh-userdir]\nauthorized_keys = \"upstream\"\n")).unwrap_err().to_string();
+        assert!(
+            e.contains("line 8") && e.contains("unknown value `upstream`") && e.contains("\"remove-upstream\", \"remove-all\", \"keep\""),
+            "{e}"
+        );
+        let e = planned(&format!("{HEAD}[seal.ssh-userdir]\nauthorized_keys = \"keep\"\nkeep_authorized_keys = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 9") && e.contains("both keep_authorized_keys and authorized_keys"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use toml::Spanned;
 use super::error::RecipeError;
 use super::parse::Src;
 use crate::seal::catalog::Op;
-use crate::seal::plan::{SealPlan, WarnRule};
+use crate::seal::plan::{SealPlan, UserKeyFiles, WarnRule};
 
 /// `[seal]`
 #[derive(Debug, Default, Deserialize)]
@@ -62,8 +62,32 @@ pub struct SshHostkeys {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshUserdir {
-    /// Keep authorized_keys (default false).
-    pub keep_authorized_keys: Option<bool>,
+    /// Which authorized_keys go: "remove-upstream" (default), "remove-all", "keep".
+    pub authorized_keys: Option<Spanned<String>>,
+    /// Which known_hosts go: "remove-upstream" (default), "remove-all", "keep".
+    pub known_hosts: Option<Spanned<String>>,
+    /// The older spelling: true = `authorized_keys = "keep"`, false = `"remove-all"` (what
+    /// false always did).
+    pub keep_authorized_keys: Option<Spanned<bool>>,
+}
+
+fn user_key_files(src: Src<'_>, v: &Option<Spanned<String>>, key: &str, default: UserKeyFiles) -> Result<UserKeyFiles, RecipeError> {
+    let Some(v) = v else { return Ok(default) };
+    UserKeyFiles::parse(v.get_ref()).ok_or_else(|| {
+        let names: Vec<String> = UserKeyFiles::ALL.iter().map(|u| format!("\"{}\"", u.name())).collect();
+        src.at(v.span(), format!("seal.ssh-userdir.{key}: unknown value `{}`", v.get_ref()))
+            .hint(format!("valid values: {}", names.join(", ")))
+    })
+}
+
+fn authorized_keys(src: Src<'_>, u: &SshUserdir, default: UserKeyFiles) -> Result<UserKeyFiles, RecipeError> {
+    match (&u.keep_authorized_keys, &u.authorized_keys) {
+        (Some(old), Some(_)) => Err(src
+            .at(old.span(), "seal.ssh-userdir: both keep_authorized_keys and authorized_keys are set")
+            .hint("keep only authorized_keys = \"remove-upstream\" | \"remove-all\" | \"keep\"")),
+        (Some(old), None) => Ok(if *old.get_ref() { UserKeyFiles::Keep } else { UserKeyFiles::RemoveAll }),
+        (None, v) => user_key_files(src, v, "authorized_keys", default),
+    }
 }
 
 /// `[seal.machine-id]`
@@ -174,7 +198,8 @@ pub fn seal_plan(src: Src<'_>, s: &Seal) -> Result<SealPlan, RecipeError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(SealPlan {
         install_keygen_unit: s.ssh_hostkeys.install_unit.unwrap_or(d.install_keygen_unit),
-        keep_authorized_keys: s.ssh_userdir.keep_authorized_keys.unwrap_or(d.keep_authorized_keys),
+        authorized_keys: authorized_keys(src, &s.ssh_userdir, d.authorized_keys)?,
+        known_hosts: user_key_files(src, &s.ssh_userdir.known_hosts, "known_hosts", d.known_hosts)?,
         machine_id_uninitialized: s.machine_id.uninitialized.unwrap_or(d.machine_id_uninitialized),
         hostname,
         cloud_init_remove_seed: s.cloud_init.remove_seed.unwrap_or(d.cloud_init_remove_seed),

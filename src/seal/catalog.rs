@@ -116,7 +116,9 @@ impl Op {
             Op::CmAgents => "Salt minion keys and minion_id, Puppet ssl dirs, Chef client.pem",
             Op::ProvisionerFiles => "everything the build copied in for provisioning only (and [seal.provisioner-files] paths)",
             Op::SshHostkeys => "/etc/ssh/ssh_host_*; a first-boot regenerator is checked or installed (fails if none can be)",
-            Op::SshUserdir => "SSH private keys and authorized_keys of root and users (option keep_authorized_keys)",
+            Op::SshUserdir => {
+                "SSH private keys of root and users; the upstream's authorized_keys and known_hosts, the recipe's kept (options authorized_keys, known_hosts)"
+            }
             Op::UserAccounts => "non-system accounts (uid 1000-59999) and their homes, except [seal.user-accounts] keep",
             Op::MachineId => "/etc/machine-id emptied, never deleted (option uninitialized); /var/lib/dbus/machine-id linked to it",
             Op::RandomSeed => "systemd and urandom random seeds, systemd credential secret",

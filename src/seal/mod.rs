@@ -9,6 +9,7 @@ pub mod cloud;
 pub mod fsuuid;
 pub mod homes;
 pub mod identity;
+pub mod inventory;
 pub mod leftovers;
 pub mod netconf;
 pub mod network;
@@ -48,6 +49,8 @@ pub struct Run<'a> {
     pub old_hostname: Option<String>,
     /// UUIDs `fs-uuids` changes after unmount.
     pub uuid_changes: Vec<fsuuid::UuidChange>,
+    /// Files an operation looked at and kept on purpose.
+    pub kept: Vec<report::Kept>,
 }
 
 fn run_op(op: Op, r: &mut Run) -> anyhow::Result<()> {
@@ -92,6 +95,7 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
         ssh_regenerators: Vec::new(),
         old_hostname: None,
         uuid_changes: Vec::new(),
+        kept: Vec::new(),
     };
     let needles = prescan(&mut r).context("Failed to read the image's addresses and names before sealing")?;
     for op in Op::ALL {
@@ -109,6 +113,7 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
     let mut report =
         report::assemble(plan, r.s.into_actions(), scan, r.ssh_regenerators, r.notes, cx.dry_run, start.elapsed().as_secs_f64());
     report.fs_uuids = r.uuid_changes;
+    report.kept = r.kept;
     Ok(report)
 }
 

@@ -12,8 +12,10 @@ pub struct SealPlan {
     pub enabled: BTreeSet<Op>,
     /// `ssh-hostkeys`: install imgforge's `ssh-keygen -A` unit when the image has no regenerator.
     pub install_keygen_unit: bool,
-    /// `ssh-userdir`: keep authorized_keys.
-    pub keep_authorized_keys: bool,
+    /// `ssh-userdir`: which `authorized_keys`/`authorized_keys2` go.
+    pub authorized_keys: UserKeyFiles,
+    /// `ssh-userdir`: which `known_hosts`/`known_hosts.old` go.
+    pub known_hosts: UserKeyFiles,
     /// `machine-id`: write "uninitialized" (systemd's first-boot semantics) instead of empty.
     pub machine_id_uninitialized: bool,
     /// `hostname`: the neutral name written to /etc/hostname.
@@ -37,7 +39,8 @@ impl Default for SealPlan {
         Self {
             enabled: Op::ALL.into_iter().filter(|o| o.default_on()).collect(),
             install_keygen_unit: true,
-            keep_authorized_keys: false,
+            authorized_keys: UserKeyFiles::RemoveUpstream,
+            known_hosts: UserKeyFiles::RemoveUpstream,
             machine_id_uninitialized: false,
             hostname: "localhost".into(),
             cloud_init_remove_seed: false,
@@ -58,6 +61,37 @@ impl SealPlan {
             self.enabled.remove(d);
         }
         self
+    }
+}
+
+/// What `ssh-userdir` does with a kind of `~/.ssh` file (`authorized_keys`, `known_hosts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKeyFiles {
+    /// Remove what the upstream image carried (a previous instance's), keep what the recipe's
+    /// provisioners created or changed (default).
+    RemoveUpstream,
+    /// Remove every one, wherever it came from.
+    RemoveAll,
+    /// Remove none.
+    Keep,
+}
+
+impl UserKeyFiles {
+    /// Every value, in the order the documentation lists them.
+    pub const ALL: [UserKeyFiles; 3] = [UserKeyFiles::RemoveUpstream, UserKeyFiles::RemoveAll, UserKeyFiles::Keep];
+
+    /// The recipe's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UserKeyFiles::RemoveUpstream => "remove-upstream",
+            UserKeyFiles::RemoveAll => "remove-all",
+            UserKeyFiles::Keep => "keep",
+        }
+    }
+
+    /// The value named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == s)
     }
 }
 
@@ -111,6 +145,9 @@ pub struct Context {
     pub host_paths: Vec<String>,
     /// Only print the plan.
     pub dry_run: bool,
+    /// `~/.ssh` files as they were before the first provisioner ran (`ssh-userdir` tells the
+    /// upstream's from the recipe's by it); `None` when sealing outside a build.
+    pub ssh_inventory: Option<super::inventory::SshInventory>,
     /// The disk's filesystems (for `fs-uuids`).
     pub filesystems: Vec<Filesystem>,
     /// A path tools can open the disk by (mtools, for an ESP this kernel cannot mount).

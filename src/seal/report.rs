@@ -60,11 +60,26 @@ pub struct SealReport {
     pub residue: Residue,
     /// Remarks.
     pub notes: Vec<String>,
+    /// Files an operation kept on purpose, with the reason (`ssh-userdir`: the recipe's
+    /// authorized_keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<Kept>,
     /// Filesystem UUIDs changed after unmount (`fs-uuids`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fs_uuids: Vec<super::fsuuid::UuidChange>,
     /// Wall time.
     pub seconds: f64,
+}
+
+/// A file an operation looked at and kept on purpose.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Kept {
+    /// The operation.
+    pub op: Op,
+    /// Path inside the image.
+    pub path: String,
+    /// Why it stays.
+    pub reason: String,
 }
 
 /// The manifest's view of a seal run.
@@ -112,6 +127,7 @@ pub fn assemble(
         ssh_regenerators,
         residue: Residue { files: scan.files, bytes: scan.bytes, findings, notes: scan.notes },
         notes,
+        kept: Vec::new(),
         fs_uuids: Vec::new(),
         seconds,
     }
@@ -192,6 +208,9 @@ impl SealReport {
             for a in mine {
                 let detail = if a.detail.is_empty() { String::new() } else { format!("  # {}", a.detail) };
                 out.push_str(&format!("  {} {}{detail}\n", verb(a.action), a.path));
+            }
+            for k in self.kept.iter().filter(|k| k.op == *op) {
+                out.push_str(&format!("  {} {}  # {}\n", if self.dry_run { "would keep" } else { "kept" }, k.path, k.reason));
             }
         }
         for r in &self.ssh_regenerators {

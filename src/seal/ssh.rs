@@ -3,7 +3,11 @@
 use anyhow::bail;
 
 use super::Run;
+use super::catalog::Op;
 use super::homes::homes;
+use super::inventory::{Origin, SshInventory};
+use super::plan::UserKeyFiles;
+use super::report::Kept;
 use super::scrub::{Kind, join};
 
 /// The oneshot unit installed when nothing else in the image regenerates SSH host keys.
@@ -74,27 +78,89 @@ fn is_key_name(name: &str) -> bool {
     base.starts_with("id_") && !base.contains('.')
 }
 
-/// `ssh-userdir`: private keys (and their .pub), known_hosts, authorized_keys (unless kept),
-/// agent sockets and ssh config leftovers of every account's ~/.ssh.
+/// What `ssh-userdir` does with one `authorized_keys` or `known_hosts` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Remove it, with this reason.
+    Remove(String),
+    /// Keep it, with this reason (listed as kept in the report).
+    Keep(String),
+    /// Keep the recipe's lines only: rewrite with `content` (detail for the change, reason for
+    /// the kept list).
+    Strip {
+        /// The recipe's lines.
+        content: Vec<u8>,
+        /// Why it was rewritten.
+        detail: String,
+        /// Why it was kept.
+        reason: String,
+    },
+}
+
+/// The decision for a file of kind `what` ("authorized keys") under the option `key`
+/// (`authorized_keys`) set to `policy`, given its origin. Pure.
+pub fn judge(policy: UserKeyFiles, origin: Origin, what: &str, key: &str) -> Verdict {
+    match (policy, origin) {
+        (UserKeyFiles::Keep, _) => Verdict::Keep(format!("[seal.ssh-userdir] {key} = \"keep\"")),
+        (UserKeyFiles::RemoveAll, _) => Verdict::Remove(format!("{what} ({key} = \"remove-all\")")),
+        (UserKeyFiles::RemoveUpstream, Origin::Unknown) => {
+            Verdict::Remove(format!("{what}; sealed outside a build, so counted as the upstream's"))
+        }
+        (UserKeyFiles::RemoveUpstream, Origin::Upstream) => Verdict::Remove(format!("{what} that came with the upstream image")),
+        (UserKeyFiles::RemoveUpstream, Origin::Created) => Verdict::Keep("created by the recipe's provisioners".into()),
+        (UserKeyFiles::RemoveUpstream, Origin::Changed { dropped: 0, .. }) => {
+            Verdict::Keep("changed by the recipe's provisioners (none of the upstream's lines left)".into())
+        }
+        (UserKeyFiles::RemoveUpstream, Origin::Changed { rest, dropped }) => Verdict::Strip {
+            content: rest,
+            detail: format!("the upstream's {dropped} line(s) removed, the recipe's kept"),
+            reason: format!("changed by the recipe's provisioners; the {dropped} line(s) the upstream had were removed"),
+        },
+    }
+}
+
+/// `ssh-userdir`: private keys (and their .pub), whatever their origin; `known_hosts` and
+/// `authorized_keys` by origin and the options (by default the upstream's go and the recipe's
+/// stay, see `inventory`).
 pub fn userdir(r: &mut Run) -> anyhow::Result<()> {
+    let inventory = r.cx.ssh_inventory.as_ref();
+    if inventory.is_none() && [r.plan.authorized_keys, r.plan.known_hosts].contains(&UserKeyFiles::RemoveUpstream) {
+        r.notes.push(
+            "ssh-userdir: sealed outside a build, nothing tells the recipe's authorized_keys/known_hosts from the upstream's: all removed"
+                .into(),
+        );
+    }
     for home in homes(&r.s)? {
         let dir = join(&home, ".ssh");
         for name in r.s.list(&dir)? {
             let p = join(&dir, &name);
             let kind = r.s.kind_of(&p)?;
-            let why = if is_key_name(&name) {
-                Some("user key")
+            let content = if kind == Some(Kind::File) { r.s.read(&p)? } else { None };
+            let origin = || SshInventory::origin(inventory, &p, content.as_deref());
+            let verdict = if is_key_name(&name) {
+                Verdict::Remove(match origin() {
+                    Origin::Upstream => "user key from the upstream image".into(),
+                    Origin::Created | Origin::Changed { .. } => "user key made during provisioning".into(),
+                    Origin::Unknown => "user key".into(),
+                })
             } else if matches!(name.as_str(), "known_hosts" | "known_hosts.old") {
-                Some("hosts seen from the build")
+                judge(r.plan.known_hosts, origin(), "hosts seen by an earlier machine", "known_hosts")
             } else if matches!(name.as_str(), "authorized_keys" | "authorized_keys2") {
-                (!r.plan.keep_authorized_keys).then_some("authorized keys")
-            } else if kind == Some(Kind::File) && is_private_key(&r.s.read(&p)?.unwrap_or_default()) {
-                Some("private key")
+                judge(r.plan.authorized_keys, origin(), "authorized keys", "authorized_keys")
+            } else if content.as_deref().is_some_and(is_private_key) {
+                Verdict::Remove("private key".into())
             } else {
-                None
+                continue;
             };
-            if let Some(why) = why {
-                r.s.remove(&p, why)?;
+            match verdict {
+                Verdict::Remove(why) => {
+                    r.s.remove(&p, &why)?;
+                }
+                Verdict::Keep(reason) => r.kept.push(Kept { op: Op::SshUserdir, path: p, reason }),
+                Verdict::Strip { content, detail, reason } => {
+                    r.s.rewrite(&p, &content, 0o600, &detail)?;
+                    r.kept.push(Kept { op: Op::SshUserdir, path: p, reason });
+                }
             }
         }
     }
@@ -119,5 +185,21 @@ mod tests {
         assert!(!is_key_name("config") && !is_key_name("id_rsa.bak.pub"));
         assert!(is_private_key(b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n"));
         assert!(!is_private_key(b"ssh-ed25519 AAAA user@host\n"));
+    }
+
+    #[test]
+    fn verdicts() {
+        let j = |p, o| judge(p, o, "authorized keys", "authorized_keys");
+        use UserKeyFiles::*;
+        assert_eq!(j(RemoveUpstream, Origin::Upstream), Verdict::Remove("authorized keys that came with the upstream image".into()));
+        assert!(matches!(j(RemoveUpstream, Origin::Unknown), Verdict::Remove(w) if w.contains("outside a build")));
+        assert_eq!(j(RemoveUpstream, Origin::Created), Verdict::Keep("created by the recipe's provisioners".into()));
+        assert!(matches!(j(RemoveUpstream, Origin::Changed { rest: b"k\n".to_vec(), dropped: 0 }), Verdict::Keep(_)));
+        let v = j(RemoveUpstream, Origin::Changed { rest: b"k\n".to_vec(), dropped: 2 });
+        assert!(matches!(&v, Verdict::Strip { content, reason, .. } if content == b"k\n" && reason.contains("2 line(s)")), "{v:?}");
+        for o in [Origin::Created, Origin::Upstream, Origin::Unknown] {
+            assert!(matches!(j(RemoveAll, o.clone()), Verdict::Remove(w) if w.contains("remove-all")));
+            assert_eq!(j(Keep, o), Verdict::Keep("[seal.ssh-userdir] authorized_keys = \"keep\"".into()));
+        }
     }
 }

@@ -11,7 +11,8 @@ use std::path::Path;
 use sha2::Digest;
 
 use super::catalog::Op;
-use super::plan::{Context, SealPlan};
+use super::inventory::SshInventory;
+use super::plan::{Context, SealPlan, UserKeyFiles};
 use crate::chroot::resolve::Root;
 use crate::progress::Events;
 
@@ -169,14 +170,56 @@ fn ssh_userdir() {
         put(d, "/home/debian/.ssh/deploy.pem", "-----BEGIN RSA PRIVATE KEY-----\nMII\n");
         put(d, "/home/debian/.ssh/authorized_keys", "ssh-ed25519 AAAA ci\n");
     };
-    check(Op::SshUserdir, SealPlan::default(), plant, &[("/root/.ssh", false)]);
-    let keep = SealPlan { keep_authorized_keys: true, ..SealPlan::default() };
-    check(
+    // Outside a build (no inventory) every one counts as the upstream's.
+    let r = check(Op::SshUserdir, SealPlan::default(), plant, &[("/root/.ssh", false)]);
+    assert!(r.notes.iter().any(|n| n.contains("sealed outside a build")), "{:?}", r.notes);
+    let keep = SealPlan { authorized_keys: UserKeyFiles::Keep, ..SealPlan::default() };
+    let r = check(
         Op::SshUserdir,
         keep,
         plant,
         &[("/root/.ssh", false), ("/root/.ssh/authorized_keys", false), ("/home/debian/.ssh/authorized_keys", false)],
     );
+    assert_eq!(r.kept.len(), 2, "{:?}", r.kept);
+}
+
+/// In a build: the upstream's authorized_keys and known_hosts go, the recipe's stay (listed as
+/// kept), a file the recipe appended to loses the upstream's lines; private keys go whatever
+/// their origin; `remove-all` removes every one.
+#[test]
+fn ssh_userdir_keeps_what_the_recipe_added() {
+    let d = tempfile::tempdir().unwrap();
+    base_tree(d.path());
+    put(d.path(), "/root/.ssh/authorized_keys", "ssh-ed25519 AAAA old-instance\n");
+    put(d.path(), "/home/debian/.ssh/known_hosts", "github.com ssh-ed25519 AAAA\n");
+    put(d.path(), "/home/debian/.ssh/authorized_keys", "ssh-ed25519 AAAA old-instance\n");
+    let root = Root::open(d.path()).unwrap();
+    let cx = Context { ssh_inventory: Some(SshInventory::take(&root).unwrap()), ..Context::default() };
+    // What the provisioners do.
+    put(d.path(), "/home/demo/.ssh/authorized_keys", "ssh-ed25519 DDDD demo\n");
+    put(d.path(), "/home/demo/.ssh/known_hosts", "git.example ssh-ed25519 EEEE\n");
+    put_mode(d.path(), "/home/demo/.ssh/id_ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n", 0o600);
+    put(d.path(), "/home/debian/.ssh/authorized_keys", "ssh-ed25519 AAAA old-instance\nssh-ed25519 FFFF ops\n");
+    let r = seal(d.path(), &only(Op::SshUserdir), &cx);
+    let exists = |p: &str| d.path().join(p.trim_start_matches('/')).exists();
+    assert!(!exists("/root/.ssh/authorized_keys") && !exists("/home/debian/.ssh/known_hosts"));
+    assert!(!exists("/home/demo/.ssh/id_ed25519"));
+    assert_eq!(std::fs::read_to_string(d.path().join("home/demo/.ssh/authorized_keys")).unwrap(), "ssh-ed25519 DDDD demo\n");
+    assert_eq!(std::fs::read_to_string(d.path().join("home/demo/.ssh/known_hosts")).unwrap(), "git.example ssh-ed25519 EEEE\n");
+    assert_eq!(std::fs::read_to_string(d.path().join("home/debian/.ssh/authorized_keys")).unwrap(), "ssh-ed25519 FFFF ops\n");
+    let reason = |p: &str| r.kept.iter().find(|k| k.path == p).map(|k| k.reason.clone()).unwrap_or_default();
+    assert_eq!(reason("/home/demo/.ssh/authorized_keys"), "created by the recipe's provisioners");
+    assert!(reason("/home/debian/.ssh/authorized_keys").contains("the 1 line(s) the upstream had were removed"), "{:?}", r.kept);
+    let detail = |p: &str| r.actions.iter().find(|a| a.path == p).map(|a| a.detail.clone()).unwrap_or_default();
+    assert_eq!(detail("/root/.ssh/authorized_keys"), "authorized keys that came with the upstream image");
+    assert_eq!(detail("/home/demo/.ssh/id_ed25519"), "user key made during provisioning");
+    assert!(r.text().contains("  kept /home/demo/.ssh/authorized_keys  # created by the recipe's provisioners"), "{}", r.text());
+
+    let all = SealPlan { authorized_keys: UserKeyFiles::RemoveAll, ..only(Op::SshUserdir) };
+    let r = seal(d.path(), &all, &cx);
+    assert!(!exists("/home/demo/.ssh/authorized_keys") && !exists("/home/debian/.ssh/authorized_keys"));
+    assert!(exists("/home/demo/.ssh/known_hosts"));
+    assert_eq!(r.kept.len(), 1, "{:?}", r.kept);
 }
 
 #[test]
