@@ -70,6 +70,9 @@ fn assert_nothing_left(dir: &Path, name: &str, m: &RoMount, paths: &[&str]) {
     assert_eq!(seal["residue"]["findings"].as_array().unwrap().len(), 0, "{seal}");
 }
 
+/// The public key the CM suites give their `deploy` user.
+const DEPLOY_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGPQpQzszlciSQly7iDE7PR0At9SdngcDrZ6xLIrbBEM deploy@ci";
+
 const UNIT: &str = "[Unit]\nDescription=imgforge test\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
 
 // ---------------------------------------------------------------------------------------------
@@ -98,6 +101,10 @@ const ROLE_TASKS: &str = r#"- name: install a Debian package
   user:
     name: deploy
     shell: /bin/bash
+- name: the user's key
+  ansible.posix.authorized_key:
+    user: deploy
+    key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGPQpQzszlciSQly7iDE7PR0At9SdngcDrZ6xLIrbBEM deploy@ci"
 - name: unit file
   copy:
     src: imgforge-test.service
@@ -179,6 +186,7 @@ fn ansible_playbook_end_to_end() {
     let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
     assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
     assert!(m.read("/etc/sysctl.conf").contains("vm.swappiness=10"), "sysctl not persisted");
+    assert!(m.read("/home/deploy/.ssh/authorized_keys").contains(DEPLOY_KEY), "the recipe's authorized key was not kept");
     assert_nothing_left(dir.path(), "ans", &m, &["/root/.ansible_async"]);
     let manifest = manifest(dir.path(), "ans");
     assert_deferred(&manifest, "imgforge-test.service", &["start", "restart"]);
@@ -219,15 +227,33 @@ fn ansible_missing_on_the_host_is_named_before_the_build() {
 // ---------------------------------------------------------------------------------------------
 // Salt (pip-installed into the image for the run)
 
-const SALT_STATES: &str = r#"hello:
+/// A live-server Salt tree: a package list, a templated file from salt:// with a Jinja
+/// `grains.filter_by` map, a user with a home and an authorized key, and a service that is
+/// running, enabled and restarted when its unit changes.
+const SALT_STATES: &str = r#"{% set web = salt['grains.filter_by']({'Debian': {'group': 'www-data'}, 'RedHat': {'group': 'apache'}}, grain='os_family') %}
+base-packages:
   pkg.installed:
+    - pkgs:
+      - hello
+      - tree
     - refresh: True
 /etc/rails-app.conf:
   file.managed:
-    - contents: "port={{ pillar['app']['port'] }} id={{ grains['id'] }} build={{ salt['environ.get']('IMGFORGE_BUILD') }}"
+    - source: salt://rails/app.conf.j2
+    - template: jinja
+    - context:
+        group: {{ web.group }}
 deploy:
   user.present:
     - shell: /bin/bash
+    - home: /home/deploy
+    - createhome: True
+deploy-key:
+  ssh_auth.present:
+    - user: deploy
+    - name: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGPQpQzszlciSQly7iDE7PR0At9SdngcDrZ6xLIrbBEM deploy@ci"
+    - require:
+      - user: deploy
 /etc/systemd/system/imgforge-test.service:
   file.managed:
     - source: salt://rails/imgforge-test.service
@@ -259,6 +285,10 @@ fn salt_masterless_end_to_end() {
         ("salt/states/top.sls", "base:\n  'rails-base-*':\n    - rails\n  'db-*':\n    - broken\n"),
         ("salt/states/rails/init.sls", SALT_STATES),
         ("salt/states/rails/imgforge-test.service", UNIT),
+        (
+            "salt/states/rails/app.conf.j2",
+            "port={{ pillar['app']['port'] }} id={{ grains['id'] }} build={{ salt['environ.get']('IMGFORGE_BUILD') }} group={{ group }}\n",
+        ),
         ("salt/states/broken.sls", "broken:\n  cmd.run:\n    - name: /bin/false\n"),
         ("salt/pillar/top.sls", "base:\n  'rails-base-*':\n    - app\n"),
         ("salt/pillar/app.sls", "app:\n  port: 3000\n"),
@@ -274,7 +304,9 @@ fn salt_masterless_end_to_end() {
 
     let m = RoMount::open(&dir.path().join("out/slt.raw"), 1);
     assert!(m.path("/usr/bin/hello").exists(), "package not installed");
-    assert_eq!(m.read("/etc/rails-app.conf").trim_end(), "port=3000 id=rails-base-01 build=1");
+    assert_eq!(m.read("/etc/rails-app.conf").trim_end(), "port=3000 id=rails-base-01 build=1 group=www-data");
+    assert!(m.path("/usr/bin/tree").exists(), "package list not installed");
+    assert!(m.read("/home/deploy/.ssh/authorized_keys").contains(DEPLOY_KEY), "the recipe's authorized key was not kept");
     assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
     let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
     assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));
@@ -422,7 +454,9 @@ fn salt_pip_wheels_are_fetched_once_then_cached_or_offline() {
 // Puppet (installed into the image from Debian's packages by a shell provisioner)
 
 const MANIFEST: &str = r#"package { 'hello': ensure => installed }
-user { 'deploy': ensure => present, shell => '/bin/bash' }
+user { 'deploy': ensure => present, shell => '/bin/bash', managehome => true, home => '/home/deploy' }
+-> file { '/home/deploy/.ssh': ensure => directory, owner => 'deploy', mode => '0700' }
+-> file { '/home/deploy/.ssh/authorized_keys': content => "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGPQpQzszlciSQly7iDE7PR0At9SdngcDrZ6xLIrbBEM deploy@ci\n", owner => 'deploy', mode => '0600' }
 file { '/etc/systemd/system/imgforge-test.service': source => 'puppet:///modules/app/imgforge-test.service' }
 -> service { 'imgforge-test': ensure => running, enable => true }
 include app
@@ -467,6 +501,7 @@ fn puppet_apply_end_to_end() {
     let m = RoMount::open(&dir.path().join("out/pup.raw"), 1);
     assert!(m.path("/usr/bin/hello").exists(), "package not installed");
     assert_eq!(m.read("/etc/app.conf"), "role=web certname=web-base build=1\n");
+    assert!(m.read("/home/deploy/.ssh/authorized_keys").contains(DEPLOY_KEY), "the recipe's authorized key was not kept");
     assert!(m.read("/etc/passwd").lines().any(|l| l.starts_with("deploy:") && l.ends_with(":/bin/bash")));
     let wants = m.path("/etc/systemd/system/multi-user.target.wants/imgforge-test.service");
     assert_eq!(std::fs::read_link(wants).unwrap(), Path::new("/etc/systemd/system/imgforge-test.service"));

@@ -27,6 +27,11 @@ pub fn run_streaming(cmd: &ChrootCmd, label: &str, events: &Events) -> anyhow::R
     if done.status.success() { Ok(()) } else { Err(done.failure()) }
 }
 
+/// Added to a failure whose output shows a refusal.
+const SANDBOX_HINT: &str = "\n      (\"Operation not permitted\": provisioners run in the build sandbox, which refuses what needs the \
+     build host's root — kernel modules, the clock, reboot, swap, raw I/O, device nodes, mounting /proc or /sys; \
+     see README \"The build sandbox\")";
+
 /// A streamed command that has exited.
 #[derive(Debug)]
 pub struct Finished {
@@ -42,7 +47,8 @@ impl Finished {
         let last: Vec<&str> = self.tail.iter().map(String::as_str).collect();
         let shown = if last.is_empty() { String::from("(no output)") } else { last.join("\n      ") };
         let how = self.status.code().map_or_else(|| format!("{}", self.status), |c| format!("exit code {c}"));
-        anyhow::anyhow!("{how}; last lines:\n      {shown}")
+        let hint = if last.iter().any(|l| l.contains("Operation not permitted")) { SANDBOX_HINT } else { "" };
+        anyhow::anyhow!("{how}; last lines:\n      {shown}{hint}")
     }
 }
 
@@ -124,5 +130,21 @@ fn wait(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
             return Err(crate::host::signals::Interrupted.into());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_refusal_points_at_the_sandbox() {
+        let tail: VecDeque<String> = ["modprobe: ERROR: could not insert 'dummy': Operation not permitted".to_string()].into();
+        let done = Finished { status: std::process::ExitStatus::from_raw(1 << 8), tail };
+        let e = done.failure().to_string();
+        assert!(e.starts_with("exit code 1; last lines:") && e.contains("build sandbox"), "{e}");
+        let plain = Finished { status: std::process::ExitStatus::from_raw(2 << 8), tail: ["no such file".to_string()].into() };
+        assert!(!plain.failure().to_string().contains("sandbox"));
     }
 }

@@ -46,7 +46,8 @@ pub fn run(root: &Root, label: &str, p: &AnsiblePlan, events: &Events) -> anyhow
     let sandbox = crate::chroot::sandbox::lookup(root.path())
         .ok_or_else(|| anyhow!("no build sandbox for {}: refusing to run ansible unconfined", root.path().display()))?;
     let chroot_exe = work.path().join("chroot");
-    let me = std::env::current_exe().context("Failed to find imgforge's own executable")?;
+    // This very executable, even if its file is replaced (an upgrade) during the build.
+    let me = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
     write_wrapper(&chroot_exe, &me)?;
     let mut env = env;
     env.insert(crate::chroot::sandbox::ENV.to_string(), sandbox.env_value().into());
