@@ -328,9 +328,11 @@ impl Drop for Held {
 /// Clears the free space of every mounted filesystem of the image, after the seal: syncfs
 /// (the journal commits, so blocks freed by the seal are free), FITRIM (freed blocks become
 /// holes in the disk file: loop devices pass discard through as hole punching), then syncfs
-/// and FITRIM again for what the first trim's own commit freed. Where the filesystem cannot
-/// discard (EOPNOTSUPP), its free space is overwritten with zeros instead. One line per
-/// filesystem says what was done.
+/// and FITRIM again for what the first trim's own commit freed. A filesystem that cannot
+/// discard (EOPNOTSUPP) gets its free space overwritten with zeros instead. FITRIM skips free
+/// runs shorter than the discard granule: ext2/3/4 free blocks are also punched out of the
+/// disk after unmount ([`crate::image::freespace`]). One line per filesystem says what was
+/// done.
 pub fn trim_all(m: &Mounted) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     for (target, host) in &m.filesystems {
@@ -348,14 +350,14 @@ pub fn trim_all(m: &Mounted) -> anyhow::Result<Vec<String>> {
                 Err(e) => return Err(e.into()),
             }
         }
-        if unsupported {
+        let line = if unsupported {
             let n = crate::host::trim::zero_free(host)?;
-            tracing::info!("{target}: cannot discard; {n} bytes of free space overwritten with zeros");
-            done.push(format!("{target}: cannot discard (EOPNOTSUPP); free space overwritten with zeros ({n} bytes)"));
+            format!("{target}: cannot discard (EOPNOTSUPP); free space overwritten with zeros ({n} bytes)")
         } else {
-            tracing::debug!("{target}: trimmed {} + {} bytes", trimmed[0], trimmed[1]);
-            done.push(format!("{target}: synced and trimmed ({} bytes discarded, then {})", trimmed[0], trimmed[1]));
-        }
+            format!("{target}: synced and trimmed ({} bytes discarded, then {})", trimmed[0], trimmed[1])
+        };
+        tracing::debug!("{line}");
+        done.push(line);
     }
     Ok(done)
 }

@@ -173,6 +173,8 @@ fn customize(
     if opts.seal_dry_run {
         return Ok(c);
     }
+    let punched = t.time(events, "punch-free", "punching free blocks out of the disk", || super::punch_free(disk, &parts))?;
+    c.seal.free_space.extend(punched);
     // The disk is final here: search all its data, free space and journals included, for what
     // the seal removed.
     let raw = t.time(events, "raw-scan", "searching the raw disk for what the seal removed", || {

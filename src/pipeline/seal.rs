@@ -64,6 +64,8 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
     closed?;
     if !cx.dry_run {
         crate::seal::fsuuid::apply(file, &report.fs_uuids)?;
+        let punched = super::punch_free(file, &parts)?;
+        report.free_space.extend(punched);
         events.step("raw-scan", "searching the raw disk for what the seal removed");
         let raw = crate::seal::rawscan::scan(file, &super::raw_parts(&parts), &report.raw_needles)
             .context("Failed to search the unmounted disk for what the seal removed")?;
