@@ -174,3 +174,106 @@ fn cloud_image_end_to_end() {
 fn no_process(needle: &str) -> bool {
     run(std::process::Command::new("pgrep").args(["-f", needle])).stdout.is_empty()
 }
+
+/// Occurrences of `needle` in the file at `path`, read whole (holes read as zeros).
+fn count_in_file(path: &Path, needle: &[u8]) -> usize {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 64 << 20];
+    let (mut count, mut carry) = (0, Vec::new());
+    let finder = memchr::memmem::Finder::new(needle);
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return count;
+        }
+        let mut hay = std::mem::take(&mut carry);
+        hay.extend_from_slice(&buf[..n]);
+        count += finder.find_iter(&hay).count();
+        // Keep a tail shorter than the needle: a match across reads is counted once.
+        carry = hay[hay.len().saturating_sub(needle.len() - 1)..].to_vec();
+    }
+}
+
+/// Issue 14 §6: what the seal deletes must not survive in free space. A provisioner plants an
+/// AWS secret key in root's history and cloud-init's user-data and syncs (so the blocks reach
+/// the disk); the upstream carries its build host's name and machine id. The seal deletes
+/// them all, and the output raw holds not one copy; the raw pass looked for each.
+#[test]
+fn free_space_carries_nothing_the_seal_removed() {
+    if !have_root("free_space_carries_nothing_the_seal_removed") {
+        return;
+    }
+    let up = cloud_upstream();
+    let secret = "Zq3vR8tLmN2pXw7YbK4sHd9JfG6cT1aE5uWoQiPz";
+    let dir = testdir("free-space");
+    let r = recipe(
+        dir.path(),
+        &format!(
+            r#"[image]
+name = "scrubbed"
+version = "1.0.0"
+
+[source]
+url = "{up}/noble-like-cloudimg-amd64.img"
+checksums = "{up}/SHA256SUMS"
+signature = "{up}/SHA256SUMS.gpg"
+signing_key = "{up}/keys/vendor.asc"
+
+[disk]
+size = "3GiB"
+
+[[provision]]
+type = "shell"
+name = "plant"
+inline = [
+  "echo 'export AWS_SECRET_ACCESS_KEY={secret}' >> /root/.bash_history",
+  "printf 'aws_secret_access_key: {secret}\\n' >> /var/lib/cloud/instances/iid-upstream-build/user-data.txt",
+  "sync",
+]
+"#,
+            up = up.display()
+        ),
+    );
+    // What the upstream holds: its machine id, and the planted-to-be names in its bytes.
+    let upraw = up.join("noble-like-cloudimg-amd64.raw");
+    let old_id = RoMount::open(&upraw, 1).read("/etc/machine-id").trim().to_string();
+    assert_eq!(old_id.len(), 32, "{old_id:?}");
+    assert!(count_in_file(&upraw, b"upstream-builder") > 0 && count_in_file(&upraw, old_id.as_bytes()) > 0);
+
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
+    assert_clean(dir.path());
+    assert!(o.status.success(), "{}", show(&o));
+    let raw = dir.path().join("out/scrubbed.raw");
+    for needle in [secret, "upstream-builder", old_id.as_str()] {
+        assert_eq!(count_in_file(&raw, needle.as_bytes()), 0, "{needle} is still in the output raw");
+    }
+    let m = RoMount::open(&raw, 1);
+    assert!(m.path("/root/.bash_history").symlink_metadata().is_err());
+    assert_eq!(m.read("/etc/hostname"), "localhost\n");
+    drop(m);
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/scrubbed.seal.json")).unwrap()).unwrap();
+    let raw_scan = &report["raw_scan"];
+    let searched: Vec<&str> = raw_scan["searched"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    for want in [
+        "hostname upstream-builder",
+        "old machine id (redacted) removed from /etc/machine-id",
+        "private key (redacted) removed from /etc/ssh/ssh_host_ed25519_key",
+    ] {
+        assert!(searched.contains(&want), "the raw pass did not look for {want}: {searched:?}");
+    }
+    // One value, planted twice: the first file the seal read it from names it.
+    assert!(searched.iter().any(|s| s.starts_with("AWS secret access key (redacted) removed from /")), "{searched:?}");
+    assert!(!searched.contains(&"hostname vm"), "a generic name is not searched for: {searched:?}");
+    assert_eq!(raw_scan["hits"].as_array().unwrap().len(), 0, "{raw_scan}");
+    assert!(raw_scan["bytes"].as_u64().unwrap() > 100 << 20, "{raw_scan}");
+    assert!(!report.to_string().contains(secret), "the report shows the secret");
+    let free: Vec<&str> = report["free_space"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(free.iter().any(|l| l.starts_with("/: synced and trimmed")), "{free:?}");
+    assert!(free.iter().any(|l| l.starts_with("partition 15 (vfat): not mounted")), "{free:?}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/scrubbed.manifest.json")).unwrap()).unwrap();
+    let secs = manifest["steps"]["raw-scan"].as_f64().unwrap();
+    eprintln!("raw-scan step: {secs:.3} s over {} bytes of data", raw_scan["bytes"]);
+    assert!(secs < 3.0, "the raw pass took {secs} s");
+}

@@ -58,6 +58,21 @@ pub fn probe(b: &[u8]) -> FsInfo {
     probe_fat(b).unwrap_or_default()
 }
 
+/// The filesystem's block size (ext2/3/4, XFS, btrfs), cluster size (vfat) or page size
+/// (swap), from the first bytes of a partition (as [`probe`] reads them); `None` if unknown.
+pub fn block_size(b: &[u8]) -> Option<u32> {
+    let le32 = |at: usize| cut(b, at, 4).try_into().ok().map(u32::from_le_bytes);
+    let size = match probe(b).fstype.as_str() {
+        "ext2" | "ext3" | "ext4" => 1024u32.checked_shl(le32(1024 + 24)?)?,
+        "xfs" => u32::from_be_bytes(cut(b, 4, 4).try_into().ok()?),
+        "btrfs" => le32(65536 + 0x90)?,
+        "vfat" => u32::from(u16::from_le_bytes(cut(b, 11, 2).try_into().ok()?)) * u32::from(*cut(b, 13, 1).first()?),
+        "swap" => 4096,
+        _ => return None,
+    };
+    (size.is_power_of_two() && (512..=1 << 20).contains(&size)).then_some(size)
+}
+
 fn probe_fat(b: &[u8]) -> Option<FsInfo> {
     if cut(b, 510, 2) != [0x55, 0xAA] {
         return None;
@@ -98,6 +113,8 @@ mod tests {
         assert_eq!(info.fstype, "ext4");
         assert_eq!(info.label, "cloudimg-rootfs");
         assert_eq!(info.uuid, "0a1b2c3d-0000-4000-8000-00000000abcd");
+        // 8 MiB is mke2fs's "small" type: 1 KiB blocks.
+        assert_eq!(block_size(&bytes[..PROBE_LEN]), Some(1024));
     }
 
     #[test]
@@ -111,11 +128,14 @@ mod tests {
         let bytes = std::fs::read(&img).unwrap();
         let info = probe(&bytes[..PROBE_LEN]);
         assert_eq!(info, FsInfo { fstype: "vfat".into(), label: "UEFI".into(), uuid: "1234-5678".into() });
+        // 64 MiB FAT32: 512-byte sectors, one per cluster.
+        assert_eq!(block_size(&bytes[..PROBE_LEN]), Some(512));
     }
 
     #[test]
     fn garbage_is_unknown() {
         assert_eq!(probe(&[0u8; 10]), FsInfo::default());
         assert_eq!(probe(&[0xFFu8; PROBE_LEN]).fstype, "");
+        assert_eq!(block_size(&[0u8; PROBE_LEN]), None);
     }
 }

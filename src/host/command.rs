@@ -38,7 +38,8 @@ pub enum CommandError {
 pub fn package_of(program: &str) -> Option<&'static str> {
     let name = program.rsplit('/').next().unwrap_or(program);
     Some(match name {
-        "e2fsck" | "resize2fs" | "tune2fs" | "mkfs.ext4" | "debugfs" => "e2fsprogs",
+        "e2fsck" | "resize2fs" | "tune2fs" | "mkfs.ext4" | "debugfs" | "dumpe2fs" => "e2fsprogs",
+        "slirp4netns" => "slirp4netns",
         "xfs_growfs" | "xfs_admin" | "xfs_repair" => "xfsprogs",
         "mcopy" | "mdir" | "mtype" | "mformat" | "mmd" => "mtools",
         "mkfs.vfat" | "fsck.vfat" => "dosfstools",

@@ -5,4 +5,5 @@
 
 pub mod arch;
 pub mod drivers;
+pub mod freespace;
 pub mod mount;

@@ -166,16 +166,38 @@ fn customize(
     cx.disk_path = Some(crate::host::fd::shared_path(disk));
     let result = inside(plan, opts, &mounted, &cx, stamp, t, events);
     let closed = t.time(events, "unmount", "unmounting and detaching", || mounted.close());
-    match (result, closed) {
+    let mut c = match (result, closed) {
         (Ok(r), Ok(())) if !r.seal.fs_uuids.is_empty() => {
             t.time(events, "fs-uuids", "setting new filesystem UUIDs", || crate::seal::fsuuid::apply(disk, &r.seal.fs_uuids))?;
-            Ok(r)
+            r
         }
-        (Ok(r), Ok(())) => Ok(r),
-        (Err(e), Ok(())) => Err(e),
-        (Ok(_), Err(c)) => Err(c),
-        (Err(e), Err(c)) => Err(e.context(format!("and cleanup failed too: {c:#}"))),
+        (Ok(r), Ok(())) => r,
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(_), Err(c)) => return Err(c),
+        (Err(e), Err(c)) => return Err(e.context(format!("and cleanup failed too: {c:#}"))),
+    };
+    if opts.seal_dry_run {
+        return Ok(c);
     }
+    let punched = t.time(events, "punch-free", "punching free blocks out of the disk", || super::punch_free(disk, &parts))?;
+    c.seal.free_space.extend(punched);
+    // The disk is final here: search all its data, free space and journals included, for what
+    // the seal removed.
+    let raw = t.time(events, "raw-scan", "searching the raw disk for what the seal removed", || {
+        crate::seal::rawscan::scan(disk, &super::raw_parts(&parts), &c.seal.raw_needles)
+            .context("Failed to search the unmounted disk for what the seal removed")
+    })?;
+    let failed = raw.check();
+    c.seal.raw_scan = Some(raw);
+    if let Err(e) = failed {
+        let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
+        let full_list = match crate::manifest::write(&c.seal, &report_path) {
+            Ok(()) => format!("full report in {}", report_path.display()),
+            Err(w) => format!("the report could not be written to {}: {w:#}", report_path.display()),
+        };
+        return Err(e.context(full_list));
+    }
+    Ok(c)
 }
 
 fn inside(
@@ -209,7 +231,7 @@ fn inside(
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
     let what = format!("sealing ({} operations{})", plan.seal.enabled.len(), if opts.seal_dry_run { ", dry run" } else { "" });
     // The scrub is the last write to the image: only trimming (no content change) follows.
-    let seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
+    let mut seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
     drop(sandbox);
     if opts.seal_dry_run {
         return Ok(Customized { provisioners, services, sysctls, seal, architecture, drivers });
@@ -223,7 +245,11 @@ fn inside(
         };
         seal.check(&full_list)?;
     }
-    t.time(events, "trim", "trimming free space", || crate::image::mount::trim_all(m))?;
+    seal.free_space = t.time(events, "trim", "syncing and trimming free space", || crate::image::mount::trim_all(m))?;
+    for gap in crate::pipeline::free_space_gaps(&cx.filesystems) {
+        events.notice(&gap);
+        seal.free_space.push(gap);
+    }
     Ok(Customized { provisioners, services, sysctls, seal, architecture, drivers })
 }
 

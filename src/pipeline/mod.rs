@@ -8,7 +8,43 @@
 pub mod build;
 pub mod seal;
 
+use anyhow::Context as _;
+
 use crate::image::mount::{Mounted, Probed};
+use crate::seal::rawscan::Part;
+
+/// The disk's partitions as the raw pass names them.
+pub fn raw_parts(parts: &[Probed]) -> Vec<Part> {
+    parts.iter().map(|p| Part { index: p.part.index, start: p.part.start, size: p.part.size }).collect()
+}
+
+/// After unmount: every free block of each ext2/3/4 filesystem of `disk` punched out of the
+/// file (FITRIM skips free runs shorter than the discard granule). One line per filesystem.
+pub fn punch_free(disk: &std::fs::File, parts: &[Probed]) -> anyhow::Result<Vec<String>> {
+    let path = crate::host::fd::shared_path(disk);
+    let mut done = Vec::new();
+    for p in parts.iter().filter(|p| matches!(p.fs.fstype.as_str(), "ext2" | "ext3" | "ext4")) {
+        let n = crate::image::freespace::punch_free_ext(disk, &path, p.part.start, p.part.size)
+            .with_context(|| format!("Failed to clear the free blocks of partition {}", p.part.index))?;
+        done.push(format!("partition {} ({}): every free block punched after unmount ({n} bytes)", p.part.index, p.fs.fstype));
+    }
+    Ok(done)
+}
+
+/// The filesystems whose free space nothing cleared: those not mounted (a kernel that cannot
+/// mount them). The seal changed nothing in them; the raw pass still reads them.
+pub fn free_space_gaps(filesystems: &[crate::seal::Filesystem]) -> Vec<String> {
+    filesystems
+        .iter()
+        .filter(|f| f.target.is_none())
+        .map(|f| {
+            format!(
+                "partition {} ({}): not mounted, so its free space was neither discarded nor zeroed (the seal wrote nothing there; the raw scan read it)",
+                f.partition, f.fstype
+            )
+        })
+        .collect()
+}
 
 /// The disk's filesystems as sealing sees them (for `fs-uuids`).
 pub fn seal_filesystems(parts: &[Probed], m: &Mounted) -> Vec<crate::seal::Filesystem> {

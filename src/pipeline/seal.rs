@@ -56,17 +56,25 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
     let sandbox = crate::chroot::sandbox::Sandbox::create(&m.root, false)?;
     let result = crate::seal::run(&m.root, plan, &cx, events);
     drop(sandbox);
-    let result = result.and_then(|r| {
+    let result = result.and_then(|mut r| {
         if !cx.dry_run {
-            crate::image::mount::trim_all(&m)?;
+            r.free_space = crate::image::mount::trim_all(&m)?;
+            r.free_space.extend(super::free_space_gaps(&cx.filesystems));
         }
         Ok(r)
     });
     let closed = m.close();
-    let report = result?;
+    let mut report = result?;
     closed?;
     if !cx.dry_run {
         crate::seal::fsuuid::apply(file, &report.fs_uuids)?;
+        let punched = super::punch_free(file, &parts)?;
+        report.free_space.extend(punched);
+        events.step("raw-scan", "searching the raw disk for what the seal removed");
+        let raw = crate::seal::rawscan::scan(file, &super::raw_parts(&parts), &report.raw_needles)
+            .context("Failed to search the unmounted disk for what the seal removed")?;
+        events.step_done("raw-scan", raw.seconds);
+        report.raw_scan = Some(raw);
     }
     Ok(report)
 }

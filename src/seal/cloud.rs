@@ -18,6 +18,10 @@ pub fn cloud_init(r: &mut Run) -> anyhow::Result<()> {
         r.s.record(cmdline, ActionKind::Ran, "the image's own command");
     } else if has_command && r.plan.cloud_init_image_command {
         let before = snapshot(r)?;
+        // The command deletes behind the scrubber's back: read what it will remove first.
+        for p in &before {
+            r.s.harvest(p)?;
+        }
         let mut cmd = ChrootCmd::new(r.s.root.path(), "/usr/bin/cloud-init").arg("clean").arg("--logs");
         if r.plan.cloud_init_remove_seed {
             cmd = cmd.arg("--seed");

@@ -14,6 +14,7 @@ pub mod leftovers;
 pub mod netconf;
 pub mod network;
 pub mod plan;
+pub mod rawscan;
 pub mod report;
 pub mod residue;
 pub mod scrub;
@@ -97,12 +98,27 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
         uuid_changes: Vec::new(),
         kept: Vec::new(),
     };
-    let needles = prescan(&mut r).context("Failed to read the image's addresses and names before sealing")?;
+    let mut needles = prescan(&mut r).context("Failed to read the image's addresses and names before sealing")?;
     for op in Op::ALL {
         if plan.enabled.contains(&op) {
             r.s.set_op(op);
             run_op(op, &mut r).with_context(|| format!("seal operation {} failed", op.name()))?;
         }
+    }
+    let (secrets, unread) = r.s.take_removed();
+    for s in secrets {
+        if !needles.removed.iter().any(|o| o.bytes == s.bytes) {
+            needles.removed.push(s);
+        }
+    }
+    if !unread.is_empty() {
+        let shown: Vec<&str> = unread.iter().take(5).map(String::as_str).collect();
+        r.notes.push(format!(
+            "{} files over 64 MiB were removed without being read for secrets (the raw scan cannot look for theirs): {}{}",
+            unread.len(),
+            shown.join(", "),
+            if unread.len() > 5 { ", …" } else { "" }
+        ));
     }
     let scan = if cx.dry_run {
         r.notes.push("dry run: no residue scan".into());
@@ -110,10 +126,19 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
     } else {
         residue::scan(root, &needles, SCAN_SKIP).context("Failed to scan the sealed image for residue")?
     };
+    // What the seal removed and no live file holds: the raw pass looks for exactly that.
+    let raw_needles = needles.without(&scan.live);
+    let kept = needles.removed.len() - raw_needles.removed.len();
+    if kept > 0 && !cx.dry_run {
+        r.notes.push(format!(
+            "{kept} removed values (secrets, the old machine id) are still in live files; the raw scan does not look for them"
+        ));
+    }
     let mut report =
         report::assemble(plan, r.s.into_actions(), scan, r.ssh_regenerators, r.notes, cx.dry_run, start.elapsed().as_secs_f64());
     report.fs_uuids = r.uuid_changes;
     report.kept = r.kept;
+    report.raw_needles = raw_needles;
     Ok(report)
 }
 
@@ -134,6 +159,14 @@ fn prescan(r: &mut Run) -> anyhow::Result<residue::Needles> {
         if !identity::is_neutral_hostname(&h) && h != r.plan.hostname {
             n.hostnames.push(h.clone());
             r.old_hostname = Some(h);
+        }
+    }
+    for p in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Some(id) = r.s.read(p)? {
+            let id = String::from_utf8_lossy(&id).trim().to_ascii_lowercase();
+            if id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit()) && !n.removed.iter().any(|o| o.bytes == id.as_bytes()) {
+                n.removed.push(residue::Removed { kind: residue::RemovedKind::MachineId, bytes: id.into_bytes(), from: p.to_string() });
+            }
         }
     }
     n.hostnames.extend(r.cx.build_hostname.iter().filter(|h| !identity::is_neutral_hostname(h)).cloned());

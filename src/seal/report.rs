@@ -69,6 +69,16 @@ pub struct SealReport {
     pub fs_uuids: Vec<super::fsuuid::UuidChange>,
     /// Wall time.
     pub seconds: f64,
+    /// What the raw pass searches the unmounted disk for: what the seal removed and no live
+    /// file holds. Never serialised (it holds secret values).
+    #[serde(skip)]
+    pub raw_needles: super::residue::Needles,
+    /// The raw pass over the unmounted disk image (free space and journals included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_scan: Option<super::rawscan::RawScan>,
+    /// How the free space of each filesystem was cleared after the seal.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub free_space: Vec<String>,
 }
 
 /// A file an operation looked at and kept on purpose.
@@ -130,6 +140,9 @@ pub fn assemble(
         kept: Vec::new(),
         fs_uuids: Vec::new(),
         seconds,
+        raw_needles: Default::default(),
+        raw_scan: None,
+        free_space: Vec::new(),
     }
 }
 
@@ -155,7 +168,10 @@ impl SealReport {
     pub fn check(&self, full_list: &str) -> anyhow::Result<()> {
         let errors: Vec<&Reported> = self.errors().collect();
         if errors.is_empty() {
-            return Ok(());
+            return match &self.raw_scan {
+                Some(raw) => raw.check().map_err(|e| anyhow::anyhow!("{e:#}\n{full_list}.")),
+                None => Ok(()),
+            };
         }
         let mut msg = format!("the residue scan found {} thing(s) that must not ship:", errors.len());
         for f in errors.iter().take(20) {

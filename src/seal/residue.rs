@@ -53,6 +53,85 @@ pub struct Needles {
     pub ips: Vec<String>,
     /// Paths the provisioner used on the build machine.
     pub paths: Vec<String>,
+    /// Values the seal removed (secrets of deleted files, the old machine id): the file scan
+    /// only notes which of them are still in a live file; the raw pass looks for the others.
+    pub removed: Vec<Removed>,
+}
+
+/// Which needle a pattern stands for (index into its list in [`Needles`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NeedleRef {
+    /// `hostnames[i]`.
+    Hostname(usize),
+    /// `macs[i]`.
+    Mac(usize),
+    /// `ips[i]`.
+    Ip(usize),
+    /// `paths[i]`.
+    Path(usize),
+    /// `removed[i]`.
+    Removed(usize),
+}
+
+impl Needles {
+    /// The needles not in `live` (found in live files by [`scan`]): what the seal removed and
+    /// no file of the image still holds.
+    pub fn without(&self, live: &std::collections::BTreeSet<NeedleRef>) -> Needles {
+        fn keep<T: Clone>(v: &[T], live: &std::collections::BTreeSet<NeedleRef>, r: fn(usize) -> NeedleRef) -> Vec<T> {
+            v.iter().enumerate().filter(|(i, _)| !live.contains(&r(*i))).map(|(_, x)| x.clone()).collect()
+        }
+        Needles {
+            hostnames: keep(&self.hostnames, live, NeedleRef::Hostname),
+            macs: keep(&self.macs, live, NeedleRef::Mac),
+            ips: keep(&self.ips, live, NeedleRef::Ip),
+            paths: keep(&self.paths, live, NeedleRef::Path),
+            removed: keep(&self.removed, live, NeedleRef::Removed),
+        }
+    }
+}
+
+/// What a removed value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RemovedKind {
+    /// A line of a PEM/OpenSSH private key's base64 body.
+    PrivateKey,
+    /// An AWS access key id.
+    AwsAccessKey,
+    /// An AWS secret access key.
+    AwsSecretKey,
+    /// The image's previous machine id.
+    MachineId,
+}
+
+/// A value the seal removed from the image, searched for byte for byte. Its `Debug` never
+/// shows the value, and it is never serialised.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// What it is.
+    pub kind: RemovedKind,
+    /// The value.
+    pub bytes: Vec<u8>,
+    /// The image path it was removed from.
+    pub from: String,
+}
+
+impl std::fmt::Debug for Removed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Removed({})", self.label())
+    }
+}
+
+impl Removed {
+    /// What a report may say about it: the kind and where it came from, never the value.
+    pub fn label(&self) -> String {
+        let what = match self.kind {
+            RemovedKind::PrivateKey => "private key (redacted)",
+            RemovedKind::AwsAccessKey => "AWS access key id (redacted)",
+            RemovedKind::AwsSecretKey => "AWS secret access key (redacted)",
+            RemovedKind::MachineId => "old machine id (redacted)",
+        };
+        format!("{what} removed from {}", self.from)
+    }
 }
 
 /// What a finding is.
@@ -130,6 +209,9 @@ pub struct Scan {
     pub bytes: u64,
     /// Needles not searched for and parts of the tree not entered, with why.
     pub notes: Vec<String>,
+    /// Needles found in a live file (findings or not): what the raw pass must not look for.
+    #[serde(skip)]
+    pub live: std::collections::BTreeSet<NeedleRef>,
 }
 
 /// Hostnames too generic to mean the build machine: they occur all over a stock tree.
@@ -183,7 +265,7 @@ const CHUNK: usize = 64 << 20;
 /// Bytes kept before each later chunk, so candidates can look back (line start, boundary).
 const BACK: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum What {
     Pem,
     AwsKeyId,
@@ -193,15 +275,19 @@ enum What {
     Ip4,
     Ip6,
     Path,
+    /// A removed value, byte for byte.
+    Exact(RemovedKind),
 }
 
 #[derive(Debug)]
-struct Pattern {
+pub(crate) struct Pattern {
     what: What,
     /// The exact bytes searched for (case variants are separate patterns).
     bytes: Vec<u8>,
     /// The finding's kind and detail, for needles.
     label: Option<(FindingKind, String)>,
+    /// The needle it stands for (`None` for the shapes: keys, AWS credentials).
+    needle: Option<NeedleRef>,
 }
 
 /// Finds the next candidate start. Teddy (SIMD) when the patterns allow it, which is nearly
@@ -220,31 +306,46 @@ impl Matcher {
     }
 }
 
-struct Engine {
+/// The compiled search: shapes (keys, AWS credentials) and needles.
+pub(crate) struct Engine {
     matcher: Matcher,
     patterns: Vec<Pattern>,
     /// Bytes after a candidate's start that verification may read.
-    overlap: usize,
+    pub(crate) overlap: usize,
+}
+
+/// Which patterns an [`Engine`] has besides the needles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shapes {
+    /// Also private keys and AWS credentials by their shape (the file scan).
+    Yes,
+    /// Only the needles (the raw pass: a legitimate key in a live file must not fire).
+    No,
 }
 
 impl Engine {
-    fn new(needles: &Needles, notes: &mut Vec<String>) -> Result<Self, ResidueError> {
+    pub(crate) fn new(needles: &Needles, notes: &mut Vec<String>, shapes: Shapes) -> Result<Self, ResidueError> {
         let mut patterns: Vec<Pattern> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut add = |what: What, variants: &[String], label: Option<(FindingKind, String)>| {
-            for v in variants {
-                if seen.insert((what as u8, v.clone())) {
-                    patterns.push(Pattern { what, bytes: v.clone().into_bytes(), label: label.clone() });
-                }
+        let mut add_bytes = |what: What, v: Vec<u8>, label: Option<(FindingKind, String)>, needle: Option<NeedleRef>| {
+            if seen.insert((what, v.clone())) {
+                patterns.push(Pattern { what, bytes: v, label, needle });
             }
         };
-        add(What::Pem, &["-----BEGIN ".into()], None);
-        add(What::AwsKeyId, &["AKIA".into(), "ASIA".into()], None);
-        // `aws_` is checked in any case when verifying; the rest is searched for in lower,
-        // upper and capitalised case.
-        add(What::AwsSecret, &["secret_access_key".into(), "SECRET_ACCESS_KEY".into(), "Secret_Access_Key".into()], None);
+        let mut add = |what: What, variants: &[String], label: Option<(FindingKind, String)>, needle: Option<NeedleRef>| {
+            for v in variants {
+                add_bytes(what, v.clone().into_bytes(), label.clone(), needle);
+            }
+        };
+        if shapes == Shapes::Yes {
+            add(What::Pem, &["-----BEGIN ".into()], None, None);
+            add(What::AwsKeyId, &["AKIA".into(), "ASIA".into()], None, None);
+            // `aws_` is checked in any case when verifying; the rest is searched for in lower,
+            // upper and capitalised case.
+            add(What::AwsSecret, &["secret_access_key".into(), "SECRET_ACCESS_KEY".into(), "Secret_Access_Key".into()], None, None);
+        }
         let cases = |s: &str| [s.to_string(), s.to_ascii_lowercase(), s.to_ascii_uppercase()];
-        for h in &needles.hostnames {
+        for (i, h) in needles.hostnames.iter().enumerate() {
             let h = h.trim().trim_end_matches('.');
             if h.is_empty() {
                 continue;
@@ -253,9 +354,9 @@ impl Engine {
                 notes.push(format!("hostname {h:?} not searched for: too short or too generic"));
                 continue;
             }
-            add(What::Hostname, &cases(h), Some((FindingKind::Hostname, format!("hostname {h}"))));
+            add(What::Hostname, &cases(h), Some((FindingKind::Hostname, format!("hostname {h}"))), Some(NeedleRef::Hostname(i)));
         }
-        for m in &needles.macs {
+        for (i, m) in needles.macs.iter().enumerate() {
             let Some(mac) = parse_mac(m.trim()) else {
                 notes.push(format!("MAC {m:?} not searched for: not a 6-octet MAC"));
                 continue;
@@ -266,22 +367,31 @@ impl Engine {
             }
             let dash = mac.replace(':', "-");
             let forms = [mac.clone(), mac.to_ascii_uppercase(), dash.clone(), dash.to_ascii_uppercase()];
-            add(What::Mac, &forms, Some((FindingKind::Mac, format!("MAC {mac}"))));
+            add(What::Mac, &forms, Some((FindingKind::Mac, format!("MAC {mac}"))), Some(NeedleRef::Mac(i)));
         }
-        for ip in &needles.ips {
+        for (i, ip) in needles.ips.iter().enumerate() {
             let ip = ip.trim();
+            let label = Some((FindingKind::Ip, format!("IP {ip}")));
             match ip.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(_)) => add(What::Ip4, &[ip.to_string()], Some((FindingKind::Ip, format!("IP {ip}")))),
-                Ok(std::net::IpAddr::V6(_)) => add(What::Ip6, &cases(ip), Some((FindingKind::Ip, format!("IP {ip}")))),
+                Ok(std::net::IpAddr::V4(_)) => add(What::Ip4, &[ip.to_string()], label, Some(NeedleRef::Ip(i))),
+                Ok(std::net::IpAddr::V6(_)) => add(What::Ip6, &cases(ip), label, Some(NeedleRef::Ip(i))),
                 Err(_) => notes.push(format!("IP {ip:?} not searched for: not an IP address")),
             }
         }
-        for p in &needles.paths {
+        for (i, p) in needles.paths.iter().enumerate() {
             if p.len() < MIN_PATH {
                 notes.push(format!("provisioner path {p:?} not searched for: shorter than {MIN_PATH} bytes"));
                 continue;
             }
-            add(What::Path, std::slice::from_ref(p), Some((FindingKind::ProvisionerPath, format!("provisioner path {p}"))));
+            let label = Some((FindingKind::ProvisionerPath, format!("provisioner path {p}")));
+            add(What::Path, std::slice::from_ref(p), label, Some(NeedleRef::Path(i)));
+        }
+        for (i, r) in needles.removed.iter().enumerate() {
+            if r.bytes.len() < MIN_REMOVED {
+                notes.push(format!("{} not searched for: shorter than {MIN_REMOVED} bytes", r.label()));
+                continue;
+            }
+            add_bytes(What::Exact(r.kind), r.bytes.clone(), None, Some(NeedleRef::Removed(i)));
         }
         let longest = patterns.iter().map(|p| p.bytes.len()).max().unwrap_or(0);
         let packed = aho_corasick::packed::Config::new()
@@ -302,6 +412,61 @@ impl Engine {
     fn at<'a>(&'a self, buf: &'a [u8], s: usize) -> impl Iterator<Item = &'a Pattern> + 'a {
         self.patterns.iter().filter(move |p| buf[s..].starts_with(&p.bytes))
     }
+
+    /// The needles it searches for (those not set aside as too short or too generic).
+    pub(crate) fn needles(&self) -> std::collections::BTreeSet<NeedleRef> {
+        self.patterns.iter().filter_map(|p| p.needle).collect()
+    }
+
+    /// Whether the engine searches for nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Every needle occurring in `buf` with its boundaries, starting in `from..limit`: calls
+    /// `f(start, needle)`. Shapes are not reported. `buf[0]` is not taken as a line start.
+    pub(crate) fn needles_in(&self, buf: &[u8], from: usize, limit: usize, mut f: impl FnMut(usize, NeedleRef)) {
+        if self.patterns.is_empty() {
+            return;
+        }
+        let mut from = from;
+        while let Some(s) = self.matcher.next(buf, from) {
+            if s >= limit {
+                break;
+            }
+            from = s + 1;
+            for pat in self.at(buf, s) {
+                let Some(needle) = pat.needle else { continue };
+                let e = s + pat.bytes.len();
+                let ok = match pat.what {
+                    What::Exact(kind) => exact_ok(kind, buf, s, e),
+                    _ => verify(pat, buf, s, e, false).is_some(),
+                };
+                if ok {
+                    f(s, needle);
+                }
+            }
+        }
+    }
+}
+
+/// Removed values shorter than this are not searched for (they would match by chance).
+const MIN_REMOVED: usize = 16;
+
+/// The boundaries of a removed value found at `buf[s..e]`.
+fn exact_ok(kind: RemovedKind, buf: &[u8], s: usize, e: usize) -> bool {
+    let before = if s == 0 { None } else { Some(buf[s - 1]) };
+    let after = buf.get(e).copied();
+    let not = |c: Option<u8>, f: fn(u8) -> bool| c.is_none_or(|c| !f(c));
+    match kind {
+        RemovedKind::PrivateKey => true,
+        RemovedKind::AwsAccessKey => not(before, |c| c.is_ascii_alphanumeric()) && not(after, |c| c.is_ascii_alphanumeric()),
+        RemovedKind::AwsSecretKey => {
+            let key = |c: u8| c.is_ascii_alphanumeric() || c == b'/' || c == b'+';
+            not(before, key) && not(after, key)
+        }
+        RemovedKind::MachineId => not(before, |c| c.is_ascii_hexdigit()) && not(after, |c| c.is_ascii_hexdigit()),
+    }
 }
 
 /// Scans every regular file under `root` for residue. `skip`: image paths not entered (e.g.
@@ -314,7 +479,7 @@ pub fn scan(root: &Root, needles: &Needles, skip: &[&str]) -> Result<Scan, Resid
 
 fn scan_chunked(root: &Root, needles: &Needles, skip: &[&str], chunk: usize) -> Result<Scan, ResidueError> {
     let mut result = Scan::default();
-    let engine = Engine::new(needles, &mut result.notes)?;
+    let engine = Engine::new(needles, &mut result.notes, Shapes::Yes)?;
     let top = root.dir(Path::new("/"))?;
     let walked = walk::walk(top.as_fd(), skip)?;
     result.notes.extend(walked.notes);
@@ -329,6 +494,7 @@ fn scan_chunked(root: &Root, needles: &Needles, skip: &[&str], chunk: usize) -> 
         result.files += 1;
         result.bytes += f.bytes;
         result.findings.extend(f.findings);
+        result.live.extend(f.live);
     }
     result.findings.sort_by(|a, b| (&a.path, a.line, a.kind).cmp(&(&b.path, b.line, b.kind)));
     Ok(result)
@@ -337,6 +503,7 @@ fn scan_chunked(root: &Root, needles: &Needles, skip: &[&str], chunk: usize) -> 
 struct FileScan {
     bytes: u64,
     findings: Vec<Finding>,
+    live: Vec<NeedleRef>,
 }
 
 /// A finding in progress: first line and count.
@@ -390,6 +557,7 @@ fn scan_file(
         source: e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO),
     };
     let mut hits: Vec<Hit> = Vec::new();
+    let mut live: Vec<NeedleRef> = Vec::new();
     let mut lines = Lines { before: 0, pos: 0, count: 0 };
     let mut bytes = 0u64;
     let mut min_start = 0usize;
@@ -409,9 +577,18 @@ fn scan_file(
             }
             from = s + 1;
             for pat in engine.at(buf, s) {
+                if let What::Exact(kind) = pat.what {
+                    if let Some(n) = pat.needle.filter(|n| !live.contains(n) && exact_ok(kind, buf, s, s + pat.bytes.len())) {
+                        live.push(n);
+                    }
+                    continue;
+                }
                 let Some((kind, detail)) = verify(pat, buf, s, s + pat.bytes.len(), at_file_start) else {
                     continue;
                 };
+                if let Some(n) = pat.needle.filter(|n| !live.contains(n)) {
+                    live.push(n);
+                }
                 match hits.iter_mut().find(|h| h.kind == kind && h.detail == detail) {
                     Some(h) => h.count += 1,
                     None => {
@@ -439,7 +616,78 @@ fn scan_file(
             detail: if h.count > 1 { format!("{} ({} times)", h.detail, h.count) } else { h.detail },
         })
         .collect();
-    Ok(Some(FileScan { bytes, findings }))
+    Ok(Some(FileScan { bytes, findings, live }))
+}
+
+/// The engine of [`secrets_in`]: the shapes only.
+fn shapes_engine() -> Option<&'static Engine> {
+    static ENGINE: std::sync::OnceLock<Option<Engine>> = std::sync::OnceLock::new();
+    ENGINE.get_or_init(|| Engine::new(&Needles::default(), &mut Vec::new(), Shapes::Yes).ok()).as_ref()
+}
+
+/// Body lines of a private key taken as its needles: the second, the middle and the last
+/// full line (the first line of an OpenSSH key is the same in every key of its type).
+const KEY_LINES: usize = 3;
+/// Base64 lines shorter than this are not taken from a key body.
+const MIN_KEY_LINE: usize = 40;
+
+/// The secret values in `data` (a file the seal is about to delete or empty, at image path
+/// `from`): AWS secret keys and access key ids, and lines of private key bodies, verified as
+/// the residue scan verifies them.
+pub fn secrets_in(data: &[u8], from: &str) -> Vec<Removed> {
+    let Some(engine) = shapes_engine() else { return Vec::new() };
+    let mut out: Vec<Removed> = Vec::new();
+    let mut push = |kind: RemovedKind, bytes: &[u8]| {
+        if !out.iter().any(|r| r.bytes == bytes) {
+            out.push(Removed { kind, bytes: bytes.to_vec(), from: from.to_string() });
+        }
+    };
+    let mut from_pos = 0;
+    while let Some(s) = engine.matcher.next(data, from_pos) {
+        from_pos = s + 1;
+        for pat in engine.at(data, s) {
+            let e = s + pat.bytes.len();
+            match pat.what {
+                What::AwsKeyId if verify(pat, data, s, e, true).is_some() => push(RemovedKind::AwsAccessKey, &data[s..s + 20]),
+                What::AwsSecret if verify(pat, data, s, e, true).is_some() => {
+                    if let Some(v) = aws_secret_at(data, e) {
+                        push(RemovedKind::AwsSecretKey, &data[v..v + 40]);
+                    }
+                }
+                What::Pem if pem(data, s, e, true).is_some() => {
+                    for line in key_lines(data, e) {
+                        push(RemovedKind::PrivateKey, line);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The needle lines of the key body after a verified `-----BEGIN ` ending at `e`: base64
+/// runs of at least [`MIN_KEY_LINE`] characters up to `-----END` (plain or `\n`-escaped).
+fn key_lines(data: &[u8], e: usize) -> Vec<&[u8]> {
+    let window = &data[e..data.len().min(e + 64 * 1024)];
+    let end = memchr::memmem::find(window, b"-----END").unwrap_or(window.len());
+    let body = &window[..end];
+    let lines: Vec<&[u8]> = body
+        .split(|c| !(c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/' || *c == b'='))
+        .filter(|l| l.len() >= MIN_KEY_LINE)
+        .collect();
+    let mut picked: Vec<&[u8]> = Vec::new();
+    let wanted = match lines.len() {
+        0 => vec![],
+        1 => vec![0],
+        n => vec![1, n / 2, n - 1],
+    };
+    for i in wanted.into_iter().take(KEY_LINES) {
+        if !picked.contains(&lines[i]) {
+            picked.push(lines[i]);
+        }
+    }
+    picked
 }
 
 fn b64(c: u8) -> bool {
@@ -480,6 +728,7 @@ fn verify(pat: &Pattern, buf: &[u8], s: usize, e: usize, at_file_start: bool) ->
             (not(before, part) && not(after, part)).then(|| pat.label.clone()).flatten()
         }
         What::Path => pat.label.clone(),
+        What::Exact(_) => None,
     }
 }
 
@@ -539,6 +788,11 @@ fn pem(buf: &[u8], s: usize, e: usize, at_file_start: bool) -> Option<String> {
 /// After `aws_secret_access_key`: an optional closing quote, blanks, `=` or `:`, blanks, an
 /// optional quote, then exactly 40 characters of `[A-Za-z0-9/+]`.
 fn aws_secret(buf: &[u8], e: usize) -> bool {
+    aws_secret_at(buf, e).is_some()
+}
+
+/// Where the 40 characters of [`aws_secret`] start.
+fn aws_secret_at(buf: &[u8], e: usize) -> Option<usize> {
     let mut p = e;
     let blank = |c: u8| c == b' ' || c == b'\t';
     if matches!(buf.get(p), Some(b'"' | b'\'')) {
@@ -548,7 +802,7 @@ fn aws_secret(buf: &[u8], e: usize) -> bool {
         p += 1;
     }
     if !matches!(buf.get(p), Some(b'=' | b':')) {
-        return false;
+        return None;
     }
     p += 1;
     while buf.get(p).is_some_and(|c| blank(*c)) {
@@ -559,7 +813,7 @@ fn aws_secret(buf: &[u8], e: usize) -> bool {
     }
     let key = |c: &u8| c.is_ascii_alphanumeric() || *c == b'/' || *c == b'+';
     let run = buf[p.min(buf.len())..].iter().take(41).take_while(|c| key(c)).count();
-    run == 40
+    (run == 40).then_some(p)
 }
 
 #[cfg(test)]
@@ -576,6 +830,7 @@ mod tests {
             macs: vec!["52:54:00:AB:CD:EF".into()],
             ips: vec!["10.0.2.15".into(), "fd00::15".into()],
             paths: vec!["/var/tmp/imgforge-provision".into(), "/tmp".into()],
+            removed: vec![],
         }
     }
 
@@ -740,6 +995,49 @@ mod tests {
             );
             assert_eq!(scan.bytes, (big.len() + KEY.len()) as u64);
         }
+    }
+
+    #[test]
+    fn secrets_of_a_file_are_its_values() {
+        let creds =
+            b"[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n";
+        let got = secrets_in(creds, "/root/.aws/credentials");
+        let values: Vec<(RemovedKind, &[u8])> = got.iter().map(|r| (r.kind, r.bytes.as_slice())).collect();
+        assert_eq!(
+            values,
+            vec![
+                (RemovedKind::AwsAccessKey, &b"AKIAIOSFODNN7EXAMPLE"[..]),
+                (RemovedKind::AwsSecretKey, &b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"[..])
+            ]
+        );
+        // The label and Debug never show the value.
+        assert_eq!(got[1].label(), "AWS secret access key (redacted) removed from /root/.aws/credentials");
+        assert!(!format!("{got:?}").contains("wJalr") && !format!("{got:?}").contains("IOSFODNN7"));
+        // A key: its second body line (the first is the same in every OpenSSH key).
+        let key = secrets_in(KEY.as_bytes(), "/etc/ssh/ssh_host_ed25519_key");
+        assert_eq!(key.len(), 1);
+        assert_eq!((key[0].kind, key[0].bytes.as_slice()), (RemovedKind::PrivateKey, KEY.lines().nth(2).unwrap().as_bytes()));
+        // Code naming the variables holds no secret.
+        assert!(secrets_in(b"aws_secret_access_key=None\nAWS_SECRET_ACCESS_KEY = 'AWS_SECRET_ACCESS_KEY'\n", "/x").is_empty());
+    }
+
+    #[test]
+    fn live_needles_are_not_raw_needles() {
+        let removed = |b: &[u8]| Removed { kind: RemovedKind::MachineId, bytes: b.to_vec(), from: "/etc/machine-id".into() };
+        let n = Needles {
+            hostnames: vec!["upstream-builder".into(), "old-name-1".into()],
+            removed: vec![removed(b"b5e2a41ce535ae7857b8d37612f24e8e"), removed(b"0123456789abcdef0123456789abcdef")],
+            ..Needles::default()
+        };
+        let (_img, root) =
+            tree(&[("/etc/hosts", b"127.0.1.1 upstream-builder\n"), ("/etc/keep", b"id b5e2a41ce535ae7857b8d37612f24e8e\n")]);
+        let scan = scan(&root, &n, &[]).unwrap();
+        // The hostname is a finding; the machine id is not (only noted as live).
+        assert_eq!(found(&scan), vec![(FindingKind::Hostname, "/etc/hosts", 1, "hostname upstream-builder")]);
+        assert_eq!(scan.live.iter().copied().collect::<Vec<_>>(), [NeedleRef::Hostname(0), NeedleRef::Removed(0)]);
+        let raw = n.without(&scan.live);
+        assert_eq!(raw.hostnames, ["old-name-1"]);
+        assert_eq!(raw.removed, [removed(b"0123456789abcdef0123456789abcdef")]);
     }
 
     #[test]

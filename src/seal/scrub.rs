@@ -11,6 +11,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::FileStat;
 
 use super::catalog::Op;
+use super::residue::Removed;
 use crate::chroot::resolve::{ResolveError, Root};
 
 /// What happened to a path.
@@ -75,14 +76,51 @@ pub struct Scrubber<'a> {
     pub dry_run: bool,
     op: Op,
     actions: Vec<Action>,
+    /// Secret values of the files removed, emptied or rewritten (see [`Scrubber::harvest`]).
+    removed: Vec<Removed>,
+    /// Files too large to read for secrets before they went.
+    unread: Vec<String>,
 }
+
+/// Files larger than this are not read for secrets before the seal deletes them (package
+/// archives, journals): the note says which.
+const MAX_HARVEST: i64 = 64 << 20;
 
 type Result<T> = std::result::Result<T, ResolveError>;
 
 impl<'a> Scrubber<'a> {
     /// A scrubber for `root`.
     pub fn new(root: &'a Root, dry_run: bool) -> Self {
-        Self { root, dry_run, op: Op::MachineId, actions: Vec::new() }
+        Self { root, dry_run, op: Op::MachineId, actions: Vec::new(), removed: Vec::new(), unread: Vec::new() }
+    }
+
+    /// Reads the regular file `path` (not through a symlink) for secrets before its content
+    /// goes: what the raw pass later searches the disk for. Nothing in a dry run.
+    pub fn harvest(&mut self, path: &str) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let Some(st) = self.stat(path)? else { return Ok(()) };
+        if kind(&st) != Kind::File || st.st_size == 0 {
+            return Ok(());
+        }
+        if st.st_size > MAX_HARVEST {
+            self.unread.push(path.to_string());
+            return Ok(());
+        }
+        if let Some(data) = self.read(path)? {
+            for r in super::residue::secrets_in(&data, path) {
+                if !self.removed.iter().any(|o| o.bytes == r.bytes) {
+                    self.removed.push(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The secret values harvested, and the files too large to read.
+    pub fn take_removed(&mut self) -> (Vec<Removed>, Vec<String>) {
+        (std::mem::take(&mut self.removed), std::mem::take(&mut self.unread))
     }
 
     /// Sets the operation the following changes are recorded under.
@@ -169,6 +207,9 @@ impl<'a> Scrubber<'a> {
     }
 
     fn remove_one(&mut self, path: &str, k: Kind, detail: &str) -> Result<()> {
+        if k == Kind::File {
+            self.harvest(path)?;
+        }
         if !self.dry_run {
             if k == Kind::Dir {
                 self.root.remove_dir(Path::new(path))?;
@@ -198,6 +239,7 @@ impl<'a> Scrubber<'a> {
         if kind(&st) != Kind::File || st.st_size == 0 {
             return Ok(false);
         }
+        self.harvest(path)?;
         if !self.dry_run {
             let fd = self.root.open_in(Path::new(path), OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW, 0)?;
             drop(fd);
@@ -215,6 +257,9 @@ impl<'a> Scrubber<'a> {
             return Ok(());
         }
         let action = if k == Some(Kind::File) { ActionKind::Rewritten } else { ActionKind::Created };
+        if k == Some(Kind::File) {
+            self.harvest(path)?;
+        }
         if !self.dry_run {
             let mut f = if k == Some(Kind::File) {
                 let fd = self.root.open_in(Path::new(path), OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW, 0)?;
@@ -254,6 +299,9 @@ impl<'a> Scrubber<'a> {
             if cur.is_ok_and(|c| c == std::ffi::OsStr::new(target)) {
                 return Ok(());
             }
+        }
+        if k == Some(Kind::File) {
+            self.harvest(path)?;
         }
         if !self.dry_run {
             if k.is_some() {
