@@ -18,6 +18,19 @@ fn head(up: &Path, name: &str) -> String {
     )
 }
 
+/// `build` with the given cache directory.
+fn build_cached(dir: &Path, recipe_text: &str, files: &[(&str, &str)], cache: &Path) -> Output {
+    for (p, c) in files {
+        let p = dir.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, c).unwrap();
+    }
+    let r = recipe(dir, recipe_text);
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.join("out")).arg("--cache-dir").arg(cache));
+    assert_clean(dir);
+    o
+}
+
 /// Writes `files` (path relative to `dir`, content) and the recipe, then builds.
 fn build(dir: &Path, recipe_text: &str, files: &[(&str, &str)]) -> Output {
     for (p, c) in files {
@@ -293,8 +306,9 @@ fn salt_masterless_end_to_end() {
         ("salt/pillar/top.sls", "base:\n  'rails-base-*':\n    - app\n"),
         ("salt/pillar/app.sls", "app:\n  port: 3000\n"),
     ];
+    let cache = &salt_cache().cache;
     let dir = testdir("salt");
-    let o = build(dir.path(), &salt_recipe(up, ""), &files);
+    let o = build_cached(dir.path(), &salt_recipe(up, ""), &files, cache);
     assert!(o.status.success(), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("[salt] ") && err.contains("summary: "), "output not streamed with the label: {err}");
@@ -321,7 +335,7 @@ fn salt_masterless_end_to_end() {
 
     // A failing state fails the build, listing the state and its comment.
     let dir = testdir("salt-fail");
-    let o = build(dir.path(), &salt_recipe(up, "states = [\"rails\", \"broken\"]\n"), &files);
+    let o = build_cached(dir.path(), &salt_recipe(up, "states = [\"rails\", \"broken\"]\n"), &files, cache);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("1 salt state(s) failed") && err.contains("state \"broken\": Command \"/bin/false\" run"), "{err}");
@@ -336,6 +350,63 @@ fn salt_masterless_end_to_end() {
 }
 
 /// The seconds of the "installed salt… in N s from …" line, and where from.
+/// A Salt tree that only writes a marker file.
+const MARKER_TREE: [(&str, &str); 2] = [
+    ("salt/states/top.sls", "base:\n  '*':\n    - marker\n"),
+    ("salt/states/marker.sls", "/etc/salted:\n  file.managed:\n    - contents: wheels\n"),
+];
+
+fn marker_recipe(up: &Path, extra: &str) -> String {
+    format!(
+        "{}[[provision]]\ntype = \"salt\"\nname = \"salt\"\nstate_tree = \"salt/states\"\nminion_id = \"wheels\"\ninstall = \"pip\"\n{extra}",
+        head(up, "whl")
+    )
+}
+
+/// The salt wheel cache this test process shares: filled once, from the package index, by a
+/// build of the marker tree into an empty cache (checked here), then used by every salt build.
+struct SaltCache {
+    cache: std::path::PathBuf,
+    entry: std::path::PathBuf,
+    first_install: f64,
+}
+
+fn salt_cache() -> &'static SaltCache {
+    static CACHE: std::sync::OnceLock<SaltCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| {
+        let up = cloud_upstream();
+        let dir = testdir("salt-cache").keep();
+        let cache = dir.join("cache");
+        for (p, c) in MARKER_TREE {
+            std::fs::create_dir_all(dir.join(p).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(p), c).unwrap();
+        }
+        let r = recipe(&dir, &marker_recipe(up, ""));
+        let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.join("out")).arg("--cache-dir").arg(&cache));
+        assert_clean(&dir);
+        assert!(o.status.success(), "{}", show(&o));
+        let (first_install, from) = salt_install_line(&stderr(&o));
+        assert_eq!(from, "the package index");
+        let stored = stderr(&o).lines().find(|l| l.contains("wheels in the wheel cache")).unwrap_or_default().to_string();
+        let entries: Vec<_> = std::fs::read_dir(cache.join("salt-wheels")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let entry = entries[0].clone();
+        let key = entry.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(key.starts_with("salt-3006.0-cpython-3") && key.contains("-linux-x86_64-glibc-"), "{key}");
+        assert!(stored.contains(&entry.display().to_string()), "{stored}");
+        let wheels: Vec<String> =
+            std::fs::read_dir(&entry).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        for want in ["pip-", "salt-3006.", "PyYAML-", "Jinja2-"] {
+            assert!(
+                wheels.iter().any(|w| w.to_lowercase().starts_with(&want.to_lowercase()) && w.ends_with(".whl")),
+                "no {want}*.whl in {wheels:?}"
+            );
+        }
+        std::fs::remove_dir_all(dir.join("out")).unwrap();
+        SaltCache { cache, entry, first_install }
+    })
+}
+
 fn salt_install_line(err: &str) -> (f64, String) {
     let l = err
         .lines()
@@ -363,49 +434,21 @@ fn salt_pip_wheels_are_fetched_once_then_cached_or_offline() {
         return;
     }
     let up = cloud_upstream();
+    let filled = salt_cache();
+    let (cache, entry, first) = (&filled.cache, &filled.entry, filled.first_install);
     let dir = testdir("salt-wheels");
-    let cache = dir.path().join("cache");
-    let files = [
-        ("salt/states/top.sls", "base:\n  '*':\n    - marker\n"),
-        ("salt/states/marker.sls", "/etc/salted:\n  file.managed:\n    - contents: wheels\n"),
-    ];
-    for (p, c) in files {
+    for (p, c) in MARKER_TREE {
         std::fs::create_dir_all(dir.path().join(p).parent().unwrap()).unwrap();
         std::fs::write(dir.path().join(p), c).unwrap();
     }
-    let text = |extra: &str| {
-        format!(
-            "{}[[provision]]\ntype = \"salt\"\nname = \"salt\"\nstate_tree = \"salt/states\"\nminion_id = \"wheels\"\ninstall = \"pip\"\n{extra}",
-            head(up, "whl")
-        )
-    };
-    let build_with = |mut cmd: std::process::Command, extra: &str| {
-        let r = recipe(dir.path(), &text(extra));
-        let o = run(cmd.arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).arg("--cache-dir").arg(&cache));
+    let build_with = |mut cmd: std::process::Command, extra: &str, cache: &Path| {
+        let r = recipe(dir.path(), &marker_recipe(up, extra));
+        let o = run(cmd.arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).arg("--cache-dir").arg(cache));
         assert_clean(dir.path());
         o
     };
 
-    let o = build_with(imgforge(), "");
-    assert!(o.status.success(), "{}", show(&o));
-    let (first, from) = salt_install_line(&stderr(&o));
-    assert_eq!(from, "the package index");
-    let stored = stderr(&o).lines().find(|l| l.contains("wheels in the wheel cache")).unwrap_or_default().to_string();
-    let entries: Vec<_> = std::fs::read_dir(cache.join("salt-wheels")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    let entry = &entries[0];
-    let key = entry.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(key.starts_with("salt-3006.0-cpython-3") && key.contains("-linux-x86_64-glibc-"), "{key}");
-    assert!(stored.contains(&entry.display().to_string()), "{stored}");
-    let wheels: Vec<String> = std::fs::read_dir(entry).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    for want in ["pip-", "salt-3006.", "PyYAML-", "Jinja2-"] {
-        assert!(
-            wheels.iter().any(|w| w.to_lowercase().starts_with(&want.to_lowercase()) && w.ends_with(".whl")),
-            "no {want}*.whl in {wheels:?}"
-        );
-    }
-
-    let o = build_with(imgforge(), "");
+    let o = build_with(imgforge(), "", cache);
     assert!(o.status.success(), "{}", show(&o));
     let (second, from) = salt_install_line(&stderr(&o));
     assert_eq!(from, format!("the wheel cache {}", entry.display()));
@@ -421,13 +464,13 @@ fn salt_pip_wheels_are_fetched_once_then_cached_or_offline() {
     let house = dir.path().join("wheels");
     let cp = run(std::process::Command::new("cp").arg("-r").arg(entry).arg(&house));
     assert!(cp.status.success(), "{}", show(&cp));
-    std::fs::remove_dir_all(&cache).unwrap();
+    let cache = dir.path().join("empty-cache");
     let offline = || {
         let mut c = std::process::Command::new("unshare");
         c.args(["--net", "--"]).arg(env!("CARGO_BIN_EXE_imgforge"));
         c
     };
-    let o = build_with(offline(), "wheelhouse = \"wheels/\"\n");
+    let o = build_with(offline(), "wheelhouse = \"wheels/\"\n", &cache);
     assert!(o.status.success(), "{}", show(&o));
     let (_, from) = salt_install_line(&stderr(&o));
     assert!(from.starts_with(&format!("the wheelhouse {}", house.display())), "{from}");
@@ -443,7 +486,7 @@ fn salt_pip_wheels_are_fetched_once_then_cached_or_offline() {
             std::fs::remove_file(w).unwrap();
         }
     }
-    let o = build_with(offline(), "wheelhouse = \"wheels/\"\n");
+    let o = build_with(offline(), "wheelhouse = \"wheels/\"\n", &cache);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains(&format!("the wheelhouse {}/ (recipe option wheelhouse) lacks a wheel", house.display())), "{err}");
