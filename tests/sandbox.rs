@@ -104,7 +104,15 @@ fn provisioners_cannot_touch_the_build_host() {
     assert_eq!(before, after, "the build host changed");
     assert!(uptime() > up_before && bystander_alive, "the host rebooted or lost a process");
 
-    let m = RoMount::open(&dir.path().join("out/box.raw"), 1);
+    // The build's mount point (a host path) is not left in the superblock.
+    let raw = dir.path().join("out/box.raw");
+    let start = sfdisk_parts(&raw).into_iter().find(|p| p.0 == 1).unwrap().1;
+    let sb = Command::new("dumpe2fs").arg("-h").arg(format!("{}?offset={start}", raw.display())).output().unwrap();
+    let sb = String::from_utf8_lossy(&sb.stdout);
+    let last = sb.lines().find(|l| l.starts_with("Last mounted on:")).unwrap();
+    assert_eq!(last.split_whitespace().last(), Some("/"), "{last}");
+
+    let m = RoMount::open(&raw, 1);
     let probe = m.read("/root/probe");
     eprintln!("{probe}");
     // What only affects the sandbox succeeds there.

@@ -179,6 +179,7 @@ fn customize(
     if opts.seal_dry_run {
         return Ok(c);
     }
+    super::reset_last_mounted(disk, &cx.filesystems)?;
     let punched = t.time(events, "punch-free", "punching free blocks out of the disk", || super::punch_free(disk, &parts))?;
     c.seal.free_space.extend(punched);
     // The disk is final here: search all its data, free space and journals included, for what

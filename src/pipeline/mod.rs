@@ -31,6 +31,22 @@ pub fn punch_free(disk: &std::fs::File, parts: &[Probed]) -> anyhow::Result<Vec<
     Ok(done)
 }
 
+/// Sets each ext filesystem's "last mounted on" — the build's mount wrote a host path there
+/// (`/tmp/imgforge-…/root`) — to where the image itself mounts it.
+pub fn reset_last_mounted(disk: &std::fs::File, filesystems: &[crate::seal::Filesystem]) -> anyhow::Result<()> {
+    use crate::host::command::CommandRunExt;
+    let path = crate::host::fd::shared_path(disk);
+    for f in filesystems.iter().filter(|f| matches!(f.fstype.as_str(), "ext2" | "ext3" | "ext4")) {
+        let Some(target) = &f.target else { continue };
+        std::process::Command::new("tune2fs")
+            .arg("-M")
+            .arg(target)
+            .arg(format!("{}?offset={}", path.display(), f.start))
+            .run_checked(&format!("reset the last-mounted directory of partition {}", f.partition))?;
+    }
+    Ok(())
+}
+
 /// The filesystems whose free space nothing cleared: those not mounted (a kernel that cannot
 /// mount them). The seal changed nothing in them; the raw pass still reads them.
 pub fn free_space_gaps(filesystems: &[crate::seal::Filesystem]) -> Vec<String> {

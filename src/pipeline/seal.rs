@@ -68,6 +68,7 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
     closed?;
     if !cx.dry_run {
         crate::seal::fsuuid::apply(file, &report.fs_uuids)?;
+        super::reset_last_mounted(file, &cx.filesystems)?;
         let punched = super::punch_free(file, &parts)?;
         report.free_space.extend(punched);
         events.step("raw-scan", "searching the raw disk for what the seal removed");
