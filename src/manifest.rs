@@ -139,6 +139,9 @@ pub struct Manifest {
     pub seal: SealSummary,
     /// imgforge version.
     pub imgforge_version: String,
+    /// This build's record in the image registry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
     /// The AMI, once `imgforge publish` (or `build --publish`) made one from this image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsRecord>,
@@ -309,6 +312,7 @@ mod tests {
     "seconds": 0.5
   },
   "imgforge_version": "0.1.0",
+  "record": "01JD2Q3V4W5X6Y7Z8A9B0C1D2E",
   "aws": {
     "name": "web-1.2.0",
     "region": "eu-west-1",

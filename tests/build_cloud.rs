@@ -94,10 +94,30 @@ fn cloud_image_end_to_end() {
     std::fs::create_dir_all(dir.path().join("overlay/etc/ssh/sshd_config.d")).unwrap();
     std::fs::write(dir.path().join("overlay/etc/ssh/sshd_config.d/50-test.conf"), "PasswordAuthentication no\n").unwrap();
     let r = recipe(dir.path(), &cloud_recipe(up));
-    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
+    let db = dir.path().join("registry.db");
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).arg("--registry").arg(&db));
     assert_clean(dir.path());
     assert!(o.status.success(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("vfat"), "expected the ESP notice: {}", show(&o));
+    // The record holds the exact package list and the kernels, read at seal time.
+    let find = |args: &[&str]| {
+        let o = run(imgforge().arg("image").arg("list").args(args).arg("--registry").arg(&db).arg("--json"));
+        assert!(o.status.success(), "{}", show(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len()
+    };
+    let shown = run(imgforge().args(["--json", "image", "show", "cloud"]).arg("--registry").arg(&db));
+    let rec: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let openssl = rec["packages"].as_array().unwrap().iter().find(|p| p["name"] == "openssl").expect("openssl in the package list");
+    let version = openssl["version"].as_str().unwrap().to_string();
+    assert!(rec["packages"].as_array().unwrap().len() > 100, "{}", rec["packages"]);
+    let kernel = rec["kernels"][0].as_str().unwrap().to_string();
+    assert!(kernel.ends_with("-amd64"), "{kernel}");
+    assert_eq!(find(&["--package", &format!("openssl={version}")]), 1);
+    assert_eq!(find(&["--package", &format!("openssl<{version}")]), 0);
+    assert_eq!(find(&["--package", &format!("openssl<={version}")]), 1);
+    assert_eq!(find(&["--package", "no-such-package"]), 0);
+    assert_eq!(find(&["--kernel", &format!("{}*", &kernel[..4])]), 1);
+    assert_eq!(find(&["--kernel", "2.6.*"]), 0);
     assert!(no_process("sleep 1000") && no_process("gpg-agent --homedir /root/.gnupg-build"), "a provisioner daemon survived");
 
     let raw = dir.path().join("out/cloud.raw");

@@ -34,6 +34,10 @@ pub struct Args {
     /// and no output is written.
     #[arg(long)]
     pub seal_dry_run: bool,
+    /// The registry to record the build in: a SQLite file or `sqlite:PATH` (default:
+    /// $IMGFORGE_REGISTRY or /var/lib/imgforge/registry.db).
+    #[arg(long)]
+    pub registry: Option<String>,
 }
 
 /// Runs a build.
@@ -56,6 +60,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         on_error: a.on_error,
         cache_dir: a.cache_dir.clone().unwrap_or_else(crate::source::fetch::default_cache_dir),
         seal_dry_run: a.seal_dry_run,
+        registry: a.registry.clone(),
     };
     let manifest = match crate::pipeline::build::run(&plan, &opts, &events)? {
         crate::pipeline::build::Outcome::Built(m) => m,

@@ -6,6 +6,7 @@ mod build;
 mod docs;
 mod events;
 mod export;
+mod image;
 mod inspect;
 mod publish;
 mod sandbox_exec;
@@ -56,6 +57,8 @@ enum Command {
     Publish(publish::Args),
     /// Scrub identities from a raw or qcow2 image (`--list` shows the operations).
     Seal(seal::Args),
+    /// Query the image registry: every build is recorded there.
+    Image(image::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(docs::CompletionsArgs),
     /// Write the man pages (imgforge.1 and one per subcommand) into a directory.
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Export(a) => export::run(&cli.global, a),
         Command::Publish(a) => publish::run(&cli.global, a),
         Command::Seal(a) => seal::run(&cli.global, a),
+        Command::Image(a) => image::run(&cli.global, a),
         Command::Completions(a) => docs::completions(Cli::command(), a),
         Command::Manpages(a) => docs::manpages(Cli::command(), a),
         Command::SandboxExec(a) => return sandbox_exec::run(a),

@@ -45,6 +45,8 @@ pub struct Options {
     pub cache_dir: PathBuf,
     /// Stop after printing the seal plan (nothing sealed, no outputs).
     pub seal_dry_run: bool,
+    /// The registry the build is recorded in (`None`: $IMGFORGE_REGISTRY or the default).
+    pub registry: Option<String>,
 }
 
 /// Step timings, in order.
@@ -93,7 +95,7 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
     };
     match customize(plan, opts, &work, size, &stamp, &mut t, events) {
         Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(Box::new(c.seal))),
-        Ok(c) => finish(plan, work, &src, &stamp, c, t, events).map(Outcome::Built),
+        Ok(c) => finish(plan, opts, work, &src, &stamp, c, t, events).map(Outcome::Built),
         Err(e) => {
             if opts.on_error == OnError::Keep {
                 let kept = plan.output_dir.join(format!("{}.failed.raw", plan.name));
@@ -116,6 +118,10 @@ struct Customized {
     services: Vec<crate::chroot::services::Deferred>,
     /// Kernel parameters set in the sandbox only.
     sysctls: std::collections::BTreeMap<String, String>,
+    /// Installed packages, read after sealing.
+    packages: Vec<crate::registry::packages::Package>,
+    /// Kernel versions in the image.
+    kernels: Vec<String>,
     seal: SealReport,
     /// The image's architecture (`arch.rs`), when an executable says.
     architecture: Option<&'static str>,
@@ -234,8 +240,10 @@ fn inside(
     // The scrub is the last write to the image: only trimming (no content change) follows.
     let mut seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
     drop(sandbox);
+    let packages = crate::registry::packages::installed(&m.root)?;
+    let kernels = crate::registry::packages::kernels(&m.root)?;
     if opts.seal_dry_run {
-        return Ok(Customized { provisioners, services, sysctls, seal, architecture, drivers });
+        return Ok(Customized { provisioners, services, sysctls, packages, kernels, seal, architecture, drivers });
     }
     let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
     if seal.errors().next().is_some() {
@@ -251,7 +259,7 @@ fn inside(
         events.notice(&gap);
         seal.free_space.push(gap);
     }
-    Ok(Customized { provisioners, services, sysctls, seal, architecture, drivers })
+    Ok(Customized { provisioners, services, sysctls, packages, kernels, seal, architecture, drivers })
 }
 
 /// Logs each deferred start, and warns about units asked to run that will not run at boot.
@@ -323,6 +331,7 @@ fn provision_window(plan: &BuildPlan, cache_dir: &Path, m: &Mounted, events: &Ev
 #[allow(clippy::too_many_arguments)]
 fn finish(
     plan: &BuildPlan,
+    opts: &Options,
     work: WorkDisk,
     src: &VerifiedSource,
     stamp: &Stamp,
@@ -368,7 +377,8 @@ fn finish(
     }
     let seal_name = format!("{}.seal.json", plan.name);
     crate::manifest::write(&c.seal, &plan.output_dir.join(&seal_name))?;
-    let manifest = Manifest {
+    let (packages, kernels) = (c.packages, c.kernels);
+    let mut manifest = Manifest {
         schema: crate::manifest::SCHEMA,
         name: plan.name.clone(),
         version: stamp.version.clone(),
@@ -392,10 +402,60 @@ fn finish(
         steps: t.0,
         seal: c.seal.summary(&seal_name),
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
+        record: None,
         aws: None,
         extra: Default::default(),
     };
     let path = plan.output_dir.join(format!("{}.manifest.json", plan.name));
+    let record = record_of(plan, &manifest, &path, &plan.output_dir.join(&seal_name), packages, kernels);
+    let mut store = crate::registry::open(opts.registry.as_deref()).context("Failed to open the image registry")?;
+    store.register(&record).context("Failed to record the build in the image registry")?;
+    events.output("registry", &format!("recorded {} {} as {}", record.name, record.version, record.id));
+    manifest.record = Some(record.id);
     crate::manifest::write(&manifest, &path)?;
     Ok(Box::new(manifest))
+}
+
+/// The registry record of a finished build. Pure given its inputs.
+fn record_of(
+    plan: &BuildPlan,
+    m: &Manifest,
+    manifest_path: &Path,
+    seal_path: &Path,
+    packages: Vec<crate::registry::packages::Package>,
+    kernels: Vec<String>,
+) -> crate::registry::Record {
+    use crate::registry::record::{Output, Parent, Record, new_id};
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let owner = plan
+        .owner
+        .clone()
+        .or_else(|| std::env::var("SUDO_USER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".into());
+    Record {
+        id: new_id(),
+        name: m.name.clone(),
+        version: m.version.clone(),
+        status: "candidate".into(),
+        build_date: m.build_date.clone(),
+        git_commit: m.git_commit.clone(),
+        git_tag: None,
+        labels: plan.labels.clone(),
+        layer_key: None,
+        parent: Parent { record: None, url: Some(m.source.url.clone()), digest: m.source.digest.clone() },
+        architecture: m.architecture.clone(),
+        kernels,
+        packages,
+        outputs: m
+            .outputs
+            .iter()
+            .map(|o| Output { format: o.format.clone(), path: abs(Path::new(&o.path)), size: o.size, sha256: o.sha256.clone() })
+            .collect(),
+        manifest: abs(manifest_path),
+        seal_report: Some(abs(seal_path)),
+        amis: Default::default(),
+        owner,
+        recipe: abs(&plan.recipe_path),
+    }
 }

@@ -41,6 +41,10 @@ pub struct Image {
     pub version: Option<Spanned<String>>,
     /// Free text, copied into the manifest.
     pub description: Option<String>,
+    /// Free-form labels for the registry (`{ env = "prod", app = "mysql" }`).
+    pub labels: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    /// Who owns the image (default: the user who runs the build).
+    pub owner: Option<String>,
 }
 
 /// `[source]`

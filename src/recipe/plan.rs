@@ -24,6 +24,10 @@ pub struct BuildPlan {
     pub version: Option<String>,
     /// Free text.
     pub description: Option<String>,
+    /// Registry labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `[image] owner`.
+    pub owner: Option<String>,
     /// The recipe file.
     pub recipe_path: PathBuf,
     /// Its directory (relative paths resolve here).
@@ -82,6 +86,8 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         name,
         version,
         description: r.image.description,
+        labels: r.image.labels.as_ref().map(|l| check_labels(src, l)).transpose()?.unwrap_or_default(),
+        owner: r.image.owner,
         recipe_path: src.path.to_path_buf(),
         recipe_dir: dir,
         recipe_digest: hex::encode(Sha256::digest(src.text.as_bytes())),
@@ -96,6 +102,28 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         aws: r.aws.as_ref().map(|a| super::aws::plan(src, a)).transpose()?,
         seal: super::seal::seal_plan(src, &r.seal)?,
     })
+}
+
+/// Label keys are `[a-z0-9_.-]`, start with a letter, at most 63 characters; values are one line.
+fn check_labels(
+    src: Src<'_>,
+    labels: &Spanned<std::collections::BTreeMap<String, String>>,
+) -> Result<std::collections::BTreeMap<String, String>, RecipeError> {
+    for (k, v) in labels.get_ref() {
+        let key_ok = k.len() <= 63
+            && k.starts_with(|c: char| c.is_ascii_lowercase())
+            && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+        if !key_ok {
+            return Err(src.at(
+                labels.span(),
+                format!("[image] labels: key {k:?} must be lowercase letters, digits, '_', '.', '-', starting with a letter (at most 63)"),
+            ));
+        }
+        if v.contains('\n') || v.len() > 256 {
+            return Err(src.at(labels.span(), format!("[image] labels: the value of {k} must be one line of at most 256 characters")));
+        }
+    }
+    Ok(labels.get_ref().clone())
 }
 
 fn check_name(src: Src<'_>, name: &Spanned<String>) -> Result<String, RecipeError> {

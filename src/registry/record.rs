@@ -1,0 +1,92 @@
+//! A registry record: one built image version, with everything a query or a descendant needs.
+
+use std::collections::BTreeMap;
+
+use super::packages::Package;
+
+/// The statuses a record moves through (`candidate` on build; tests promote).
+pub const STATUSES: [&str; 4] = ["candidate", "tested", "released", "revoked"];
+
+/// What a record was built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Parent {
+    /// The parent record's id, for a layered image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// The upstream image's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The parent's (or upstream's) digest, `sha256:<hex>`.
+    pub digest: String,
+}
+
+/// One output file of the image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Output {
+    /// Format (`raw`, `qcow2`…).
+    pub format: String,
+    /// Path (or S3 URL).
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
+}
+
+/// A registered image version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Record {
+    /// ULID: sortable by registration time.
+    pub id: String,
+    /// Image name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// `candidate`, `tested`, `released` or `revoked`.
+    pub status: String,
+    /// Build time (RFC 3339).
+    pub build_date: String,
+    /// Git commit of the recipe's repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    /// Git tag at that commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_tag: Option<String>,
+    /// The recipe's `[image] labels`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Hash of everything that determines the output (layered builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_key: Option<String>,
+    /// What it was built from.
+    pub parent: Parent,
+    /// CPU architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Kernel versions in the image.
+    #[serde(default)]
+    pub kernels: Vec<String>,
+    /// Installed packages, read at seal time.
+    #[serde(default)]
+    pub packages: Vec<Package>,
+    /// Output files.
+    #[serde(default)]
+    pub outputs: Vec<Output>,
+    /// The build manifest's path.
+    pub manifest: String,
+    /// The seal report's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_report: Option<String>,
+    /// AMI ids by region (added by publish).
+    #[serde(default)]
+    pub amis: BTreeMap<String, String>,
+    /// Who built it (the recipe's owner, else the invoking user).
+    pub owner: String,
+    /// The recipe file.
+    pub recipe: String,
+}
+
+/// A new ULID (time-ordered, random tail).
+pub fn new_id() -> String {
+    ulid::Ulid::new().to_string()
+}

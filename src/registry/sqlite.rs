@@ -1,0 +1,170 @@
+//! The embedded registry: one SQLite database (WAL, a 30 s busy timeout so concurrent builds on
+//! one host queue instead of failing), migrated by `PRAGMA user_version`.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Store;
+use super::packages::Package;
+use super::query::Query;
+use super::record::Record;
+
+/// Schema migrations, in order; `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &["CREATE TABLE records (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        status TEXT NOT NULL,
+        layer_key TEXT,
+        parent_id TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX records_name ON records(name, id);
+    CREATE INDEX records_layer_key ON records(layer_key);
+    CREATE TABLE labels (record_id TEXT NOT NULL REFERENCES records(id), key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (record_id, key));
+    CREATE INDEX labels_kv ON labels(key, value);
+    CREATE TABLE packages (record_id TEXT NOT NULL REFERENCES records(id), name TEXT NOT NULL, version TEXT NOT NULL,
+        arch TEXT NOT NULL, source TEXT);
+    CREATE INDEX packages_name ON packages(name, record_id);
+    CREATE INDEX packages_record ON packages(record_id);"];
+
+/// Filesystems where SQLite's locking is unsafe (sqlite.org/wal.html): NFS, SMB/CIFS, Ceph, 9p.
+const NETWORK_FS: &[(i64, &str)] =
+    &[(0x6969, "NFS"), (0x517B, "SMB"), (0xFF53_4D42, "CIFS"), (0xFE53_4D42, "SMB2"), (0x00C3_6400, "Ceph"), (0x0102_1997, "9p")];
+
+/// A registry in a SQLite file.
+#[derive(Debug)]
+pub struct Sqlite {
+    conn: Connection,
+}
+
+impl Sqlite {
+    /// Opens (creating, with its directory) and migrates the database at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
+        let fs = nix::sys::statfs::statfs(dir).with_context(|| format!("Failed to statfs {}", dir.display()))?;
+        #[allow(clippy::useless_conversion)]
+        let kind = i64::from(fs.filesystem_type().0);
+        if let Some((_, name)) = NETWORK_FS.iter().find(|(m, _)| *m == kind) {
+            bail!(
+                "the registry {} is on {name}, a network filesystem where SQLite's locking is unsafe: keep it on a local disk, or share a registry between hosts with PostgreSQL (--registry postgres://…)",
+                path.display()
+            );
+        }
+        let conn = Connection::open(path).with_context(|| format!("Failed to open the registry {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut me = Self { conn };
+        me.migrate().with_context(|| format!("Failed to migrate the registry {}", path.display()))?;
+        Ok(me)
+    }
+
+    /// Applies the missing migrations under the write lock: of two processes opening a new
+    /// database at once, the second sees the first's schema.
+    fn migrate(&mut self) -> anyhow::Result<()> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?.try_into().unwrap_or(0);
+        if done > MIGRATIONS.len() {
+            bail!("it has schema version {done}, newer than this imgforge knows ({}): upgrade imgforge", MIGRATIONS.len());
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(done) {
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", i64::try_from(i + 1)?)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn record_of(&self, data: &str, with_packages: Option<&[String]>) -> anyhow::Result<Record> {
+        let mut r: Record = serde_json::from_str(data).context("a registry record is not valid JSON")?;
+        if let Some(names) = with_packages {
+            r.packages = self.packages(&r.id, names)?;
+        }
+        Ok(r)
+    }
+
+    /// The record's packages (all, or only those named).
+    fn packages(&self, id: &str, names: &[String]) -> anyhow::Result<Vec<Package>> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT name, version, arch, source FROM packages WHERE record_id = ?1 ORDER BY name, arch")?;
+        let rows =
+            stmt.query_map([id], |row| Ok(Package { name: row.get(0)?, version: row.get(1)?, arch: row.get(2)?, source: row.get(3)? }))?;
+        let mut out = Vec::new();
+        for p in rows {
+            let p = p?;
+            if names.is_empty() || names.contains(&p.name) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Store for Sqlite {
+    fn register(&mut self, r: &Record) -> anyhow::Result<()> {
+        let mut bare = r.clone();
+        bare.packages.clear();
+        let data = serde_json::to_string(&bare)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO records (id, name, version, status, layer_key, parent_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![r.id, r.name, r.version, r.status, r.layer_key, r.parent.record, data],
+        )?;
+        for (k, v) in &r.labels {
+            tx.execute("INSERT INTO labels (record_id, key, value) VALUES (?1, ?2, ?3)", params![r.id, k, v])?;
+        }
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO packages (record_id, name, version, arch, source) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for p in &r.packages {
+                ins.execute(params![r.id, p.name, p.version, p.arch, p.source])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
+        let data: Option<String> = self.conn.query_row("SELECT data FROM records WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        data.map(|d| self.record_of(&d, Some(&[]))).transpose()
+    }
+
+    fn find(&self, q: &Query) -> anyhow::Result<Vec<Record>> {
+        // Narrowed in SQL (name, status, labels, package names), decided by `Query::matches`.
+        let mut sql = String::from("SELECT data FROM records r WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: &str| {
+            args.push(v.to_string());
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(n) = &q.name {
+            arg(&mut sql, " AND r.name = ?", n);
+        }
+        if let Some(s) = &q.status {
+            arg(&mut sql, " AND r.status = ?", s);
+        }
+        for (k, v) in &q.labels {
+            arg(&mut sql, " AND EXISTS (SELECT 1 FROM labels l WHERE l.record_id = r.id AND l.key = ?", k);
+            arg(&mut sql, " AND l.value = ?)", v);
+        }
+        for p in &q.packages {
+            arg(&mut sql, " AND EXISTS (SELECT 1 FROM packages p WHERE p.record_id = r.id AND p.name = ?)", &p.name);
+        }
+        sql.push_str(" ORDER BY r.id DESC");
+        let names: Vec<String> = q.packages.iter().map(|p| p.name.clone()).collect();
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows: Vec<String> = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for data in rows {
+            let r = self.record_of(&data, (!names.is_empty()).then_some(names.as_slice()))?;
+            if q.matches(&r) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
