@@ -486,16 +486,24 @@ fn build_publish_records_the_ami_in_the_manifest() {
         + "[output]\nupload = \"s3://builds/small\"\n\n[aws]\nname = \"{name}-{version}\"\ntags = { Stage = \"test\" }\nworkers = 4\n";
     let r = recipe(dir.path(), &text);
     let mut c = imgforge();
-    c.arg("build").arg(&r).arg("--output-dir").arg(dir.path().join("out")).arg("--publish");
+    let db = dir.path().join("registry.db");
+    c.arg("build").arg(&r).arg("--output-dir").arg(dir.path().join("out")).arg("--publish").arg("--registry").arg(&db);
     aws_env(&mut c, &moto.url(), region);
     let o = run(&mut c);
     assert_clean(dir.path());
     assert!(o.status.success(), "{}", show(&o));
+    // The registry record has the AMI too: the seeds' "version → image id" lookup.
+    let found = run(imgforge()
+        .args(["image", "find", "--name", "small", "--latest", "--output", "ami", "--region", region, "--registry"])
+        .arg(&db));
+    assert!(found.status.success(), "{}", show(&found));
+    let found_ami = String::from_utf8_lossy(&found.stdout).trim().to_string();
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/small.manifest.json")).unwrap()).unwrap();
     let aws = &m["aws"];
     assert_eq!(aws["name"], "small-1.0.0");
     assert_eq!(aws["boot_mode"], "legacy-bios", "an MBR image without ESP");
     let ami = aws["images"][region].as_str().unwrap();
+    assert_eq!(found_ami, ami);
     let st = one_of_each(&moto.url(), region);
     assert_eq!(st["images"][0]["ImageId"], ami);
     let t = tags(&st["images"][0]);

@@ -83,6 +83,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             dry_run: false,
         };
         if let Some(rec) = crate::publish::run(&req, &events)? {
+            super::image::record_published(a.registry.as_deref(), &req.image, &rec.images, &events)?;
             super::publish::report(g, &events, &rec)?;
         }
     }

@@ -150,6 +150,25 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     }
 }
 
+/// After a publish: adds the AMI ids to the registry record the manifest names (a manifest of
+/// an older build, or of a build recorded in another registry, gets a notice).
+pub fn record_published(
+    registry: Option<&str>,
+    manifest: &std::path::Path,
+    amis: &std::collections::BTreeMap<String, String>,
+    events: &crate::progress::Events,
+) -> anyhow::Result<()> {
+    let Ok(m) = crate::manifest::read(manifest) else { return Ok(()) };
+    let Some(id) = m.record else { return Ok(()) };
+    let mut store = crate::registry::open(registry)?;
+    if store.add_amis(&id, amis)? {
+        events.output("registry", &format!("recorded the AMI ids in {id}"));
+    } else {
+        events.notice(&format!("record {id} (from {}) is not in this registry: its AMI ids are not recorded there", manifest.display()));
+    }
+    Ok(())
+}
+
 fn print_records(g: &Global, records: &[Record]) -> anyhow::Result<()> {
     if g.json {
         println!("{}", serde_json::to_string_pretty(records)?);

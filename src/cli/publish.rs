@@ -15,6 +15,10 @@ pub struct Args {
     /// A raw disk, or a build manifest (`NAME.manifest.json`) naming one; the manifest gets the
     /// AMI ids.
     pub image: PathBuf,
+    /// The registry whose record (named by the manifest) gets the AMI ids (default:
+    /// $IMGFORGE_REGISTRY or /var/lib/imgforge/registry.db).
+    #[arg(long)]
+    pub registry: Option<String>,
     /// Take the `[aws]` settings from this recipe (flags override them).
     #[arg(long)]
     pub recipe: Option<PathBuf>,
@@ -143,6 +147,9 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     };
     let events = Events::new(g.json);
     if let Some(rec) = publish(&req, &events)? {
+        if req.image.to_string_lossy().ends_with(".manifest.json") {
+            super::image::record_published(a.registry.as_deref(), &req.image, &rec.images, &events)?;
+        }
         report(g, &events, &rec)?;
     }
     Ok(())

@@ -33,6 +33,8 @@ pub trait Store {
     /// Records matching `q` (apart from `descendant_of`), newest first, each with only the
     /// packages the query named.
     fn find(&self, q: &Query) -> anyhow::Result<Vec<Record>>;
+    /// Adds AMI ids (region → id) to a record; `false` when there is no such record.
+    fn add_amis(&mut self, id: &str, amis: &std::collections::BTreeMap<String, String>) -> anyhow::Result<bool>;
 }
 
 /// The registry `spec` names (`--registry`), else `IMGFORGE_REGISTRY`, else the default.

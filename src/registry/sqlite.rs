@@ -128,6 +128,17 @@ impl Store for Sqlite {
         Ok(())
     }
 
+    fn add_amis(&mut self, id: &str, amis: &std::collections::BTreeMap<String, String>) -> anyhow::Result<bool> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let data: Option<String> = tx.query_row("SELECT data FROM records WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let Some(data) = data else { return Ok(false) };
+        let mut r: Record = serde_json::from_str(&data).context("a registry record is not valid JSON")?;
+        r.amis.extend(amis.iter().map(|(k, v)| (k.clone(), v.clone())));
+        tx.execute("UPDATE records SET data = ?2 WHERE id = ?1", params![id, serde_json::to_string(&r)?])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
         let data: Option<String> = self.conn.query_row("SELECT data FROM records WHERE id = ?1", [id], |r| r.get(0)).optional()?;
         data.map(|d| self.record_of(&d, Some(&[]))).transpose()

@@ -55,6 +55,12 @@ pub fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
     assert_eq!(ids(&Query { descendant_of: Some(base.id.clone()), ..Query::default() }), ["app"]);
     assert_eq!(ids(&Query { version: Some("1.x".into()), ..Query::default() }), ["base", "foundation"]);
     assert_eq!(resolve(&*s, "base@1.4.0").unwrap().unwrap().id, base.id);
+    // AMI ids are added, region by region; the packages stay.
+    let amis = std::collections::BTreeMap::from([("eu-west-1".to_string(), "ami-0123".to_string())]);
+    assert!(s.add_amis(&foundation.id, &amis).unwrap());
+    assert!(!s.add_amis("01NOPE", &amis).unwrap());
+    let got = s.get(&foundation.id).unwrap().unwrap();
+    assert_eq!((got.amis.get("eu-west-1").map(String::as_str), got.packages.len()), (Some("ami-0123"), 2));
     assert_eq!(resolve(&*s, "app").unwrap().unwrap().id, app.id);
     assert!(resolve(&*s, "nothing").unwrap().is_none());
 }
