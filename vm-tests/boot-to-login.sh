@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Usage: vm-tests/boot-to-login.sh IMAGE [--format raw|qcow2|vpc|vmdk]
-#            [--timeout SECONDS] [--mac MAC] [--log FILE] [--until TEXT]
+#            [--timeout SECONDS] [--mac MAC] [--log FILE] [--until TEXT]...
 #
 # Boots IMAGE under qemu-system-x86_64 (q35, UEFI via OVMF, 2 GiB RAM, virtio
 # disk, user-mode virtio NIC, -snapshot so IMAGE is never modified) and waits
@@ -10,9 +10,10 @@
 #   --timeout  seconds to wait for the prompt (default 600)
 #   --mac      MAC address of the NIC (default 52:54:00:12:34:56)
 #   --log      keep the serial console log in FILE (default: temp file)
-#   --until    wait for TEXT on the serial console instead of `login:`
+#   --until    wait for TEXT on the serial console instead of `login:`; repeat
+#              it to wait until every TEXT has shown up
 #
-# Exit 0 and print the elapsed seconds when `login:` shows up; exit 1 and
+# Exit 0 and print the elapsed seconds when `login:` (or every TEXT) shows up; exit 1 and
 # print the last 40 lines of the serial log on timeout or if qemu dies.
 #
 # Acceleration: KVM only if it really runs firmware here (probed once by
@@ -36,7 +37,7 @@ FORMAT=
 TIMEOUT=600
 MAC=52:54:00:12:34:56
 LOG_FILE=
-UNTIL=login:
+UNTIL=()
 while (($#)); do
     case $1 in
     --format) (($# >= 2)) || usage; FORMAT=$2; shift 2 ;;
@@ -47,8 +48,8 @@ while (($#)); do
     --mac=*) MAC=${1#*=}; shift ;;
     --log) (($# >= 2)) || usage; LOG_FILE=$2; shift 2 ;;
     --log=*) LOG_FILE=${1#*=}; shift ;;
-    --until) (($# >= 2)) || usage; UNTIL=$2; shift 2 ;;
-    --until=*) UNTIL=${1#*=}; shift ;;
+    --until) (($# >= 2)) || usage; UNTIL+=("$2"); shift 2 ;;
+    --until=*) UNTIL+=("${1#*=}"); shift ;;
     -h | --help) usage 0 ;;
     -*) log "unknown option: $1"; usage ;;
     *)
@@ -59,6 +60,7 @@ while (($#)); do
     esac
 done
 [[ -n "$IMAGE" ]] || usage
+((${#UNTIL[@]})) || UNTIL=(login:)
 [[ -f "$IMAGE" ]] || die "no such image: $IMAGE"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout wants a number of seconds"
 [[ "$MAC" =~ ^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$ ]] || die "bad MAC address: $MAC"
@@ -159,6 +161,14 @@ kvm | tcg) log "acceleration forced by IMGFORGE_VM_ACCEL: $ACCEL" ;;
 *) die "IMGFORGE_VM_ACCEL must be kvm or tcg, not '$ACCEL'" ;;
 esac
 
+# all_seen - every --until text is on the serial console.
+all_seen() {
+    local text
+    for text in "${UNTIL[@]}"; do
+        grep -aqF -- "$text" "$SERIAL_LOG" 2>/dev/null || return 1
+    done
+}
+
 # boot ACCEL - boot the image once; 0: reached the text, 1: timed out, 3: qemu exited early.
 boot() {
     local accel=$1 accel_opt cpu smp fw=() args=()
@@ -189,7 +199,7 @@ boot() {
     "$QEMU" "${args[@]}" >"$WORK/qemu.out" 2>&1 &
     QEMU_PID=$!
     while ((SECONDS - START < TIMEOUT)); do
-        if grep -aqF -- "$UNTIL" "$SERIAL_LOG" 2>/dev/null; then
+        if all_seen; then
             return 0
         fi
         if ! kill -0 "$QEMU_PID" 2>/dev/null; then
@@ -218,12 +228,12 @@ fi
 ELAPSED=$((SECONDS - START))
 
 if ((status == 0)); then
-    log "reached '$UNTIL' after ${ELAPSED}s ($ACCEL)"
+    log "reached '${UNTIL[*]}' after ${ELAPSED}s ($ACCEL)"
     echo "$ELAPSED"
     exit 0
 fi
 if ((status == 1)); then
-    log "no '$UNTIL' within ${TIMEOUT}s"
+    log "not all of '${UNTIL[*]}' within ${TIMEOUT}s"
 fi
 log "last 40 lines of the serial log ($SERIAL_LOG):"
 tail -n 40 "$SERIAL_LOG" | sed 's/\x1b\[[0-9;=?]*[A-Za-z]//g; s/\r$//' >&2 || true

@@ -1,8 +1,8 @@
-//! Boot test: build the cloud-like image with imgforge, with fixed VHD, streamOptimized VMDK and
-//! qcow2 outputs, and boot the VMDK and the qcow2 under qemu (OVMF; KVM where the host really has it, TCG
-//! otherwise) to a login prompt on the serial console. Under TCG a boot takes one to three
-//! minutes; two boots run at a time. The build enables `fs-uuids`: the image boots with new
-//! filesystem UUIDs.
+//! Boot test: build the cloud-like image with imgforge, sealed, with fixed VHD, streamOptimized
+//! VMDK and qcow2 outputs, and boot the VMDK and the qcow2 under qemu (OVMF; KVM where the host
+//! really has it, TCG otherwise) to a login prompt on the serial console and an identity report.
+//! Under TCG a boot takes one to three minutes; the two boots run at once. The build enables
+//! `fs-uuids`: the image boots with new filesystem UUIDs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/util/mod.rs"]
@@ -10,56 +10,9 @@ mod util;
 
 use util::*;
 
-/// VM tests run one at a time: each already boots two VMs on a 2-core host.
-static VMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn have_qemu(test: &str) -> bool {
     let ok = std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_ok();
     ok || skip(test, "qemu-system-x86_64 is not installed (scripts/setup --tests)")
-}
-
-#[test]
-fn built_cloud_image_boots_to_login() {
-    if !have_root("built_cloud_image_boots_to_login") || !have_qemu("built_cloud_image_boots_to_login") {
-        return;
-    }
-    let _one = VMS.lock().unwrap_or_else(|e| e.into_inner());
-    let up = cloud_upstream();
-    let dir = testdir("vmboot");
-    let text = format!(
-        "[image]\nname = \"boot\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\"]\n[output]\nformats = [\"vhd\", \"vmdk\", \"qcow2\"]\n[seal]\nenable = [\"fs-uuids\"]\n",
-        up = up.display()
-    );
-    let r = recipe(dir.path(), &text);
-    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
-    assert!(o.status.success(), "{}", show(&o));
-    assert_clean(dir.path());
-    // The raw itself boots (twice) in `sealed_image_clones_are_distinct_machines`.
-    // Two boots at once, one round: the VMDK and the qcow2 (each a format qemu must decode). The
-    // fixed VHD is the raw plus a footer (byte-compared with qemu-img in tests/export.rs), and the
-    // raw boots twice in `sealed_image_clones_are_distinct_machines`; its boot was a third round
-    // that kept CI near its 30 minutes.
-    let images = [("boot.vmdk", "vmdk"), ("boot.qcow2", "qcow2")];
-    for pair in images.chunks(2) {
-        std::thread::scope(|s| {
-            for &(file, format) in pair {
-                let dir = dir.path();
-                s.spawn(move || boot_to_login(&dir.join("out").join(file), format, &dir.join(format!("serial-{format}.log"))));
-            }
-        });
-    }
-}
-
-fn boot_to_login(image: &std::path::Path, format: &str, log: &std::path::Path) {
-    let boot = run(std::process::Command::new(repo().join("vm-tests/boot-to-login.sh"))
-        .arg(image)
-        .args(["--format", format, "--timeout", "900", "--log"])
-        .arg(log));
-    assert!(boot.status.success(), "{format}: {}", show(&boot));
-    let serial = String::from_utf8_lossy(&std::fs::read(log).unwrap()).into_owned();
-    assert!(serial.contains("login:"), "{format}: {serial}");
-    // The getty banner carries the provisioner's mark: this is our image, not the upstream.
-    assert!(serial.contains("booted-from-imgforge"), "{format}: {serial}");
 }
 
 /// Prints the VM's identity on the serial console once it has an address and sshd ran.
@@ -75,24 +28,25 @@ key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | awk '{print $2}')
 echo "IMGFORGE-IDENTITY machine-id=$(cat /etc/machine-id) ip=$ip sshd=$(systemctl is-active ssh) hostkey=$key END" > /dev/ttyS0
 "#;
 
-/// Two VMs from one sealed image, with different MACs (one the upstream build's own): both get
-/// a DHCP address, run sshd, and have machine ids and SSH host keys of their own, unlike each
-/// other and unlike the upstream image.
+/// One sealed build (with `fs-uuids`), booted twice at once: from its VMDK and from its qcow2
+/// (each a format qemu must decode; the fixed VHD is the raw plus a footer, byte-compared with
+/// qemu-img in tests/export.rs), with different MACs, one of them the upstream build's own. Both
+/// reach a login prompt whose banner carries the provisioner's mark, get a DHCP address, run
+/// sshd, and have machine ids and SSH host keys of their own, unlike each other and unlike the
+/// upstream image. The services were started live-server style during the build and deferred
+/// to first boot. One round of two boots: a round is one to three minutes under TCG.
 #[test]
-fn sealed_image_clones_are_distinct_machines() {
-    const TEST: &str = "sealed_image_clones_are_distinct_machines";
+fn sealed_image_boots_as_distinct_machines() {
+    const TEST: &str = "sealed_image_boots_as_distinct_machines";
     if !have_root(TEST) || !have_qemu(TEST) {
         return;
     }
-    let _one = VMS.lock().unwrap_or_else(|e| e.into_inner());
     let up = cloud_upstream();
-    let dir = testdir("vmseal");
+    let dir = testdir("vmboot");
     std::fs::write(dir.path().join("report-identity"), REPORT_SCRIPT).unwrap();
     std::fs::write(dir.path().join("report.service"), REPORT_UNIT).unwrap();
-    let text = format!(
-        "[image]\nname = \"sealed\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\nname = \"live-server style\"\ninline = [\"systemctl enable --now report-identity.service\", \"service ssh restart\"]\n",
-        up = up.display()
-    );
+    let text = cloud_head("sealed", "1")
+        + "[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\nname = \"live-server style\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\", \"systemctl enable --now report-identity.service\", \"service ssh restart\"]\n[output]\nformats = [\"vhd\", \"vmdk\", \"qcow2\"]\n[seal]\nenable = [\"fs-uuids\"]\n";
     let r = recipe(dir.path(), &text);
     let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
     assert!(o.status.success(), "{}", show(&o));
@@ -102,7 +56,6 @@ fn sealed_image_clones_are_distinct_machines() {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/sealed.manifest.json")).unwrap()).unwrap();
     let deferred: Vec<&str> = manifest["services"].as_array().unwrap().iter().map(|s| s["unit"].as_str().unwrap()).collect();
     assert_eq!(deferred, ["report-identity.service", "ssh.service"], "{}", manifest["services"]);
-    let raw = dir.path().join("out/sealed.raw");
 
     // The upstream image's identity.
     let upraw = up.join("noble-like-cloudimg-amd64.raw");
@@ -112,20 +65,21 @@ fn sealed_image_clones_are_distinct_machines() {
     let up_key = String::from_utf8_lossy(&fp.stdout).split_whitespace().nth(1).unwrap().to_string();
     drop(m);
 
-    let macs = ["52:54:00:12:34:56", "52:54:00:ab:cd:ef"];
+    let vms = [("sealed.vmdk", "vmdk", "52:54:00:12:34:56"), ("sealed.qcow2", "qcow2", "52:54:00:ab:cd:ef")];
     let reports: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = macs
+        let handles: Vec<_> = vms
             .iter()
-            .enumerate()
-            .map(|(i, mac)| {
-                let (raw, log) = (&raw, dir.path().join(format!("serial-{i}.log")));
+            .map(|&(file, format, mac)| {
+                let (image, log) = (dir.path().join("out").join(file), dir.path().join(format!("serial-{format}.log")));
                 s.spawn(move || {
                     let boot = run(std::process::Command::new(repo().join("vm-tests/boot-to-login.sh"))
-                        .arg(raw)
-                        .args(["--format", "raw", "--timeout", "900", "--mac", mac, "--until", " END", "--log"])
+                        .arg(&image)
+                        .args(["--format", format, "--timeout", "900", "--mac", mac, "--until", "login:", "--until", " END", "--log"])
                         .arg(&log));
                     let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
-                    assert!(boot.status.success(), "VM {i} ({mac}): {}\n{serial}", show(&boot));
+                    assert!(boot.status.success(), "{format} ({mac}): {}\n{serial}", show(&boot));
+                    // The getty banner carries the provisioner's mark: this is our image, not the upstream.
+                    assert!(serial.contains("booted-from-imgforge"), "{format}: {serial}");
                     serial.lines().find(|l| l.contains("IMGFORGE-IDENTITY")).unwrap().to_string()
                 })
             })

@@ -32,10 +32,6 @@ pub const SALT_REQUIREMENT: &str = "salt~=3006.0";
 /// Where the wheel cache lives under imgforge's cache directory.
 const WHEEL_CACHE: &str = "salt-wheels";
 
-/// Salt's systemd module loads only when this exists; with SYSTEMD_OFFLINE set, `systemctl
-/// enable` then works offline in the chroot.
-const SYSTEMD_MARKER: &str = "/run/systemd/system";
-
 /// The run directory of step `n`.
 fn run_dir(n: usize) -> String {
     format!("{RUN_DIR}/salt-{n}")
@@ -54,12 +50,11 @@ pub fn image_paths(p: &SaltPlan, n: usize) -> Vec<String> {
 /// `cache_dir` is imgforge's cache directory (the wheel cache is in it).
 pub fn run(root: &Root, n: usize, label: &str, p: &SaltPlan, cache_dir: &Path, events: &Events) -> anyhow::Result<Summary> {
     let dir = run_dir(n);
-    let marker_made = !root.exists(Path::new(SYSTEMD_MARKER))?;
+    // Salt's systemd module loads only when /run/systemd/system exists: the build sandbox makes
+    // that marker for the whole build (chroot::sandbox), and SYSTEMD_OFFLINE below lets the
+    // image's systemctl enable units offline.
     let result = prepare_and_call(root, &dir, label, p, cache_dir, events);
     let mut cleanup = vec![root.remove_tree(Path::new(&dir))];
-    if marker_made {
-        cleanup.push(root.remove_dir(Path::new(SYSTEMD_MARKER)));
-    }
     if matches!(p.install, SaltInstall::Pip { keep: false, .. }) {
         cleanup.push(root.remove_tree(Path::new(VENV)));
     }
@@ -80,7 +75,6 @@ fn prepare_and_call(root: &Root, dir: &str, label: &str, p: &SaltPlan, cache_dir
         None => root.mkdir_all(&d.join("pillar"), 0o700)?,
     }
     root.write(&d.join("minion"), minion_config(dir, &p.minion_id).as_bytes(), 0o600)?;
-    root.mkdir_all(Path::new(SYSTEMD_MARKER), 0o755)?;
     let salt_call = match &p.install {
         SaltInstall::Pip { wheelhouse, .. } => {
             install(root, dir, label, wheelhouse.as_deref(), cache_dir, events)?;
