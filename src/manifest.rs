@@ -42,6 +42,20 @@ pub struct SourceInfo {
     pub checksums: Option<String>,
     /// Fingerprint of the key that signed the checksums.
     pub signing_key_fingerprint: Option<String>,
+    /// A layered image: the parent's registry record, pinned at build start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentInfo>,
+}
+
+/// The parent record a layered image was built from.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ParentInfo {
+    /// Its record id.
+    pub record: String,
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
 }
 
 /// Block counts of one publish.
@@ -142,6 +156,9 @@ pub struct Manifest {
     /// This build's record in the image registry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// The layer key: a hash of everything that determined this output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_key: Option<String>,
     /// The AMI, once `imgforge publish` (or `build --publish`) made one from this image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsRecord>,
@@ -242,7 +259,12 @@ mod tests {
     "url": "https://example.invalid/up.qcow2",
     "digest": "sha256:aa",
     "checksums": null,
-    "signing_key_fingerprint": "ABCD"
+    "signing_key_fingerprint": "ABCD",
+    "parent": {
+      "record": "01JD2Q3V4W5X6Y7Z8A9B0C1D2D",
+      "name": "base",
+      "version": "1.4.0"
+    }
   },
   "architecture": "x86_64",
   "drivers": {
@@ -313,6 +335,7 @@ mod tests {
   },
   "imgforge_version": "0.1.0",
   "record": "01JD2Q3V4W5X6Y7Z8A9B0C1D2E",
+  "layer_key": "sha256:cc",
   "aws": {
     "name": "web-1.2.0",
     "region": "eu-west-1",

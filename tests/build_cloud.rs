@@ -9,19 +9,9 @@ use std::path::Path;
 
 use util::*;
 
-fn cloud_recipe(up: &Path) -> String {
-    format!(
-        r#"[image]
-name = "cloud"
-version = "2.0.0"
-
-[source]
-url = "{up}/noble-like-cloudimg-amd64.img"
-checksums = "{up}/SHA256SUMS"
-signature = "{up}/SHA256SUMS.gpg"
-signing_key = "{up}/keys/vendor.asc"
-
-[disk]
+fn cloud_recipe() -> String {
+    cloud_head("cloud", "2.0.0")
+        + r#"[disk]
 size = "3GiB"
 
 [[provision]]
@@ -44,9 +34,7 @@ mode = "0644"
 [[provision]]
 type = "overlay"
 source = "overlay"
-"#,
-        up = up.display()
-    )
+"#
 }
 
 fn same_bytes(a: &Path, a_off: u64, b: &Path, b_off: u64, len: u64) -> bool {
@@ -93,7 +81,7 @@ fn cloud_image_end_to_end() {
     std::fs::write(dir.path().join("motd"), "Welcome to an imgforge image\n").unwrap();
     std::fs::create_dir_all(dir.path().join("overlay/etc/ssh/sshd_config.d")).unwrap();
     std::fs::write(dir.path().join("overlay/etc/ssh/sshd_config.d/50-test.conf"), "PasswordAuthentication no\n").unwrap();
-    let r = recipe(dir.path(), &cloud_recipe(up));
+    let r = recipe(dir.path(), &cloud_recipe());
     let db = dir.path().join("registry.db");
     let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).arg("--registry").arg(&db));
     assert_clean(dir.path());
@@ -228,18 +216,9 @@ fn free_space_carries_nothing_the_seal_removed() {
     let dir = testdir("free-space");
     let r = recipe(
         dir.path(),
-        &format!(
-            r#"[image]
-name = "scrubbed"
-version = "1.0.0"
-
-[source]
-url = "{up}/noble-like-cloudimg-amd64.img"
-checksums = "{up}/SHA256SUMS"
-signature = "{up}/SHA256SUMS.gpg"
-signing_key = "{up}/keys/vendor.asc"
-
-[disk]
+        &(cloud_head("scrubbed", "1.0.0")
+            + &format!(
+                r#"[disk]
 size = "3GiB"
 
 [[provision]]
@@ -250,9 +229,8 @@ inline = [
   "printf 'aws_secret_access_key: {secret}\\n' >> /var/lib/cloud/instances/iid-upstream-build/user-data.txt",
   "sync",
 ]
-"#,
-            up = up.display()
-        ),
+"#
+            )),
     );
     // What the upstream holds: its machine id, and the planted-to-be names in its bytes.
     let upraw = up.join("noble-like-cloudimg-amd64.raw");

@@ -11,13 +11,6 @@ use std::process::Output;
 
 use util::*;
 
-fn head(up: &Path, name: &str) -> String {
-    format!(
-        "[image]\nname = \"{name}\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n",
-        up = up.display()
-    )
-}
-
 /// `build` with the given cache directory.
 fn build_cached(dir: &Path, recipe_text: &str, files: &[(&str, &str)], cache: &Path) -> Output {
     for (p, c) in files {
@@ -140,11 +133,11 @@ const ROLE_HANDLERS: &str = "- name: restart imgforge-test\n  systemd:\n    name
 /// baseline the tools' times are compared with in the test log.
 const SHELL_BASELINE: &str = "[[provision]]\ntype = \"shell\"\nname = \"shell baseline\"\ninline = [\"apt-get update -qq\", \"apt-get install -y -qq tree >/dev/null\", \"useradd -m -s /bin/bash deploy0\", \"echo role=web > /etc/app0.conf\", 'printf \"%s\\n\" \"[Service]\" ExecStart=/bin/true \"[Install]\" WantedBy=multi-user.target > /etc/systemd/system/base0.service', \"systemctl enable base0\"]\n\n";
 
-fn ansible_recipe(up: &Path, playbook: &str) -> String {
+fn ansible_recipe(playbook: &str) -> String {
     let baseline = if playbook.ends_with("site.yml") { SHELL_BASELINE } else { "" };
     format!(
         "{}{baseline}[[provision]]\ntype = \"ansible\"\nname = \"site\"\nplaybook = \"{playbook}\"\nroles_path = [\"ansible/roles\"]\nrequirements = \"ansible/requirements.yml\"\nextra_vars = {{ role = \"web\", port = 8080 }}\n",
-        head(up, "ans")
+        cloud_head("ans", "1.0.0")
     )
 }
 
@@ -158,7 +151,6 @@ fn ansible_playbook_end_to_end() {
     if !have_root("ansible_playbook_end_to_end") || !have_ansible("ansible_playbook_end_to_end") {
         return;
     }
-    let up = cloud_upstream();
     let dir = testdir("ansible");
     let files = [
         ("ansible/site.yml", PLAYBOOK),
@@ -182,7 +174,7 @@ fn ansible_playbook_end_to_end() {
     assert!(std::process::Command::new("tar").arg("czf").arg(&tar).arg("-C").arg(&extra).arg("extra").status().unwrap().success());
     std::fs::create_dir_all(dir.path().join("ansible")).unwrap();
     std::fs::write(dir.path().join("ansible/requirements.yml"), format!("- src: file://{}\n  name: extra\n", tar.display())).unwrap();
-    let o = build(dir.path(), &ansible_recipe(up, "ansible/site.yml"), &files);
+    let o = build(dir.path(), &ansible_recipe("ansible/site.yml"), &files);
     assert!(o.status.success(), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("[site] TASK [web : template a file]"), "output not streamed with the label: {err}");
@@ -211,7 +203,7 @@ fn ansible_playbook_end_to_end() {
     let dir = testdir("ansible-fail");
     let mut files = files.to_vec();
     files.push(("ansible/requirements.yml", "---\n"));
-    let o = build(dir.path(), &ansible_recipe(up, "ansible/fail.yml"), &files);
+    let o = build(dir.path(), &ansible_recipe("ansible/fail.yml"), &files);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("task \"this task fails\"") && err.contains("\"site\" (ansible) failed"), "{err}");
@@ -277,10 +269,10 @@ imgforge-test:
       - file: /etc/systemd/system/imgforge-test.service
 "#;
 
-fn salt_recipe(up: &Path, extra: &str) -> String {
+fn salt_recipe(extra: &str) -> String {
     format!(
         "{}[[provision]]\ntype = \"salt\"\nname = \"salt\"\nstate_tree = \"salt/states\"\npillar_tree = \"salt/pillar\"\nminion_id = \"rails-base-01\"\ninstall = \"pip\"\n{extra}",
-        head(up, "slt")
+        cloud_head("slt", "1.0.0")
     )
 }
 
@@ -293,7 +285,6 @@ fn salt_masterless_end_to_end() {
         skip("salt_masterless_end_to_end", "install = \"pip\" needs the host's python3 -m pip");
         return;
     }
-    let up = cloud_upstream();
     let files = [
         ("salt/states/top.sls", "base:\n  'rails-base-*':\n    - rails\n  'db-*':\n    - broken\n"),
         ("salt/states/rails/init.sls", SALT_STATES),
@@ -308,7 +299,7 @@ fn salt_masterless_end_to_end() {
     ];
     let cache = &salt_cache().cache;
     let dir = testdir("salt");
-    let o = build_cached(dir.path(), &salt_recipe(up, ""), &files, cache);
+    let o = build_cached(dir.path(), &salt_recipe(""), &files, cache);
     assert!(o.status.success(), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("[salt] ") && err.contains("summary: "), "output not streamed with the label: {err}");
@@ -335,7 +326,7 @@ fn salt_masterless_end_to_end() {
 
     // A failing state fails the build, listing the state and its comment.
     let dir = testdir("salt-fail");
-    let o = build_cached(dir.path(), &salt_recipe(up, "states = [\"rails\", \"broken\"]\n"), &files, cache);
+    let o = build_cached(dir.path(), &salt_recipe("states = [\"rails\", \"broken\"]\n"), &files, cache);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("1 salt state(s) failed") && err.contains("state \"broken\": Command \"/bin/false\" run"), "{err}");
@@ -343,10 +334,10 @@ fn salt_masterless_end_to_end() {
     // A highstate without a top file is refused before anything runs.
     let dir = testdir("salt-notop");
     let nontop: Vec<_> = files.iter().filter(|f| f.0 != "salt/states/top.sls").copied().collect();
-    let o = build(dir.path(), &salt_recipe(up, ""), &nontop);
+    let o = build(dir.path(), &salt_recipe(""), &nontop);
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     let err = stderr(&o);
-    assert!(err.contains("recipe.toml: line 9: [[provision]] #1") && err.contains("no top.sls"), "{err}");
+    assert!(err.contains("recipe.toml: line 11: [[provision]] #1") && err.contains("no top.sls"), "{err}");
 }
 
 /// The seconds of the "installed salt… in N s from …" line, and where from.
@@ -356,10 +347,10 @@ const MARKER_TREE: [(&str, &str); 2] = [
     ("salt/states/marker.sls", "/etc/salted:\n  file.managed:\n    - contents: wheels\n"),
 ];
 
-fn marker_recipe(up: &Path, extra: &str) -> String {
+fn marker_recipe(extra: &str) -> String {
     format!(
         "{}[[provision]]\ntype = \"salt\"\nname = \"salt\"\nstate_tree = \"salt/states\"\nminion_id = \"wheels\"\ninstall = \"pip\"\n{extra}",
-        head(up, "whl")
+        cloud_head("whl", "1.0.0")
     )
 }
 
@@ -374,14 +365,13 @@ struct SaltCache {
 fn salt_cache() -> &'static SaltCache {
     static CACHE: std::sync::OnceLock<SaltCache> = std::sync::OnceLock::new();
     CACHE.get_or_init(|| {
-        let up = cloud_upstream();
         let dir = testdir("salt-cache").keep();
         let cache = dir.join("cache");
         for (p, c) in MARKER_TREE {
             std::fs::create_dir_all(dir.join(p).parent().unwrap()).unwrap();
             std::fs::write(dir.join(p), c).unwrap();
         }
-        let r = recipe(&dir, &marker_recipe(up, ""));
+        let r = recipe(&dir, &marker_recipe(""));
         let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.join("out")).arg("--cache-dir").arg(&cache));
         assert_clean(&dir);
         assert!(o.status.success(), "{}", show(&o));
@@ -433,7 +423,6 @@ fn salt_pip_wheels_are_fetched_once_then_cached_or_offline() {
         skip(test, "install = \"pip\" needs the host's python3 -m pip");
         return;
     }
-    let up = cloud_upstream();
     let filled = salt_cache();
     let (cache, entry, first) = (&filled.cache, &filled.entry, filled.first_install);
     let dir = testdir("salt-wheels");
@@ -442,7 +431,7 @@ fn salt_pip_wheels_are_fetched_once_then_cached_or_offline() {
         std::fs::write(dir.path().join(p), c).unwrap();
     }
     let build_with = |mut cmd: std::process::Command, extra: &str, cache: &Path| {
-        let r = recipe(dir.path(), &marker_recipe(up, extra));
+        let r = recipe(dir.path(), &marker_recipe(extra));
         let o = run(cmd.arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).arg("--cache-dir").arg(cache));
         assert_clean(dir.path());
         o
@@ -505,11 +494,11 @@ file { '/etc/systemd/system/imgforge-test.service': source => 'puppet:///modules
 include app
 "#;
 
-fn puppet_recipe(up: &Path, manifest: &str) -> String {
+fn puppet_recipe(manifest: &str) -> String {
     format!(
         "{}[[provision]]\ntype = \"shell\"\nname = \"install puppet\"\ninline = [\"apt-get update -qq\", \"apt-get install -y -qq --no-install-recommends puppet >/dev/null\"]\n\n\
          [[provision]]\ntype = \"puppet\"\nname = \"puppet\"\nmanifest = \"{manifest}\"\nmodule_path = [\"puppet/modules\"]\nfacts = {{ role = \"web\" }}\ncertname = \"web-base\"\n",
-        head(up, "pup")
+        cloud_head("pup", "1.0.0")
     )
 }
 
@@ -518,7 +507,6 @@ fn puppet_apply_end_to_end() {
     if !have_root("puppet_apply_end_to_end") {
         return;
     }
-    let up = cloud_upstream();
     let files = [
         ("puppet/site.pp", MANIFEST),
         ("puppet/modules/app/manifests/init.pp", "class app {\n  file { '/etc/app.conf': content => template('app/app.conf.erb') }\n}\n"),
@@ -533,7 +521,7 @@ fn puppet_apply_end_to_end() {
         ),
     ];
     let dir = testdir("puppet");
-    let o = build(dir.path(), &puppet_recipe(up, "puppet/site.pp"), &files);
+    let o = build(dir.path(), &puppet_recipe("puppet/site.pp"), &files);
     assert!(o.status.success(), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("[puppet] Notice: /Stage[main]/App/File[/etc/app.conf]/ensure"), "output not streamed with the label: {err}");
@@ -559,7 +547,7 @@ fn puppet_apply_end_to_end() {
 
     // A failing resource fails the build, named.
     let dir = testdir("puppet-fail");
-    let o = build(dir.path(), &puppet_recipe(up, "puppet/fail.pp"), &files);
+    let o = build(dir.path(), &puppet_recipe("puppet/fail.pp"), &files);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = stderr(&o);
     assert!(err.contains("failed resources") && err.contains("Exec[this resource fails]"), "{err}");

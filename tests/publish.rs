@@ -518,6 +518,67 @@ fn build_publish_records_the_ami_in_the_manifest() {
         let got = object(&moto.url(), region, "builds", &format!("small/{file}"));
         assert_eq!(got["sha256"], hex::encode(sha2::Sha256::digest(&local)), "{file}");
     }
+
+    // A child built on it by a parent query and published in the same region: a delta over the
+    // parent's snapshot, found in the registry, sending no more than the changed blocks plus 1%.
+    let child = "[image]\nname = \"child\"\nversion = \"1.1.0\"\n[source]\nparent = { name = \"small\" }\n\n[[provision]]\ntype = \"shell\"\ninline = [\"echo child > /etc/child\"]\n\n[aws]\nname = \"{name}-{version}\"\n";
+    std::fs::write(dir.path().join("child.toml"), child).unwrap();
+    let mut c = imgforge();
+    c.arg("build")
+        .arg(dir.path().join("child.toml"))
+        .arg("--output-dir")
+        .arg(dir.path().join("out"))
+        .arg("--publish")
+        .arg("--registry")
+        .arg(&db);
+    aws_env(&mut c, &moto.url(), region);
+    let o = run(&mut c);
+    assert_clean(dir.path());
+    assert!(o.status.success(), "{}", show(&o));
+    let cm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/child.manifest.json")).unwrap()).unwrap();
+    let caws = &cm["aws"];
+    assert_eq!(caws["parent_snapshot"], aws["snapshot_id"], "{caws}");
+    let changed = changed_blocks(&dir.path().join("out/small.raw"), &dir.path().join("out/child.raw"));
+    let (sent, total) = (caws["blocks"]["sent"].as_u64().unwrap(), caws["blocks"]["total"].as_u64().unwrap());
+    eprintln!("child publish: {sent} blocks sent, {changed} changed, {total} in the volume");
+    assert!(changed > 0 && sent <= changed + total.div_ceil(100), "sent {sent}, changed {changed}, total {total}");
+    // The child snapshot read as EBS serves an incremental one (moto ignores the parent): the
+    // parent's blocks overlaid by the child's are the whole child raw.
+    let mut merged: BTreeMap<u64, String> = snapshot_blocks(&moto.url(), region, aws["snapshot_id"].as_str().unwrap());
+    merged.extend(snapshot_blocks(&moto.url(), region, caws["snapshot_id"].as_str().unwrap()));
+    let zero = hex::encode(sha2::Sha256::digest(vec![0u8; BLOCK as usize]));
+    merged.retain(|_, h| *h != zero);
+    assert_eq!(merged, nonzero_blocks(&dir.path().join("out/child.raw")));
+    let child_ami = caws["images"][region].as_str().unwrap();
+    let st = state(&moto.url(), region);
+    let image = st["images"].as_array().unwrap().iter().find(|i| i["ImageId"] == child_ami).unwrap().clone();
+    let t = tags(&image);
+    assert_eq!(t["RecordId"], cm["record"].as_str().unwrap());
+    assert_eq!(t["LayerKey"], cm["layer_key"].as_str().unwrap());
+    assert_eq!(t["Ancestor"], format!("small 1.0.0 ({})", m["record"].as_str().unwrap()));
+    let description = image["Description"].as_str().unwrap();
+    assert_eq!(
+        description,
+        format!("name=child-1.1.0, arch=x86_64, ancestor_name=small, ancestor_id={ami}, ancestor_version=1.0.0, version=1.1.0")
+    );
+}
+
+/// How many 512 KiB blocks differ between two raws of one size.
+fn changed_blocks(a: &Path, b: &Path) -> u64 {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    assert_eq!(fa.metadata().unwrap().len(), fb.metadata().unwrap().len());
+    let (mut ba, mut bb) = (vec![0u8; 512 << 10], vec![0u8; 512 << 10]);
+    let mut n = 0;
+    loop {
+        let ra = fa.read(&mut ba).unwrap();
+        if ra == 0 {
+            return n;
+        }
+        fb.read_exact(&mut bb[..ra]).unwrap();
+        n += u64::from(ba[..ra] != bb[..ra]);
+    }
 }
 
 #[test]

@@ -96,12 +96,9 @@ fn residue_fails_names_the_file_and_can_be_downgraded() {
     if !have_root("residue_fails_names_the_file_and_can_be_downgraded") {
         return;
     }
-    let up = cloud_upstream();
     let dir = testdir("seal-residue");
-    let text = format!(
-        "[image]\nname = \"res\"\nversion = \"1\"\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\n  \"mkdir -p /opt/app\",\n  \"printf 'aws_access_key_id = AKIAIOSFODNN7EXAMPLE\\\\n' > /opt/app/credentials\",\n  \"printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\\\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\\\\n-----END OPENSSH PRIVATE KEY-----\\\\n' > /opt/app/deploy_key\",\n]\n",
-        up = up.display()
-    );
+    let text = cloud_head("res", "1")
+        + "[[provision]]\ntype = \"shell\"\ninline = [\n  \"mkdir -p /opt/app\",\n  \"printf 'aws_access_key_id = AKIAIOSFODNN7EXAMPLE\\\\n' > /opt/app/credentials\",\n  \"printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\\\\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\\\\n-----END OPENSSH PRIVATE KEY-----\\\\n' > /opt/app/deploy_key\",\n]\n";
     let r = recipe(dir.path(), &text);
     let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));

@@ -34,10 +34,15 @@ pub struct Args {
     /// and no output is written.
     #[arg(long)]
     pub seal_dry_run: bool,
-    /// The registry to record the build in: a SQLite file or `sqlite:PATH` (default:
-    /// $IMGFORGE_REGISTRY or /var/lib/imgforge/registry.db).
+    /// The registry to record the build in (and to find a `[source] parent` in): a SQLite
+    /// file, `sqlite:PATH` or `postgres://…` (default: $IMGFORGE_REGISTRY or
+    /// /var/lib/imgforge/registry.db).
     #[arg(long)]
     pub registry: Option<String>,
+    /// Build even when the registry has a record with this build's layer key and its outputs
+    /// (a new record; history is never overwritten).
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 /// Runs a build.
@@ -61,11 +66,25 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         cache_dir: a.cache_dir.clone().unwrap_or_else(crate::source::fetch::default_cache_dir),
         seal_dry_run: a.seal_dry_run,
         registry: a.registry.clone(),
+        rebuild: a.rebuild,
     };
     let manifest = match crate::pipeline::build::run(&plan, &opts, &events)? {
         crate::pipeline::build::Outcome::Built(m) => m,
         crate::pipeline::build::Outcome::SealPlan(report) => {
             print!("{}", report.text());
+            return Ok(());
+        }
+        crate::pipeline::build::Outcome::UpToDate(r) => {
+            if g.json {
+                events.result(super::events::Outcome::UpToDate(&r))?;
+            } else {
+                println!("up to date: {} {} {}", r.name, r.version, r.id);
+            }
+            // Publishing an image already built: its own manifest (publish reuses an AMI that
+            // already holds it).
+            if let (true, Some(settings)) = (a.publish, plan.aws.clone()) {
+                publish(g, a, &events, std::path::PathBuf::from(&r.manifest), settings)?;
+            }
             return Ok(());
         }
     };
@@ -74,18 +93,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     }
     events.result(super::events::Outcome::Build(&manifest))?;
     if let (true, Some(settings)) = (a.publish, plan.aws.clone()) {
-        let req = crate::publish::Request {
-            image: plan.output_dir.join(format!("{}.manifest.json", plan.name)),
-            settings,
-            endpoint_url: a.endpoint_url.clone(),
-            parent: None,
-            force: false,
-            dry_run: false,
-        };
-        if let Some(rec) = crate::publish::run(&req, &events)? {
-            super::image::record_published(a.registry.as_deref(), &req.image, &rec.images, &events)?;
-            super::publish::report(g, &events, &rec)?;
-        }
+        publish(g, a, &events, plan.output_dir.join(format!("{}.manifest.json", plan.name)), settings)?;
     }
     // After the publish, so the manifest uploaded holds the AMI ids too.
     if let Some(dest) = &plan.upload {
@@ -98,4 +106,29 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--publish`: the build's manifest to AMIs, the ids into the registry record.
+fn publish(g: &Global, a: &Args, events: &Events, manifest: PathBuf, settings: crate::publish::options::AwsSettings) -> anyhow::Result<()> {
+    let region = settings.region.clone().or_else(env_region);
+    let (parent, ancestor_ami) = super::image::parent_published(a.registry.as_deref(), &manifest, region.as_deref(), events)?;
+    let req = crate::publish::Request {
+        image: manifest,
+        settings,
+        endpoint_url: a.endpoint_url.clone(),
+        parent,
+        ancestor_ami,
+        force: false,
+        dry_run: false,
+    };
+    if let Some(rec) = crate::publish::run(&req, events)? {
+        super::image::record_published(a.registry.as_deref(), &req.image, &rec, events)?;
+        super::publish::report(g, events, &rec)?;
+    }
+    Ok(())
+}
+
+/// The region the AWS SDK would take from the environment.
+pub fn env_region() -> Option<String> {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
 }

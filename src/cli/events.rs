@@ -20,6 +20,8 @@ pub enum Outcome<'a> {
     Publish(&'a AwsRecord),
     /// `imgforge export`: the outputs written and uploaded.
     Export(&'a Exported),
+    /// `imgforge build` with nothing to build: the registry record that is up to date.
+    UpToDate(&'a crate::registry::Record),
 }
 
 /// The result of `imgforge export`.

@@ -12,8 +12,8 @@ use crate::registry::{Query, Record};
 /// Arguments of `imgforge image`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The registry: a SQLite file, `sqlite:PATH` (default: $IMGFORGE_REGISTRY or
-    /// /var/lib/imgforge/registry.db).
+    /// The registry: a SQLite file, `sqlite:PATH` or `postgres://…` (default:
+    /// $IMGFORGE_REGISTRY or /var/lib/imgforge/registry.db).
     #[arg(long, global = true)]
     pub registry: Option<String>,
     #[command(subcommand)]
@@ -31,6 +31,14 @@ enum Sub {
     },
     /// Find exactly one image (exit 1: none; exit 2: several, unless --latest).
     Find(FindArgs),
+    /// Print the image's software bill of materials (its recorded package list) as JSON.
+    Sbom {
+        /// ID, NAME or NAME@VERSION.
+        image: String,
+        /// cyclonedx (1.5) or spdx (2.3).
+        #[arg(long, value_enum, default_value = "cyclonedx")]
+        format: crate::registry::sbom::Format,
+    },
 }
 
 /// Filters shared by `list` and `find`.
@@ -118,10 +126,15 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         Sub::Show { image } => {
             let r = crate::registry::resolve(&*store, image)?.ok_or_else(|| anyhow!("no image {image} in the registry"))?;
             if g.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                print!("{}", crate::registry::json::record(&r)?);
             } else {
                 print!("{}", describe(&r));
             }
+            Ok(())
+        }
+        Sub::Sbom { image, format } => {
+            let r = crate::registry::resolve(&*store, image)?.ok_or_else(|| anyhow!("no image {image} in the registry"))?;
+            println!("{}", serde_json::to_string_pretty(&crate::registry::sbom::document(&r, *format))?);
             Ok(())
         }
         Sub::Find(f) => {
@@ -150,18 +163,23 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     }
 }
 
-/// After a publish: adds the AMI ids to the registry record the manifest names (a manifest of
-/// an older build, or of a build recorded in another registry, gets a notice).
+/// After a publish: adds the AMI ids and the snapshot id to the registry record the manifest
+/// names (a manifest of an older build, or of a build recorded in another registry, gets a
+/// notice).
 pub fn record_published(
     registry: Option<&str>,
     manifest: &std::path::Path,
-    amis: &std::collections::BTreeMap<String, String>,
+    rec: &crate::manifest::AwsRecord,
     events: &crate::progress::Events,
 ) -> anyhow::Result<()> {
     let Ok(m) = crate::manifest::read(manifest) else { return Ok(()) };
     let Some(id) = m.record else { return Ok(()) };
     let mut store = crate::registry::open(registry)?;
-    if store.add_amis(&id, amis)? {
+    let published = crate::registry::Published {
+        amis: rec.images.clone(),
+        snapshots: std::collections::BTreeMap::from([(rec.region.clone(), rec.snapshot_id.clone())]),
+    };
+    if store.add_published(&id, &published)? {
         events.output("registry", &format!("recorded the AMI ids in {id}"));
     } else {
         events.notice(&format!("record {id} (from {}) is not in this registry: its AMI ids are not recorded there", manifest.display()));
@@ -169,9 +187,43 @@ pub fn record_published(
     Ok(())
 }
 
+/// A delta base (snapshot id, parent raw) and the parent's AMI id.
+type ParentPublished = (Option<(String, std::path::PathBuf)>, Option<String>);
+
+/// For a layered image's manifest, from the registry: its parent's snapshot in `region` with
+/// the parent's raw (the base of a delta upload: only the blocks that differ are sent), and the
+/// parent's AMI id there. Nothing when the image is not layered, the parent was not published
+/// in that region, or its raw is gone (then with a notice: the upload is a full one).
+pub fn parent_published(
+    registry: Option<&str>,
+    manifest: &std::path::Path,
+    region: Option<&str>,
+    events: &crate::progress::Events,
+) -> anyhow::Result<ParentPublished> {
+    let Ok(m) = crate::manifest::read(manifest) else { return Ok((None, None)) };
+    let (Some(parent), Some(region)) = (m.source.parent, region) else { return Ok((None, None)) };
+    let store = crate::registry::open(registry)?;
+    let Some(r) = store.get(&parent.record)? else {
+        events.notice(&format!("the parent record {} is not in this registry: no delta upload", parent.record));
+        return Ok((None, None));
+    };
+    let ami = r.amis.get(region).cloned();
+    let Some(snap) = r.snapshots.get(region) else { return Ok((None, ami)) };
+    match r.outputs.iter().find(|o| o.format == "raw" && o.in_place()) {
+        Some(raw) => {
+            events.output("publish", &format!("delta upload over {} {}'s snapshot {snap}", r.name, r.version));
+            Ok((Some((snap.clone(), std::path::PathBuf::from(&raw.path))), ami))
+        }
+        None => {
+            events.notice(&format!("the raw of {} {} ({}) is gone: a full upload instead of a delta over {snap}", r.name, r.version, r.id));
+            Ok((None, ami))
+        }
+    }
+}
+
 fn print_records(g: &Global, records: &[Record]) -> anyhow::Result<()> {
     if g.json {
-        println!("{}", serde_json::to_string_pretty(records)?);
+        print!("{}", crate::registry::json::records(records)?);
         return Ok(());
     }
     for r in records {

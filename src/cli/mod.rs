@@ -8,7 +8,9 @@ mod events;
 mod export;
 mod image;
 mod inspect;
+mod layers;
 mod publish;
+mod registry;
 mod sandbox_exec;
 mod seal;
 mod validate;
@@ -59,6 +61,12 @@ enum Command {
     Seal(seal::Args),
     /// Query the image registry: every build is recorded there.
     Image(image::Args),
+    /// Serve the registry over HTTP: a read-only JSON API and a page with the lineage tree.
+    Registry(registry::Args),
+    /// Say, input by input, why a build of the recipe would rebuild (or that it is up to date).
+    Explain(layers::ExplainArgs),
+    /// List the images and recipes whose parent query now finds a newer parent.
+    Outdated(layers::OutdatedArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(docs::CompletionsArgs),
     /// Write the man pages (imgforge.1 and one per subcommand) into a directory.
@@ -88,6 +96,9 @@ pub fn main() -> ExitCode {
         Command::Publish(a) => publish::run(&cli.global, a),
         Command::Seal(a) => seal::run(&cli.global, a),
         Command::Image(a) => image::run(&cli.global, a),
+        Command::Registry(a) => registry::run(a),
+        Command::Explain(a) => layers::explain(&cli.global, a),
+        Command::Outdated(a) => layers::outdated(&cli.global, a),
         Command::Completions(a) => docs::completions(Cli::command(), a),
         Command::Manpages(a) => docs::manpages(Cli::command(), a),
         Command::SandboxExec(a) => return sandbox_exec::run(a),

@@ -137,18 +137,27 @@ fn settings(a: &Args) -> anyhow::Result<AwsSettings> {
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let settings = settings(a)?;
     crate::host::signals::install().context("Failed to install signal handlers")?;
+    let events = Events::new(g.json);
+    let given = a.parent_snapshot.clone().zip(a.parent_image.clone());
+    let is_manifest = a.image.to_string_lossy().ends_with(".manifest.json");
+    let region = settings.region.clone().or_else(super::build::env_region);
+    let (found, ancestor_ami) = if is_manifest {
+        super::image::parent_published(a.registry.as_deref(), &a.image, region.as_deref(), &events)?
+    } else {
+        (None, None)
+    };
     let req = Request {
         image: a.image.clone(),
         settings,
         endpoint_url: a.endpoint_url.clone(),
-        parent: a.parent_snapshot.clone().zip(a.parent_image.clone()),
+        parent: given.or(found),
+        ancestor_ami,
         force: a.force,
         dry_run: a.dry_run,
     };
-    let events = Events::new(g.json);
     if let Some(rec) = publish(&req, &events)? {
-        if req.image.to_string_lossy().ends_with(".manifest.json") {
-            super::image::record_published(a.registry.as_deref(), &req.image, &rec.images, &events)?;
+        if is_manifest {
+            super::image::record_published(a.registry.as_deref(), &req.image, &rec, &events)?;
         }
         report(g, &events, &rec)?;
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::Global;
-use crate::recipe::plan::{Overrides, load_plan};
+use crate::recipe::plan::{Origin, Overrides, load_plan};
 
 /// Arguments of `imgforge validate`.
 #[derive(Debug, clap::Args)]
@@ -16,7 +16,11 @@ pub struct Args {
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let plan = load_plan(&a.recipe, &Overrides::default())?;
     // A pinned key that does not parse would only fail at build time: check it here.
-    let key = match &plan.source.signing_key {
+    let signing_key = match &plan.source {
+        Origin::Upstream(s) => s.signing_key.as_ref(),
+        Origin::Parent(_) => None,
+    };
+    let key = match signing_key {
         Some(p) => {
             let bytes = crate::source::verify::read_key(p)?;
             let fpr = crate::source::signature::fingerprint(&bytes).map_err(|e| {
@@ -39,7 +43,10 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     } else {
         println!("{}: ok", a.recipe.display());
         println!("  image    {} {}", plan.name, plan.version.as_deref().unwrap_or("(version from git describe)"));
-        println!("  source   {}", plan.source.image);
+        match &plan.source {
+            Origin::Upstream(s) => println!("  source   {}", s.image),
+            Origin::Parent(q) => println!("  parent   {}", crate::pipeline::parent::describe(q)),
+        }
         if let Some(fpr) = &key {
             println!("  key      {fpr}");
         }

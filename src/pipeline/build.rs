@@ -22,6 +22,7 @@ use crate::manifest::{Manifest, SourceInfo};
 use crate::progress::Events;
 use crate::provision::StepReport;
 use crate::recipe::BuildPlan;
+use crate::recipe::plan::Origin;
 use crate::seal::SealReport;
 use crate::source::verify::{VerifiedSource, verify_source};
 use crate::stamp::version;
@@ -47,6 +48,8 @@ pub struct Options {
     pub seal_dry_run: bool,
     /// The registry the build is recorded in (`None`: $IMGFORGE_REGISTRY or the default).
     pub registry: Option<String>,
+    /// Build even when a record with the same layer key and its outputs exists.
+    pub rebuild: bool,
 }
 
 /// Step timings, in order.
@@ -70,6 +73,27 @@ impl Timings {
 /// `--seal-dry-run` (then nothing is written).
 pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<Outcome> {
     crate::provision::preflight(&plan.steps)?;
+    let mut store = crate::registry::open(opts.registry.as_deref()).context("Failed to open the image registry")?;
+    let (parent, upstream) = match &plan.source {
+        Origin::Upstream(s) => (None, Some(s)),
+        Origin::Parent(q) => {
+            let p = super::parent::resolve(&*store, q)?;
+            events.output("parent", &format!("building on {}", p.describe()));
+            (Some(p), None)
+        }
+    };
+    let key = super::layer::compute(plan, parent.as_ref(), upstream)?;
+    if !opts.rebuild
+        && !opts.seal_dry_run
+        && let Some(r) = super::layer::up_to_date(&*store, &plan.name, &key.key)?
+    {
+        return Ok(Outcome::UpToDate(Box::new(r)));
+    }
+    let source = match (&parent, upstream) {
+        (Some(p), _) => p.source_plan(),
+        (None, Some(u)) => u.clone(),
+        (None, None) => bail!("the build has neither a parent nor an upstream image"),
+    };
     let version = match &plan.version {
         Some(v) => v.clone(),
         None => version::git_describe(&plan.recipe_dir)?,
@@ -77,8 +101,7 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
     std::fs::create_dir_all(&plan.output_dir)
         .with_context(|| format!("Failed to create the output directory {}", plan.output_dir.display()))?;
     let mut t = Timings::default();
-    let src =
-        t.time(events, "verify", &format!("verifying {}", plan.source.image), || verify_source(&plan.source, &opts.cache_dir, events))?;
+    let src = t.time(events, "verify", &format!("verifying {}", source.image), || verify_source(&source, &opts.cache_dir, events))?;
     let work = WorkDisk::create(&plan.output_dir)?;
     let size = t.time(events, "convert", "making the raw working disk", || {
         let counter = AtomicU64::new(0);
@@ -91,11 +114,16 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
         git_commit: version::git_commit(&plan.recipe_dir).unwrap_or_default(),
         build_date: stamp::rfc3339(stamp::build_time()),
         source_digest: format!("{}:{}", src.algo.name().to_ascii_lowercase(), src.digest),
-        ancestor: plan.source.image.ancestor(),
+        ancestor: match &parent {
+            Some(p) => format!("{} {}", p.record.name, p.record.version),
+            None => source.image.ancestor(),
+        },
+        parent: parent.as_ref().map(|p| (p.record.id.clone(), p.record.name.clone(), p.record.version.clone())),
     };
+    let layer = Layer { key, parent: parent.map(|p| p.record), store: &mut *store };
     match customize(plan, opts, &work, size, &stamp, &mut t, events) {
         Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(Box::new(c.seal))),
-        Ok(c) => finish(plan, opts, work, &src, &stamp, c, t, events).map(Outcome::Built),
+        Ok(c) => finish(plan, work, &src, &stamp, c, layer, t, events).map(Outcome::Built),
         Err(e) => {
             if opts.on_error == OnError::Keep {
                 let kept = plan.output_dir.join(format!("{}.failed.raw", plan.name));
@@ -122,6 +150,8 @@ struct Customized {
     packages: Vec<crate::registry::packages::Package>,
     /// Kernel versions in the image.
     kernels: Vec<String>,
+    /// os-release `ID`.
+    distribution: Option<String>,
     seal: SealReport,
     /// The image's architecture (`arch.rs`), when an executable says.
     architecture: Option<&'static str>,
@@ -242,8 +272,9 @@ fn inside(
     drop(sandbox);
     let packages = crate::registry::packages::installed(&m.root)?;
     let kernels = crate::registry::packages::kernels(&m.root)?;
+    let distribution = crate::registry::packages::distribution(&m.root)?;
     if opts.seal_dry_run {
-        return Ok(Customized { provisioners, services, sysctls, packages, kernels, seal, architecture, drivers });
+        return Ok(Customized { provisioners, services, sysctls, packages, kernels, distribution, seal, architecture, drivers });
     }
     let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
     if seal.errors().next().is_some() {
@@ -259,7 +290,7 @@ fn inside(
         events.notice(&gap);
         seal.free_space.push(gap);
     }
-    Ok(Customized { provisioners, services, sysctls, packages, kernels, seal, architecture, drivers })
+    Ok(Customized { provisioners, services, sysctls, packages, kernels, distribution, seal, architecture, drivers })
 }
 
 /// Logs each deferred start, and warns about units asked to run that will not run at boot.
@@ -291,11 +322,20 @@ fn seal_context(plan: &BuildPlan, dry_run: bool) -> crate::seal::Context {
     crate::seal::Context { build_hostname, provisioner_paths, host_paths, dry_run, ..Default::default() }
 }
 
+/// What registering a build needs: its layer key, its parent's record, the registry.
+struct Layer<'a> {
+    key: super::layer::LayerKey,
+    parent: Option<crate::registry::Record>,
+    store: &'a mut dyn crate::registry::Store,
+}
+
 /// How a build ended.
 #[derive(Debug)]
 pub enum Outcome {
     /// Outputs written.
     Built(Box<Manifest>),
+    /// Nothing built: this record has the same layer key and its outputs are in place.
+    UpToDate(Box<crate::registry::Record>),
     /// `--seal-dry-run`: the plan, nothing written.
     SealPlan(Box<SealReport>),
 }
@@ -331,11 +371,11 @@ fn provision_window(plan: &BuildPlan, cache_dir: &Path, m: &Mounted, events: &Ev
 #[allow(clippy::too_many_arguments)]
 fn finish(
     plan: &BuildPlan,
-    opts: &Options,
     work: WorkDisk,
     src: &VerifiedSource,
     stamp: &Stamp,
     c: Customized,
+    layer: Layer<'_>,
     mut t: Timings,
     events: &Events,
 ) -> anyhow::Result<Box<Manifest>> {
@@ -377,7 +417,7 @@ fn finish(
     }
     let seal_name = format!("{}.seal.json", plan.name);
     crate::manifest::write(&c.seal, &plan.output_dir.join(&seal_name))?;
-    let (packages, kernels) = (c.packages, c.kernels);
+    let (packages, kernels, distribution) = (c.packages, c.kernels, c.distribution);
     let mut manifest = Manifest {
         schema: crate::manifest::SCHEMA,
         name: plan.name.clone(),
@@ -392,6 +432,11 @@ fn finish(
             digest: stamp.source_digest.clone(),
             checksums: src.sums_url.clone(),
             signing_key_fingerprint: src.key_fingerprint.clone(),
+            parent: layer.parent.as_ref().map(|p| crate::manifest::ParentInfo {
+                record: p.id.clone(),
+                name: p.name.clone(),
+                version: p.version.clone(),
+            }),
         },
         architecture: c.architecture.map(str::to_string),
         drivers: c.drivers,
@@ -403,14 +448,28 @@ fn finish(
         seal: c.seal.summary(&seal_name),
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
         record: None,
+        layer_key: Some(layer.key.key.clone()),
         aws: None,
         extra: Default::default(),
     };
     let path = plan.output_dir.join(format!("{}.manifest.json", plan.name));
-    let record = record_of(plan, &manifest, &path, &plan.output_dir.join(&seal_name), packages, kernels);
-    let mut store = crate::registry::open(opts.registry.as_deref()).context("Failed to open the image registry")?;
-    store.register(&record).context("Failed to record the build in the image registry")?;
-    events.output("registry", &format!("recorded {} {} as {}", record.name, record.version, record.id));
+    let mut record = record_of(plan, &manifest, &path, &plan.output_dir.join(&seal_name), packages, kernels);
+    record.distribution = distribution;
+    record.layer_key = Some(layer.key.key);
+    record.layer_inputs = layer.key.inputs;
+    if let Some(p) = &layer.parent {
+        record.parent.record = Some(p.id.clone());
+        record.parent.name = Some(p.name.clone());
+        record.parent.version = Some(p.version.clone());
+        record.parent.url = None;
+    }
+    let started = Instant::now();
+    layer.store.register(&record).context("Failed to record the build in the image registry")?;
+    let took = started.elapsed().as_secs_f64();
+    events.output(
+        "registry",
+        &format!("recorded {} {} as {} ({} packages, in {took:.3} s)", record.name, record.version, record.id, record.packages.len()),
+    );
     manifest.record = Some(record.id);
     crate::manifest::write(&manifest, &path)?;
     Ok(Box::new(manifest))
@@ -440,21 +499,30 @@ fn record_of(
         status: "candidate".into(),
         build_date: m.build_date.clone(),
         git_commit: m.git_commit.clone(),
-        git_tag: None,
+        git_tag: version::git_tag(&plan.recipe_dir),
         labels: plan.labels.clone(),
         layer_key: None,
-        parent: Parent { record: None, url: Some(m.source.url.clone()), digest: m.source.digest.clone() },
+        layer_inputs: Default::default(),
+        parent: Parent { url: Some(m.source.url.clone()), digest: m.source.digest.clone(), ..Parent::default() },
         architecture: m.architecture.clone(),
+        distribution: None,
         kernels,
         packages,
         outputs: m
             .outputs
             .iter()
-            .map(|o| Output { format: o.format.clone(), path: abs(Path::new(&o.path)), size: o.size, sha256: o.sha256.clone() })
+            .map(|o| Output {
+                format: o.format.clone(),
+                path: abs(Path::new(&o.path)),
+                size: o.size,
+                sha256: o.sha256.clone(),
+                file_id: Output::file_id_of(Path::new(&o.path)),
+            })
             .collect(),
         manifest: abs(manifest_path),
         seal_report: Some(abs(seal_path)),
         amis: Default::default(),
+        snapshots: Default::default(),
         owner,
         recipe: abs(&plan.recipe_path),
     }

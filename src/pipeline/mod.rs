@@ -6,6 +6,8 @@
 //! - [`seal`]: `imgforge seal IMAGE` — convert (qcow2) → attach + mount → seal → write back.
 
 pub mod build;
+pub mod layer;
+pub mod parent;
 pub mod seal;
 
 use anyhow::Context as _;

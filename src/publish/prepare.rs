@@ -25,8 +25,10 @@ pub struct Request {
     pub settings: AwsSettings,
     /// `--endpoint-url`.
     pub endpoint_url: Option<String>,
-    /// `--parent-snapshot` and `--parent-image`.
+    /// `--parent-snapshot` and `--parent-image`, or the registry's for a layered image.
     pub parent: Option<(String, PathBuf)>,
+    /// A layered image whose parent has an AMI in the region: its id (for the description).
+    pub ancestor_ami: Option<String>,
     /// Replace an AMI of the same name built from other bytes.
     pub force: bool,
     /// Print the calls, make none.
@@ -138,9 +140,12 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
         ),
     };
     let volume_gib = req.settings.volume_size.unwrap_or(snapshot_gib);
-    let ancestor = parent.as_ref().map(|p| p.snapshot.clone()).or(meta.source.clone());
+    let ancestor = match &meta.parent {
+        Some(p) => Some(format!("{} {} ({})", p.name, p.version, p.record)),
+        None => parent.as_ref().map(|p| p.snapshot.clone()).or(meta.source.clone()),
+    };
     let tags = image_tags(&name, &meta, ancestor, &source_digest, &req.settings.tags);
-    let description: String = format!("{name}: built by imgforge from {}", source_digest).chars().take(255).collect();
+    let description = description(&name, arch.as_str(), &meta, req.ancestor_ami.as_deref(), &source_digest);
     let file = Arc::new(input.file.try_clone().with_context(|| format!("Failed to reopen {}", input.path.display()))?);
     Ok(Prepared {
         input,
@@ -213,8 +218,24 @@ fn upload_mode(has_parent: bool, encrypted: bool, notices: &mut Vec<String>) -> 
     }
 }
 
-/// The tags on the snapshot and the AMI: Name, Version, Commit, Recipe, Ancestor, SourceDigest,
-/// BuiltBy, then the user's (which win).
+/// The AMI description, in the Netflix/Spinnaker (Aminator) convention: `name=…, arch=…,
+/// ancestor_name=…, ancestor_id=…, ancestor_version=…, version=…`. The ancestor is the parent
+/// image (its AMI id in this region when it has one, else its record id) or the upstream image
+/// (its digest). At most 255 characters. Pure.
+fn description(name: &str, arch: &str, meta: &ManifestFields, ancestor_ami: Option<&str>, source_digest: &str) -> String {
+    let (an, aid, av) = match &meta.parent {
+        Some(p) => (p.name.clone(), ancestor_ami.unwrap_or(&p.record).to_string(), p.version.clone()),
+        None => ("upstream".to_string(), meta.source.clone().unwrap_or_else(|| source_digest.to_string()), String::new()),
+    };
+    let version = meta.version.as_deref().unwrap_or_default();
+    format!("name={name}, arch={arch}, ancestor_name={an}, ancestor_id={aid}, ancestor_version={av}, version={version}")
+        .chars()
+        .take(255)
+        .collect()
+}
+
+/// The tags on the snapshot and the AMI: Name, Version, Commit, Recipe, Ancestor, RecordId,
+/// LayerKey, SourceDigest, BuiltBy, then the user's (which win).
 fn image_tags(
     name: &str,
     meta: &ManifestFields,
@@ -232,14 +253,23 @@ fn image_tags(
     if let Some(a) = ancestor {
         tags.insert("Ancestor".into(), a.chars().take(255).collect());
     }
+    for (k, v) in [("RecordId", &meta.record), ("LayerKey", &meta.layer_key)] {
+        if let Some(v) = v {
+            tags.insert(k.to_string(), v.clone());
+        }
+    }
     tags.insert("SourceDigest".into(), source_digest.to_string());
     tags.insert("BuiltBy".into(), "imgforge".into());
     tags.extend(extra.clone());
     tags
 }
 
+/// What publishing takes from a build manifest.
 #[derive(Debug, Default)]
 struct ManifestFields {
+    record: Option<String>,
+    layer_key: Option<String>,
+    parent: Option<crate::manifest::ParentInfo>,
     version: Option<String>,
     commit: Option<String>,
     recipe: Option<String>,
@@ -255,6 +285,9 @@ fn manifest_fields(input: &Input) -> anyhow::Result<ManifestFields> {
     };
     let s = |x: &str| (!x.is_empty()).then(|| x.to_string());
     Ok(ManifestFields {
+        record: m.record.clone(),
+        layer_key: m.layer_key.clone(),
+        parent: m.source.parent.clone(),
         version: s(&m.version),
         commit: m.git_commit.as_deref().and_then(s),
         recipe: s(&m.recipe).map(|r| r.chars().take(255).collect()),

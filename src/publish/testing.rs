@@ -18,7 +18,7 @@ pub fn prepared(dir: &std::path::Path, settings: AwsSettings) -> Prepared {
     f.write_all_at(&[7u8; 1 << 20], 0).unwrap();
     f.write_all_at(b"data", 10 << 20).unwrap();
     let settings = AwsSettings { name_template: Some("test-{name}".into()), architecture: Some(super::options::Arch::X86_64), ..settings };
-    let req = Request { image: raw, settings, endpoint_url: None, parent: None, force: false, dry_run: false };
+    let req = Request { image: raw, settings, endpoint_url: None, parent: None, ancestor_ami: None, force: false, dry_run: false };
     prepare(&req).unwrap()
 }
 

@@ -13,8 +13,8 @@ use toml::Spanned;
 pub struct Recipe {
     /// What is built.
     pub image: Image,
-    /// The upstream image it starts from.
-    pub source: Source,
+    /// The upstream image (or the parent image) it starts from.
+    pub source: Spanned<Source>,
     /// Working-disk changes.
     #[serde(default)]
     pub disk: Disk,
@@ -47,12 +47,15 @@ pub struct Image {
     pub owner: Option<String>,
 }
 
-/// `[source]`
+/// `[source]`: an upstream image (`url` and its verification) or a parent image found in the
+/// registry (`parent`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     /// `file://`, `http(s)://`, or a path relative to the recipe.
-    pub url: Spanned<String>,
+    pub url: Option<Spanned<String>>,
+    /// A registry query naming the parent image (its newest match).
+    pub parent: Option<Spanned<ParentQuery>>,
     /// A SHA256SUMS or SHA512SUMS file (same forms as `url`).
     pub checksums: Option<Spanned<String>>,
     /// Or the expected SHA-256 directly.
@@ -63,6 +66,26 @@ pub struct Source {
     pub signature: Option<Spanned<String>>,
     /// The pinned public key that must have made `signature` (a path relative to the recipe).
     pub signing_key: Option<Spanned<String>>,
+}
+
+/// `[source] parent = { name = "base", status = "tested", version = "1.x", labels = { env = "prod" } }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentQuery {
+    /// The parent image's name.
+    pub name: String,
+    /// Its status (`tested`, `released`…).
+    pub status: Option<String>,
+    /// Its version, exact or with wildcards (`1.x`).
+    pub version: Option<String>,
+    /// Labels it must carry.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// A glob one of its kernels must match.
+    pub kernel: Option<String>,
+    /// Package constraints (`"openssl>=3.0.15"`).
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 /// `[disk]`

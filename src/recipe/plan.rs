@@ -34,8 +34,11 @@ pub struct BuildPlan {
     pub recipe_dir: PathBuf,
     /// SHA-256 of the recipe text.
     pub recipe_digest: String,
-    /// Upstream.
-    pub source: SourcePlan,
+    /// SHA-256 of what the recipe says (comments, layout, key order and `[output] dir` left
+    /// out): the recipe's part of the layer key.
+    pub recipe_meaning: String,
+    /// What the build starts from.
+    pub source: Origin,
     /// Grow the disk to this many bytes.
     pub disk_size: Option<u64>,
     /// Root partition override.
@@ -56,6 +59,15 @@ pub struct BuildPlan {
     pub seal: crate::seal::SealPlan,
 }
 
+/// What a build starts from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// An upstream image, verified.
+    Upstream(SourcePlan),
+    /// The newest registry record matching the query (`[source] parent`).
+    Parent(crate::registry::Query),
+}
+
 /// Options from the command line that override the recipe.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -74,7 +86,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
     let dir = recipe_dir(src.path);
     let name = check_name(src, &r.image.name)?;
     let version = r.image.version.as_ref().map(|v| check_version(src, v)).transpose()?;
-    let source = source_plan(src, &dir, &r.source)?;
+    let source = origin(src, &dir, &r.source)?;
     let disk_size = r.disk.size.as_ref().map(|s| disk_size(src, s)).transpose()?;
     let steps = r.provision.iter().enumerate().map(|(i, t)| named_step(src, &dir, t, i, &name)).collect::<Result<_, _>>()?;
     let output_dir = match (&overrides.output_dir, &r.output.dir) {
@@ -91,6 +103,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         recipe_path: src.path.to_path_buf(),
         recipe_dir: dir,
         recipe_digest: hex::encode(Sha256::digest(src.text.as_bytes())),
+        recipe_meaning: meaning_digest(src.text),
         source,
         disk_size,
         root_partition: r.disk.root_partition.map(|p| p.into_inner()),
@@ -102,6 +115,45 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         aws: r.aws.as_ref().map(|a| super::aws::plan(src, a)).transpose()?,
         seal: super::seal::seal_plan(src, &r.seal)?,
     })
+}
+
+/// SHA-256 of the recipe as data (canonical JSON of the parsed TOML), without `[output] dir`:
+/// where the outputs go does not change what they are. Pure.
+fn meaning_digest(text: &str) -> String {
+    let mut t: toml::Table = toml::from_str(text).unwrap_or_default();
+    if let Some(toml::Value::Table(o)) = t.get_mut("output") {
+        o.remove("dir");
+    }
+    let mut out = String::new();
+    canonical(&toml::Value::Table(t), &mut out);
+    hex::encode(Sha256::digest(out.as_bytes()))
+}
+
+/// A TOML value as text with its tables' keys sorted (whatever order the parser keeps). Pure.
+fn canonical(v: &toml::Value, out: &mut String) {
+    match v {
+        toml::Value::Table(t) => {
+            let mut keys: Vec<&String> = t.keys().collect();
+            keys.sort();
+            out.push('{');
+            for k in keys {
+                out.push_str(&format!("{k:?}:"));
+                canonical(&t[k.as_str()], out);
+                out.push(',');
+            }
+            out.push('}');
+        }
+        toml::Value::Array(a) => {
+            out.push('[');
+            for x in a {
+                canonical(x, out);
+                out.push(',');
+            }
+            out.push(']');
+        }
+        toml::Value::String(s) => out.push_str(&format!("{s:?}")),
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// Label keys are `[a-z0-9_.-]`, start with a letter, at most 63 characters; values are one line.
@@ -175,13 +227,64 @@ fn location(src: Src<'_>, dir: &Path, v: &Spanned<String>, what: &str) -> Result
     Ok(loc)
 }
 
-fn source_plan(src: Src<'_>, dir: &Path, s: &super::model::Source) -> Result<SourcePlan, RecipeError> {
-    let image = location(src, dir, &s.url, "source.url")?;
+fn origin(src: Src<'_>, dir: &Path, s: &Spanned<super::model::Source>) -> Result<Origin, RecipeError> {
+    let (span, s) = (s.span(), s.get_ref());
+    match (&s.url, &s.parent) {
+        (Some(url), None) => Ok(Origin::Upstream(source_plan(src, dir, s, url)?)),
+        (None, Some(p)) => {
+            let extra = [&s.checksums, &s.sha256, &s.sha512, &s.signature, &s.signing_key];
+            if extra.iter().any(|e| e.is_some()) {
+                return Err(src
+                    .at(p.span(), "[source] parent comes with its verification: the parent's recorded sha256")
+                    .hint("remove checksums, sha256, sha512, signature and signing_key (they verify an upstream url)"));
+            }
+            parent_query(src, p).map(Origin::Parent)
+        }
+        (Some(_), Some(p)) => Err(src
+            .at(p.span(), "[source] has both url and parent")
+            .hint("start from an upstream image (url = …) or from a registered image (parent = { name = … }), not both")),
+        (None, None) => Err(src
+            .at(span, "[source] names no image")
+            .hint("add url = \"…\" with checksums = \"SHA256SUMS\", or parent = { name = \"base\", status = \"tested\" }")),
+    }
+}
+
+/// `[source] parent = { … }` as a registry query.
+fn parent_query(src: Src<'_>, p: &Spanned<super::model::ParentQuery>) -> Result<crate::registry::Query, RecipeError> {
+    let q = p.get_ref();
+    if q.name.is_empty() {
+        return Err(src.at(p.span(), "[source] parent needs a name").hint("parent = { name = \"base\" }"));
+    }
+    if let Some(s) = &q.status
+        && !crate::registry::record::STATUSES.contains(&s.as_str())
+    {
+        return Err(src
+            .at(p.span(), format!("[source] parent: unknown status {s:?}"))
+            .hint(format!("use one of {}", crate::registry::record::STATUSES.join(", "))));
+    }
+    let packages = q
+        .packages
+        .iter()
+        .map(|r| crate::registry::query::PackageReq::parse(r).map_err(|e| src.at(p.span(), format!("[source] parent: {e}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(crate::registry::Query {
+        name: Some(q.name.clone()),
+        version: q.version.clone(),
+        status: q.status.clone(),
+        labels: q.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        kernel: q.kernel.clone(),
+        packages,
+        descendant_of: None,
+    })
+}
+
+fn source_plan(src: Src<'_>, dir: &Path, s: &super::model::Source, url: &Spanned<String>) -> Result<SourcePlan, RecipeError> {
+    let image = location(src, dir, url, "source.url")?;
     let checksums = s.checksums.as_ref().map(|c| location(src, dir, c, "source.checksums")).transpose()?;
     let pinned = pinned_digest(src, s)?;
     if checksums.is_none() && pinned.is_none() {
         return Err(src
-            .at(s.url.span(), "the source image is not verified")
+            .at(url.span(), "the source image is not verified")
             .hint("add `checksums = \"SHA256SUMS\"` (or sha256 = \"<hex>\"): imgforge never builds from an unverified image"));
     }
     let signature = s.signature.as_ref().map(|c| location(src, dir, c, "source.signature")).transpose()?;
@@ -498,6 +601,16 @@ mod tests {
     }
 
     const HEAD: &str = "[image]\nname = \"base\"\nversion = \"1.0\"\n[source]\nurl = \"up.img\"\nchecksums = \"SUMS\"\n";
+
+    #[test]
+    fn recipe_meaning_ignores_layout_comments_order_and_output_dir() {
+        let a = meaning_digest("[image]\nname = \"x\"\nversion = \"1\"\n[output]\ndir = \"out\"\nformats = [\"qcow2\"]\n");
+        let b =
+            meaning_digest("# same\n[output]\nformats = [ \"qcow2\" ]\ndir = \"elsewhere\"\n\n[image]\nversion = \"1\"\nname = \"x\"\n");
+        let c = meaning_digest("[image]\nname = \"x\"\nversion = \"2\"\n[output]\nformats = [\"qcow2\"]\n");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
 
     #[test]
     fn urls_are_shown_without_credentials_and_ancestors_without_host_paths() {

@@ -1,14 +1,21 @@
 //! The image registry: every successful build is recorded (`record::Record`), and images are
 //! found by name, version, status, labels, kernel and installed packages.
 //!
-//! One trait, [`Store`], with one conformance suite (`tests`); the embedded backend is SQLite
-//! (`sqlite`), chosen with `--registry PATH|sqlite:PATH` or `IMGFORGE_REGISTRY`, default
-//! `/var/lib/imgforge/registry.db`.
+//! One trait, [`Store`], with one conformance suite (`tests`) both backends pass: SQLite embedded
+//! (`sqlite`; `--registry PATH|sqlite:PATH`, default `/var/lib/imgforge/registry.db`) and
+//! PostgreSQL shared by a fleet of build hosts (`postgres`; `--registry postgres://…`), also
+//! chosen with `IMGFORGE_REGISTRY`.
 
+pub mod api;
 pub mod debversion;
+pub mod json;
 pub mod packages;
+pub mod page;
+pub mod postgres;
 pub mod query;
 pub mod record;
+pub mod sbom;
+pub mod sql;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -25,7 +32,7 @@ pub const DEFAULT_PATH: &str = "/var/lib/imgforge/registry.db";
 pub const ENV: &str = "IMGFORGE_REGISTRY";
 
 /// A registry backend.
-pub trait Store {
+pub trait Store: Send {
     /// Adds a record (its id must be new).
     fn register(&mut self, r: &Record) -> anyhow::Result<()>;
     /// The record with this id, with its packages.
@@ -33,8 +40,9 @@ pub trait Store {
     /// Records matching `q` (apart from `descendant_of`), newest first, each with only the
     /// packages the query named.
     fn find(&self, q: &Query) -> anyhow::Result<Vec<Record>>;
-    /// Adds AMI ids (region → id) to a record; `false` when there is no such record.
-    fn add_amis(&mut self, id: &str, amis: &std::collections::BTreeMap<String, String>) -> anyhow::Result<bool>;
+    /// Adds what a publish made (AMI ids and snapshot ids, region → id) to a record; `false`
+    /// when there is no such record.
+    fn add_published(&mut self, id: &str, published: &Published) -> anyhow::Result<bool>;
 }
 
 /// The registry `spec` names (`--registry`), else `IMGFORGE_REGISTRY`, else the default.
@@ -42,10 +50,27 @@ pub fn open(spec: Option<&str>) -> anyhow::Result<Box<dyn Store>> {
     let env = std::env::var(ENV).ok().filter(|s| !s.is_empty());
     let spec = spec.map(str::to_string).or(env).unwrap_or_else(|| DEFAULT_PATH.to_string());
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        bail!("PostgreSQL registries are not supported by this imgforge yet; use a SQLite file (--registry PATH)");
+        return Ok(Box::new(postgres::Postgres::open(&spec)?));
     }
     let path = PathBuf::from(spec.strip_prefix("sqlite:").unwrap_or(&spec));
     Ok(Box::new(sqlite::Sqlite::open(&path)?))
+}
+
+/// What a publish adds to a record.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// AMI ids by region.
+    pub amis: std::collections::BTreeMap<String, String>,
+    /// Snapshot ids by region.
+    pub snapshots: std::collections::BTreeMap<String, String>,
+}
+
+impl Published {
+    /// Adds these ids to `r`. Pure.
+    pub fn apply(&self, r: &mut Record) {
+        r.amis.extend(self.amis.iter().map(|(k, v)| (k.clone(), v.clone())));
+        r.snapshots.extend(self.snapshots.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
 }
 
 /// `find`, then `descendant_of` (walking each record's parent chain).
@@ -87,5 +112,7 @@ pub fn resolve(store: &dyn Store, what: &str) -> anyhow::Result<Option<Record>> 
     }
 }
 
+#[cfg(test)]
+mod pgserver;
 #[cfg(test)]
 mod tests;

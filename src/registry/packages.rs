@@ -43,6 +43,24 @@ pub fn installed(root: &Root) -> Result<Vec<Package>, ResolveError> {
     Ok(parse_dpkg_status(&String::from_utf8_lossy(&text)))
 }
 
+/// The image's distribution: os-release's `ID` (`debian`, `ubuntu`…), when it has one.
+pub fn distribution(root: &Root) -> Result<Option<String>, ResolveError> {
+    for p in ["/etc/os-release", "/usr/lib/os-release"] {
+        if let Some(bytes) = root.read(Path::new(p))? {
+            return Ok(os_release_id(&String::from_utf8_lossy(&bytes)));
+        }
+    }
+    Ok(None)
+}
+
+/// `ID` of os-release text. Pure.
+pub fn os_release_id(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("ID="))
+        .map(|v| v.trim().trim_matches(['"', '\'']).to_string())
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+}
+
 /// Kernel versions in the image: module trees under /lib/modules and /boot/vmlinuz-*; sorted,
 /// without repeats.
 pub fn kernels(root: &Root) -> Result<Vec<String>, ResolveError> {
@@ -66,6 +84,13 @@ mod tests {
         Package: libssl3\nStatus: install ok installed\nArchitecture: amd64\nSource: openssl (3.0.11-1~deb12u2)\nVersion: 3.0.11-1~deb12u2\n\n\
         Package: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1.0\n\n\
         Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4+deb12u5\n";
+
+    #[test]
+    fn distribution_id() {
+        assert_eq!(os_release_id("NAME=\"Debian\"\nID=debian\nVERSION_ID=\"12\"\n").as_deref(), Some("debian"));
+        assert_eq!(os_release_id("ID=\"ubuntu\"\nID_LIKE=debian\n").as_deref(), Some("ubuntu"));
+        assert_eq!(os_release_id("ID=\"a/b\"\n"), None);
+    }
 
     #[test]
     fn installed_packages_with_source() {

@@ -95,6 +95,73 @@ impl Query {
     }
 }
 
+impl Query {
+    /// A query from URL parameters (`name`, `version`, `status`, `kernel`, `descendant_of`,
+    /// `label.KEY=VALUE` and `package` repeatable) and whether `latest` was asked (`latest=1`).
+    /// Unknown parameters are errors. Pure.
+    pub fn from_params(params: &[(String, String)]) -> Result<(Self, bool), String> {
+        let mut q = Self::default();
+        let mut latest = false;
+        for (k, v) in params {
+            match k.as_str() {
+                "name" => q.name = Some(v.clone()),
+                "version" => q.version = Some(v.clone()),
+                "status" if super::record::STATUSES.contains(&v.as_str()) => q.status = Some(v.clone()),
+                "status" => return Err(format!("status={v}: one of {}", super::record::STATUSES.join(", "))),
+                "kernel" => q.kernel = Some(v.clone()),
+                "descendant_of" => q.descendant_of = Some(v.clone()),
+                "package" => q.packages.push(PackageReq::parse(v).map_err(|e| format!("package={v}: {e}"))?),
+                "latest" => latest = matches!(v.as_str(), "1" | "true" | "yes"),
+                _ => match k.strip_prefix("label.") {
+                    Some(key) if !key.is_empty() => q.labels.push((key.to_string(), v.clone())),
+                    _ => {
+                        return Err(format!(
+                            "unknown parameter {k:?}: use name, version, status, kernel, package, descendant_of, label.KEY, latest"
+                        ));
+                    }
+                },
+            }
+        }
+        Ok((q, latest))
+    }
+
+    /// Why `r` does not match (empty when it does, apart from `descendant_of`), one reason per
+    /// failed filter, for people. Pure.
+    pub fn why_not(&self, r: &Record) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(n) = self.name.as_ref().filter(|n| **n != r.name) {
+            out.push(format!("name {} is not {n}", r.name));
+        }
+        if let Some(v) = self.version.as_ref().filter(|v| !version_matches(v, &r.version)) {
+            out.push(format!("version {} does not match {v}", r.version));
+        }
+        if let Some(s) = self.status.as_ref().filter(|s| **s != r.status) {
+            out.push(format!("status is {}, not {s}", r.status));
+        }
+        for (k, v) in &self.labels {
+            match r.labels.get(k) {
+                Some(have) if have == v => {}
+                Some(have) => out.push(format!("label {k} is {have}, not {v}")),
+                None => out.push(format!("no label {k}")),
+            }
+        }
+        if let Some(g) = self.kernel.as_ref().filter(|g| !r.kernels.iter().any(|k| glob(g, k))) {
+            out.push(format!(
+                "no kernel matches {g} (has {})",
+                if r.kernels.is_empty() { "none".to_string() } else { r.kernels.join(", ") }
+            ));
+        }
+        for p in &self.packages {
+            match r.packages.iter().find(|have| have.name == p.name) {
+                None => out.push(format!("package {} is not installed", p.name)),
+                Some(have) if !p.accepts(&have.version) => out.push(format!("package {} is {}", p.name, have.version)),
+                Some(_) => {}
+            }
+        }
+        out
+    }
+}
+
 /// `1.x` matches 1.0 and 1.4.2; `1.2` matches only 1.2. Pure.
 pub fn version_matches(pattern: &str, version: &str) -> bool {
     if !pattern.split('.').any(|c| c == "x" || c == "*") {
@@ -148,6 +215,25 @@ mod tests {
     }
 
     #[test]
+    fn url_parameters() {
+        let p = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        let (q, latest) = Query::from_params(&p(&[
+            ("name", "app"),
+            ("status", "tested"),
+            ("label.env", "prod"),
+            ("package", "openssl<3"),
+            ("latest", "1"),
+        ]))
+        .unwrap();
+        assert!(latest);
+        assert_eq!((q.name.as_deref(), q.status.as_deref()), (Some("app"), Some("tested")));
+        assert_eq!(q.labels, [("env".to_string(), "prod".to_string())]);
+        assert_eq!(q.packages[0].name, "openssl");
+        assert!(Query::from_params(&p(&[("colour", "red")])).is_err());
+        assert!(Query::from_params(&p(&[("status", "great")])).is_err());
+    }
+
+    #[test]
     fn versions_and_globs() {
         assert!(version_matches("1.x", "1.4.2") && version_matches("1.x", "1.0") && !version_matches("1.x", "2.0"));
         assert!(version_matches("1.2", "1.2") && !version_matches("1.2", "1.2.1"));
@@ -180,6 +266,10 @@ mod tests {
             Query { packages: vec![PackageReq::parse("openssl>=3.0.15").unwrap()], ..q.clone() },
         ] {
             assert!(!bad.matches(&r), "{bad:?}");
+            assert_eq!(bad.why_not(&r).len(), 1, "{bad:?}: {:?}", bad.why_not(&r));
         }
+        assert!(q.why_not(&r).is_empty());
+        let why = Query { status: Some("released".into()), labels: vec![("app".into(), "x".into())], ..q.clone() }.why_not(&r);
+        assert_eq!(why, ["status is tested, not released", "no label app"]);
     }
 }

@@ -13,6 +13,12 @@ pub struct Parent {
     /// The parent record's id, for a layered image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// The parent's name and version, for a layered image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The parent's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The upstream image's URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -31,6 +37,30 @@ pub struct Output {
     pub size: u64,
     /// Hex SHA-256.
     pub sha256: String,
+    /// The file's inode and modification time (`INODE:MTIME_NS`) when recorded: a file
+    /// written over since (a rebuild into the same directory) is not this output any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+}
+
+impl Output {
+    /// `INODE:MTIME_NS` of a file.
+    pub fn file_id_of(path: &std::path::Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(format!("{}:{}", m.ino(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128))
+    }
+
+    /// Whether the output is still in place: a local file of the recorded size and identity
+    /// (an S3 URL counts as in place).
+    pub fn in_place(&self) -> bool {
+        if self.path.starts_with("s3://") {
+            return true;
+        }
+        let path = std::path::Path::new(&self.path);
+        let size_ok = std::fs::metadata(path).is_ok_and(|m| m.len() == self.size);
+        size_ok && (self.file_id.is_none() || Self::file_id_of(path) == self.file_id)
+    }
 }
 
 /// A registered image version.
@@ -58,11 +88,17 @@ pub struct Record {
     /// Hash of everything that determines the output (layered builds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_key: Option<String>,
+    /// What the layer key hashes, input by input (`imgforge explain` compares them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub layer_inputs: BTreeMap<String, String>,
     /// What it was built from.
     pub parent: Parent,
     /// CPU architecture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architecture: Option<String>,
+    /// The distribution (os-release `ID`: `debian`, `ubuntu`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<String>,
     /// Kernel versions in the image.
     #[serde(default)]
     pub kernels: Vec<String>,
@@ -80,6 +116,9 @@ pub struct Record {
     /// AMI ids by region (added by publish).
     #[serde(default)]
     pub amis: BTreeMap<String, String>,
+    /// EBS snapshot ids by region (added by publish): a child's delta upload starts from them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, String>,
     /// Who built it (the recipe's owner, else the invoking user).
     pub owner: String,
     /// The recipe file.

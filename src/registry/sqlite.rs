@@ -10,26 +10,12 @@ use super::Store;
 use super::packages::Package;
 use super::query::Query;
 use super::record::Record;
+use super::sql::{self, MIGRATIONS};
 
-/// Schema migrations, in order; `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &["CREATE TABLE records (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        status TEXT NOT NULL,
-        layer_key TEXT,
-        parent_id TEXT,
-        data TEXT NOT NULL
-    );
-    CREATE INDEX records_name ON records(name, id);
-    CREATE INDEX records_layer_key ON records(layer_key);
-    CREATE TABLE labels (record_id TEXT NOT NULL REFERENCES records(id), key TEXT NOT NULL, value TEXT NOT NULL,
-        PRIMARY KEY (record_id, key));
-    CREATE INDEX labels_kv ON labels(key, value);
-    CREATE TABLE packages (record_id TEXT NOT NULL REFERENCES records(id), name TEXT NOT NULL, version TEXT NOT NULL,
-        arch TEXT NOT NULL, source TEXT);
-    CREATE INDEX packages_name ON packages(name, record_id);
-    CREATE INDEX packages_record ON packages(record_id);"];
+/// SQLite's numbered placeholder.
+fn ph(n: usize) -> String {
+    format!("?{n}")
+}
 
 /// Filesystems where SQLite's locking is unsafe (sqlite.org/wal.html): NFS, SMB/CIFS, Ceph, 9p.
 const NETWORK_FS: &[(i64, &str)] =
@@ -81,7 +67,7 @@ impl Sqlite {
     }
 
     fn record_of(&self, data: &str, with_packages: Option<&[String]>) -> anyhow::Result<Record> {
-        let mut r: Record = serde_json::from_str(data).context("a registry record is not valid JSON")?;
+        let mut r = sql::decode(data)?;
         if let Some(names) = with_packages {
             r.packages = self.packages(&r.id, names)?;
         }
@@ -90,15 +76,16 @@ impl Sqlite {
 
     /// The record's packages (all, or only those named).
     fn packages(&self, id: &str, names: &[String]) -> anyhow::Result<Vec<Package>> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT name, version, arch, source FROM packages WHERE record_id = ?1 ORDER BY name, arch")?;
-        let rows =
-            stmt.query_map([id], |row| Ok(Package { name: row.get(0)?, version: row.get(1)?, arch: row.get(2)?, source: row.get(3)? }))?;
+        let row = |row: &rusqlite::Row<'_>| Ok(Package { name: row.get(0)?, version: row.get(1)?, arch: row.get(2)?, source: row.get(3)? });
+        if names.is_empty() {
+            let mut stmt = self.conn.prepare_cached(&sql::packages(ph))?;
+            return Ok(stmt.query_map([id], row)?.collect::<Result<_, _>>()?);
+        }
+        let mut stmt = self.conn.prepare_cached(&sql::packages_named(ph))?;
         let mut out = Vec::new();
-        for p in rows {
-            let p = p?;
-            if names.is_empty() || names.contains(&p.name) {
-                out.push(p);
+        for n in names {
+            for p in stmt.query_map([id, n.as_str()], row)? {
+                out.push(p?);
             }
         }
         Ok(out)
@@ -107,9 +94,7 @@ impl Sqlite {
 
 impl Store for Sqlite {
     fn register(&mut self, r: &Record) -> anyhow::Result<()> {
-        let mut bare = r.clone();
-        bare.packages.clear();
-        let data = serde_json::to_string(&bare)?;
+        let data = sql::encode(r)?;
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO records (id, name, version, status, layer_key, parent_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -128,13 +113,13 @@ impl Store for Sqlite {
         Ok(())
     }
 
-    fn add_amis(&mut self, id: &str, amis: &std::collections::BTreeMap<String, String>) -> anyhow::Result<bool> {
+    fn add_published(&mut self, id: &str, published: &super::Published) -> anyhow::Result<bool> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let data: Option<String> = tx.query_row("SELECT data FROM records WHERE id = ?1", [id], |r| r.get(0)).optional()?;
         let Some(data) = data else { return Ok(false) };
-        let mut r: Record = serde_json::from_str(&data).context("a registry record is not valid JSON")?;
-        r.amis.extend(amis.iter().map(|(k, v)| (k.clone(), v.clone())));
-        tx.execute("UPDATE records SET data = ?2 WHERE id = ?1", params![id, serde_json::to_string(&r)?])?;
+        let mut r = sql::decode(&data)?;
+        published.apply(&mut r);
+        tx.execute("UPDATE records SET data = ?2 WHERE id = ?1", params![id, sql::encode(&r)?])?;
         tx.commit()?;
         Ok(true)
     }
@@ -145,27 +130,7 @@ impl Store for Sqlite {
     }
 
     fn find(&self, q: &Query) -> anyhow::Result<Vec<Record>> {
-        // Narrowed in SQL (name, status, labels, package names), decided by `Query::matches`.
-        let mut sql = String::from("SELECT data FROM records r WHERE 1 = 1");
-        let mut args: Vec<String> = Vec::new();
-        let mut arg = |sql: &mut String, clause: &str, v: &str| {
-            args.push(v.to_string());
-            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-        };
-        if let Some(n) = &q.name {
-            arg(&mut sql, " AND r.name = ?", n);
-        }
-        if let Some(s) = &q.status {
-            arg(&mut sql, " AND r.status = ?", s);
-        }
-        for (k, v) in &q.labels {
-            arg(&mut sql, " AND EXISTS (SELECT 1 FROM labels l WHERE l.record_id = r.id AND l.key = ?", k);
-            arg(&mut sql, " AND l.value = ?)", v);
-        }
-        for p in &q.packages {
-            arg(&mut sql, " AND EXISTS (SELECT 1 FROM packages p WHERE p.record_id = r.id AND p.name = ?)", &p.name);
-        }
-        sql.push_str(" ORDER BY r.id DESC");
+        let (sql, args) = sql::find(q, ph);
         let names: Vec<String> = q.packages.iter().map(|p| p.name.clone()).collect();
         let mut stmt = self.conn.prepare(&sql)?;
         let rows: Vec<String> = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?.collect::<Result<_, _>>()?;

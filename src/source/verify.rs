@@ -38,8 +38,9 @@ fn basename(loc: &Location) -> String {
     s.rsplit('/').next().unwrap_or_default().to_string()
 }
 
-/// The expected digest: from the (signature-checked) checksums file or the recipe.
-fn expected(plan: &SourcePlan) -> anyhow::Result<(Algo, String, Option<String>, Option<String>)> {
+/// The expected digest: from the (signature-checked) checksums file or the recipe. Reads only
+/// the small files (checksums, signature), never the image.
+pub fn expected(plan: &SourcePlan) -> anyhow::Result<(Algo, String, Option<String>, Option<String>)> {
     if let Some(p) = &plan.pinned {
         let algo = if p.algo == "sha512" { Algo::Sha512 } else { Algo::Sha256 };
         return Ok((algo, p.hex.clone(), None, None));

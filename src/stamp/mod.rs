@@ -20,17 +20,30 @@ pub struct Stamp {
     pub build_date: String,
     /// The upstream image's digest, "sha256:<hex>".
     pub source_digest: String,
-    /// The image this one was built from (its URL, for now).
+    /// The image this one was built from: the upstream's public URL or file name, or the
+    /// parent's `NAME VERSION`.
     pub ancestor: String,
+    /// A layered image: the parent's registry record id, and the name and version the parent
+    /// stamped into os-release (replaced by this image's).
+    pub parent: Option<(String, String, String)>,
 }
 
-/// Adds IMAGE_ID/IMAGE_VERSION to os-release text unless it has them. Pure.
-pub fn os_release_with_stamp(text: &str, name: &str, version: &str) -> Option<String> {
-    let has = |k: &str| text.lines().any(|l| l.trim_start().starts_with(&format!("{k}=")));
-    if has("IMAGE_ID") || has("IMAGE_VERSION") {
-        return None;
-    }
-    let mut out = text.to_string();
+/// Adds IMAGE_ID/IMAGE_VERSION to os-release text unless it has them; replaces them when they
+/// are the parent's stamp (`parent`: its name and version). Pure.
+pub fn os_release_with_stamp(text: &str, name: &str, version: &str, parent: Option<(&str, &str)>) -> Option<String> {
+    let value =
+        |k: &str| text.lines().find_map(|l| l.trim_start().strip_prefix(&format!("{k}=")).map(|v| v.trim().trim_matches('"').to_string()));
+    let (id, ver) = (value("IMAGE_ID"), value("IMAGE_VERSION"));
+    let text = match parent {
+        Some((pn, pv)) if id.as_deref() == Some(pn) && ver.as_deref() == Some(pv) => text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("IMAGE_ID=") && !l.trim_start().starts_with("IMAGE_VERSION="))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        _ if id.is_some() || ver.is_some() => return None,
+        _ => text.to_string(),
+    };
+    let mut out = text;
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
@@ -42,13 +55,14 @@ pub fn os_release_with_stamp(text: &str, name: &str, version: &str) -> Option<St
 pub fn release_file(s: &Stamp) -> String {
     let q = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
     format!(
-        "IMGFORGE_IMAGE={}\nIMGFORGE_VERSION={}\nIMGFORGE_GIT_COMMIT={}\nIMGFORGE_BUILD_DATE={}\nIMGFORGE_SOURCE_DIGEST={}\nIMGFORGE_ANCESTOR={}\nIMGFORGE_TOOL_VERSION={}\n",
+        "IMGFORGE_IMAGE={}\nIMGFORGE_VERSION={}\nIMGFORGE_GIT_COMMIT={}\nIMGFORGE_BUILD_DATE={}\nIMGFORGE_SOURCE_DIGEST={}\nIMGFORGE_ANCESTOR={}\n{}IMGFORGE_TOOL_VERSION={}\n",
         q(&s.name),
         q(&s.version),
         q(&s.git_commit),
         q(&s.build_date),
         q(&s.source_digest),
         q(&s.ancestor),
+        s.parent.as_ref().map_or(String::new(), |(id, _, _)| format!("IMGFORGE_ANCESTOR_RECORD={}\n", q(id))),
         q(env!("CARGO_PKG_VERSION"))
     )
 }
@@ -59,7 +73,8 @@ pub fn apply(root: &Root, s: &Stamp) -> Result<(), ResolveError> {
     for p in ["/etc/os-release", "/usr/lib/os-release"] {
         if let Some(bytes) = root.read(Path::new(p))? {
             let text = String::from_utf8_lossy(&bytes);
-            if let Some(new) = os_release_with_stamp(&text, &s.name, &s.version) {
+            let parent = s.parent.as_ref().map(|(_, n, v)| (n.as_str(), v.as_str()));
+            if let Some(new) = os_release_with_stamp(&text, &s.name, &s.version, parent) {
                 root.write(Path::new(p), new.as_bytes(), 0o644)?;
             }
             break;
@@ -134,8 +149,11 @@ mod tests {
 
     #[test]
     fn os_release_stamped_once() {
-        let s = os_release_with_stamp("ID=debian", "base", "1.0").unwrap();
+        let s = os_release_with_stamp("ID=debian", "base", "1.0", None).unwrap();
         assert_eq!(s, "ID=debian\nIMAGE_ID=base\nIMAGE_VERSION=1.0\n");
-        assert!(os_release_with_stamp(&s, "x", "y").is_none());
+        assert!(os_release_with_stamp(&s, "x", "y", None).is_none());
+        // A child replaces its parent's stamp, and only its parent's.
+        assert_eq!(os_release_with_stamp(&s, "app", "2", Some(("base", "1.0"))).unwrap(), "ID=debian\nIMAGE_ID=app\nIMAGE_VERSION=2\n");
+        assert!(os_release_with_stamp(&s, "app", "2", Some(("other", "1.0"))).is_none());
     }
 }

@@ -23,3 +23,15 @@ pub fn git_commit(dir: &Path) -> Option<String> {
     let out = Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).run_checked("read the git commit").ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// The tag at HEAD in `dir` (`git describe --tags --exact-match`), or `None` (no repository, no
+/// tag there).
+pub fn git_tag(dir: &Path) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["describe", "--tags", "--exact-match", "HEAD"])
+        .run_checked("read the git tag")
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|t| !t.is_empty())
+}

@@ -12,10 +12,16 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `imgforge` under test.
+/// `imgforge` under test. Each command gets a registry of its own (never the host's), so
+/// that no build is "up to date" because of another test's; a test that uses the registry
+/// names one with `--registry`.
 pub fn imgforge() -> Command {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let mut c = Command::new(env!("CARGO_BIN_EXE_imgforge"));
     c.env("IMGFORGE_CACHE_DIR", repo().join("target/test-cache"));
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let db = repo().join(format!("target/test-work/registries/{}-{n}.db", std::process::id()));
+    c.env("IMGFORGE_REGISTRY", db);
     c
 }
 
@@ -101,6 +107,15 @@ pub fn small_head(up: &Path, image: &str) -> String {
     format!(
         "[image]\nname = \"small\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{up}/{image}\"\nchecksums = \"{up}/SHA256SUMS\"\nsignature = \"{up}/SHA256SUMS.gpg\"\nsigning_key = \"{up}/keys/vendor.asc\"\n\n",
         up = up.display()
+    )
+}
+
+/// A recipe head for the cloud-like upstream (`cloud_upstream()`), checksum and signature
+/// verified, ending with a blank line.
+pub fn cloud_head(name: &str, version: &str) -> String {
+    format!(
+        "[image]\nname = \"{name}\"\nversion = \"{version}\"\n\n[source]\nurl = \"{up}/noble-like-cloudimg-amd64.img\"\nchecksums = \"{up}/SHA256SUMS\"\nsignature = \"{up}/SHA256SUMS.gpg\"\nsigning_key = \"{up}/keys/vendor.asc\"\n\n",
+        up = cloud_upstream().display()
     )
 }
 
