@@ -562,6 +562,35 @@ fn build_publish_records_the_ami_in_the_manifest() {
         description,
         format!("name=child-1.1.0, arch=x86_64, ancestor_name=small, ancestor_id={ami}, ancestor_version=1.0.0, version=1.1.0")
     );
+
+    // The parent's raw gone from this host: a child built on it fetches the raw from where the
+    // parent's build uploaded it (recorded in its record), verified, into the cache.
+    std::fs::remove_file(dir.path().join("out/small.raw")).unwrap();
+    std::fs::write(
+        dir.path().join("fetched.toml"),
+        "[image]\nname = \"fetched\"\nversion = \"1\"\n[source]\nparent = { name = \"small\" }\n",
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let mut c = imgforge();
+    c.arg("build")
+        .arg(dir.path().join("fetched.toml"))
+        .arg("--output-dir")
+        .arg(dir.path().join("out"))
+        .arg("--registry")
+        .arg(&db)
+        .arg("--cache-dir")
+        .arg(&cache);
+    aws_env(&mut c, &moto.url(), region);
+    let o = run(&mut c);
+    assert_clean(dir.path());
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("fetched s3://builds/small/small.raw"), "{}", show(&o));
+    let fm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/fetched.manifest.json")).unwrap()).unwrap();
+    assert_eq!(fm["source"]["parent"]["record"], m["record"]);
+    let raw_sha = m["outputs"][0]["sha256"].as_str().unwrap();
+    assert!(cache.join(format!("parents/sha256-{raw_sha}.raw")).is_file());
 }
 
 /// How many 512 KiB blocks differ between two raws of one size.

@@ -67,6 +67,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         seal_dry_run: a.seal_dry_run,
         registry: a.registry.clone(),
         rebuild: a.rebuild,
+        endpoint_url: a.endpoint_url.clone(),
     };
     let manifest = match crate::pipeline::build::run(&plan, &opts, &events)? {
         crate::pipeline::build::Outcome::Built(m) => m,
@@ -101,9 +102,16 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         // The seal report and the manifest travel with the image.
         files.push(plan.output_dir.join(format!("{}.seal.json", plan.name)));
         files.push(plan.output_dir.join(format!("{}.manifest.json", plan.name)));
-        for u in crate::s3::upload(dest, &files, a.endpoint_url.as_deref())? {
+        let uploaded = crate::s3::upload(dest, &files, a.endpoint_url.as_deref())?;
+        for u in &uploaded {
             tracing::info!("uploaded {} to {}", u.path, u.url);
         }
+        super::image::record_uploaded(
+            a.registry.as_deref(),
+            &plan.output_dir.join(format!("{}.manifest.json", plan.name)),
+            &uploaded,
+            &events,
+        )?;
     }
     Ok(())
 }

@@ -178,11 +178,31 @@ pub fn record_published(
     let published = crate::registry::Published {
         amis: rec.images.clone(),
         snapshots: std::collections::BTreeMap::from([(rec.region.clone(), rec.snapshot_id.clone())]),
+        ..crate::registry::Published::default()
     };
     if store.add_published(&id, &published)? {
         events.output("registry", &format!("recorded the AMI ids in {id}"));
     } else {
         events.notice(&format!("record {id} (from {}) is not in this registry: its AMI ids are not recorded there", manifest.display()));
+    }
+    Ok(())
+}
+
+/// After `[output] upload`: the S3 URLs of the outputs into the build's record (a layered
+/// build on another host fetches its parent's raw from there).
+pub fn record_uploaded(
+    registry: Option<&str>,
+    manifest: &std::path::Path,
+    uploaded: &[crate::s3::Uploaded],
+    events: &crate::progress::Events,
+) -> anyhow::Result<()> {
+    let Ok(m) = crate::manifest::read(manifest) else { return Ok(()) };
+    let Some(id) = m.record else { return Ok(()) };
+    let abs = |p: &str| std::path::absolute(p).map_or_else(|_| p.to_string(), |a| a.display().to_string());
+    let urls = uploaded.iter().map(|u| (abs(&u.path), u.url.clone())).collect();
+    let mut store = crate::registry::open(registry)?;
+    if store.add_published(&id, &crate::registry::Published { urls, ..crate::registry::Published::default() })? {
+        events.output("registry", &format!("recorded the S3 URLs of the outputs in {id}"));
     }
     Ok(())
 }

@@ -50,6 +50,8 @@ pub struct Options {
     pub registry: Option<String>,
     /// Build even when a record with the same layer key and its outputs exists.
     pub rebuild: bool,
+    /// Another endpoint for S3 (a parent's raw fetched from its upload).
+    pub endpoint_url: Option<String>,
 }
 
 /// Step timings, in order.
@@ -90,7 +92,7 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
         return Ok(Outcome::UpToDate(Box::new(r)));
     }
     let source = match (&parent, upstream) {
-        (Some(p), _) => p.source_plan(),
+        (Some(p), _) => p.source_plan(&opts.cache_dir, opts.endpoint_url.as_deref(), events)?,
         (None, Some(u)) => u.clone(),
         (None, None) => bail!("the build has neither a parent nor an upstream image"),
     };
@@ -517,6 +519,7 @@ fn record_of(
                 size: o.size,
                 sha256: o.sha256.clone(),
                 file_id: Output::file_id_of(Path::new(&o.path)),
+                url: None,
             })
             .collect(),
         manifest: abs(manifest_path),

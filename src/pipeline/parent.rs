@@ -1,9 +1,13 @@
 //! `[source] parent`: the registry query resolved at build start to one record and its raw
-//! output, which is then verified like any pinned source (sha256 recorded at its build).
+//! output (on this host, or fetched from the S3 URL it was uploaded to), which is then verified
+//! like any pinned source (sha256 recorded at its build).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
 
 use crate::error::UsageError;
+use crate::progress::Events;
 use crate::registry::record::Record;
 use crate::registry::{Query, Store};
 use crate::source::plan::{Location, PinnedDigest, SourcePlan};
@@ -13,22 +17,36 @@ use crate::source::plan::{Location, PinnedDigest, SourcePlan};
 pub struct Resolved {
     /// Its record.
     pub record: Record,
-    /// Its raw output.
-    pub raw: PathBuf,
+    /// Its raw output on this host, or where it was uploaded.
+    pub raw: Raw,
     /// The raw's recorded sha256 (hex).
     pub sha256: String,
 }
 
+/// Where a parent's raw is.
+#[derive(Debug, Clone)]
+pub enum Raw {
+    /// On this host, as recorded.
+    Local(PathBuf),
+    /// Only in S3 (`s3://bucket/key`).
+    S3(String),
+}
+
 impl Resolved {
-    /// The source to verify and convert: the raw, checked against its recorded digest.
-    pub fn source_plan(&self) -> SourcePlan {
-        SourcePlan {
-            image: Location::Path(self.raw.clone()),
+    /// The source to verify and convert: the raw (fetched into `cache` first when it is only
+    /// in S3, kept there by digest), checked against its recorded digest.
+    pub fn source_plan(&self, cache: &Path, endpoint_url: Option<&str>, events: &Events) -> anyhow::Result<SourcePlan> {
+        let path = match &self.raw {
+            Raw::Local(p) => p.clone(),
+            Raw::S3(url) => fetch(url, &self.sha256, cache, endpoint_url, events)?,
+        };
+        Ok(SourcePlan {
+            image: Location::Path(path),
             checksums: None,
             pinned: Some(PinnedDigest { algo: "sha256", hex: self.sha256.clone() }),
             signature: None,
             signing_key: None,
-        }
+        })
     }
 
     /// `NAME VERSION (ID)`, for people.
@@ -37,15 +55,43 @@ impl Resolved {
     }
 }
 
-/// The raw output of `r` when it is still on this host with its recorded size; else why not.
-fn local_raw(r: &Record) -> Result<(PathBuf, String), String> {
+/// The raw output of `r`: on this host as recorded, else uploaded; else why not.
+fn raw_of(r: &Record) -> Result<(Raw, String), String> {
     let Some(raw) = r.outputs.iter().find(|o| o.format == "raw") else { return Err("it has no raw output".into()) };
-    let path = PathBuf::from(&raw.path);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.len() == raw.size => Ok((path, raw.sha256.clone())),
-        Ok(m) => Err(format!("its raw output {} is {} bytes, not the {} recorded", raw.path, m.len(), raw.size)),
-        Err(_) => Err(format!("its raw output {} is not on this host", raw.path)),
+    if raw.in_place() {
+        return Ok((Raw::Local(PathBuf::from(&raw.path)), raw.sha256.clone()));
     }
+    if let Some(url) = &raw.url {
+        return Ok((Raw::S3(url.clone()), raw.sha256.clone()));
+    }
+    match std::fs::metadata(&raw.path) {
+        Ok(_) => Err(format!("its raw output {} was written over since (and it was not uploaded)", raw.path)),
+        Err(_) => Err(format!("its raw output {} is not on this host (and it was not uploaded)", raw.path)),
+    }
+}
+
+/// The parent raw at `url` in the cache (`<cache>/parents/sha256-<hex>.raw`), downloaded when
+/// it is not there yet; a download whose digest is not `sha256` is deleted.
+fn fetch(url: &str, sha256: &str, cache: &Path, endpoint_url: Option<&str>, events: &Events) -> anyhow::Result<PathBuf> {
+    let dir = cache.join("parents");
+    let dest = dir.join(format!("sha256-{sha256}.raw"));
+    if dest.is_file() {
+        events.output("parent", &format!("using the cached download of {url}"));
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("Failed to create {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("Failed to create a file in {}", dir.display()))?;
+    let started = std::time::Instant::now();
+    let got = crate::s3::download(url, tmp.path(), endpoint_url)?;
+    if got != sha256 {
+        bail!("{url} has sha256 {got}, not the {sha256} recorded at its build: the object was replaced; rebuild the parent");
+    }
+    tmp.persist(&dest).with_context(|| format!("Failed to store {} in the cache", dest.display()))?;
+    events.output("parent", &format!("fetched {url} ({:.1} s)", started.elapsed().as_secs_f64()));
+    Ok(dest)
 }
 
 /// The newest record matching `q` whose raw output is here. None: a usage error (exit 2)
@@ -53,7 +99,7 @@ fn local_raw(r: &Record) -> Result<(PathBuf, String), String> {
 pub fn resolve(store: &dyn Store, q: &Query) -> anyhow::Result<Resolved> {
     let mut rejected = Vec::new();
     for r in crate::registry::search(store, q)? {
-        match local_raw(&r) {
+        match raw_of(&r) {
             Ok((raw, sha256)) => return Ok(Resolved { record: r, raw, sha256 }),
             Err(why) => rejected.push(format!("{} {} ({}): {why}", r.name, r.version, r.id)),
         }

@@ -63,6 +63,8 @@ pub struct Published {
     pub amis: std::collections::BTreeMap<String, String>,
     /// Snapshot ids by region.
     pub snapshots: std::collections::BTreeMap<String, String>,
+    /// Uploaded outputs: local path (absolute) → `s3://bucket/key`.
+    pub urls: std::collections::BTreeMap<String, String>,
 }
 
 impl Published {
@@ -70,6 +72,11 @@ impl Published {
     pub fn apply(&self, r: &mut Record) {
         r.amis.extend(self.amis.iter().map(|(k, v)| (k.clone(), v.clone())));
         r.snapshots.extend(self.snapshots.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for o in &mut r.outputs {
+            if let Some(u) = self.urls.get(&o.path) {
+                o.url = Some(u.clone());
+            }
+        }
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Output {
     /// written over since (a rebuild into the same directory) is not this output any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_id: Option<String>,
+    /// Where it was uploaded (`s3://bucket/key`), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Output {

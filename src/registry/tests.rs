@@ -59,6 +59,7 @@ pub fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
     let published = Published {
         amis: std::collections::BTreeMap::from([("eu-west-1".to_string(), "ami-0123".to_string())]),
         snapshots: std::collections::BTreeMap::from([("eu-west-1".to_string(), "snap-0123".to_string())]),
+        ..Published::default()
     };
     assert!(s.add_published(&foundation.id, &published).unwrap());
     assert!(!s.add_published("01NOPE", &published).unwrap());

@@ -1,7 +1,8 @@
 //! Artifacts to S3: `imgforge export … --upload s3://bucket/prefix` (and `[output] upload`)
 //! sends each output with a multipart upload straight from the file just written (no second
 //! local copy), every part with its SHA-256 checksum, parts in parallel, the upload aborted
-//! when a part fails.
+//! when a part fails. And back: [`download`] fetches a raw (a layered build's parent) into a
+//! sparse file, hashing it on the way.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -69,6 +70,66 @@ pub struct Uploaded {
     pub size: u64,
     /// Parts.
     pub parts: usize,
+}
+
+/// `s3://bucket/key` → (bucket, key). Pure.
+pub fn split_object_url(url: &str) -> Result<(String, String), String> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{url} is not an s3:// URL"))?;
+    match rest.split_once('/') {
+        Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok((b.to_string(), k.to_string())),
+        _ => Err(format!("{url} names no object (s3://bucket/key)")),
+    }
+}
+
+/// Downloads the object at `url` into `dest` (a new file; zero runs of 64 KiB are left as
+/// holes) and returns its SHA-256 (hex). The caller compares it with the one it expects.
+pub fn download(url: &str, dest: &Path, endpoint_url: Option<&str>) -> anyhow::Result<String> {
+    use std::io::{Seek, SeekFrom, Write};
+    let (bucket, key) = split_object_url(url).map_err(|e| anyhow::anyhow!(e))?;
+    let rt = crate::aws::runtime()?;
+    rt.block_on(async {
+        let cfg = crate::aws::client::load(None, endpoint_url).await?;
+        let mut conf = aws_sdk_s3::config::Builder::from(&cfg);
+        if cfg.endpoint_url().is_some() {
+            conf = conf.force_path_style(true);
+        }
+        let s3 = aws_sdk_s3::Client::from_conf(conf.build());
+        let got =
+            retry(&Policy::DEFAULT, Instant::now(), &|| format!("GetObject {url}"), || s3.get_object().bucket(&bucket).key(&key).send())
+                .await
+                .map_err(|f| anyhow::anyhow!("Failed to download {url}: {f}"))?;
+        let mut file = File::create(dest).with_context(|| format!("Failed to create {}", dest.display()))?;
+        let mut body = got.body;
+        let mut hash = Sha256::new();
+        let mut len = 0u64;
+        const CHUNK: usize = 64 << 10;
+        let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
+        let flush = |buf: &[u8], file: &mut File| -> std::io::Result<()> {
+            if buf.iter().all(|b| *b == 0) {
+                file.seek(SeekFrom::Current(i64::try_from(buf.len()).unwrap_or(i64::MAX))).map(|_| ())
+            } else {
+                file.write_all(buf)
+            }
+        };
+        while let Some(bytes) = body.try_next().await.with_context(|| format!("Failed to read {url}"))? {
+            hash.update(&bytes);
+            len += bytes.len() as u64;
+            let mut rest: &[u8] = &bytes;
+            while !rest.is_empty() {
+                let take = (CHUNK - pending.len()).min(rest.len());
+                pending.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if pending.len() == CHUNK {
+                    flush(&pending, &mut file).with_context(|| format!("Failed to write {}", dest.display()))?;
+                    pending.clear();
+                }
+            }
+        }
+        flush(&pending, &mut file).with_context(|| format!("Failed to write {}", dest.display()))?;
+        file.set_len(len).with_context(|| format!("Failed to size {}", dest.display()))?;
+        file.sync_all().with_context(|| format!("Failed to sync {}", dest.display()))?;
+        Ok(hex::encode(hash.finalize()))
+    })
 }
 
 /// Uploads `files` under `dest`.
@@ -186,6 +247,12 @@ async fn send_parts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_urls() {
+        assert_eq!(split_object_url("s3://builds/small/small.raw").unwrap(), ("builds".to_string(), "small/small.raw".to_string()));
+        assert!(split_object_url("s3://builds").is_err() && split_object_url("https://x/y").is_err());
+    }
 
     #[test]
     fn urls() {
