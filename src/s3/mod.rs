@@ -72,6 +72,17 @@ pub struct Uploaded {
     pub parts: usize,
 }
 
+/// An S3 client from the AWS configuration, with `endpoint_url` when given.
+async fn client(endpoint_url: Option<&str>) -> anyhow::Result<aws_sdk_s3::Client> {
+    let cfg = crate::aws::client::load(None, endpoint_url).await?;
+    let mut conf = aws_sdk_s3::config::Builder::from(&cfg);
+    if cfg.endpoint_url().is_some() {
+        // Custom endpoints (emulators, MinIO) rarely resolve bucket subdomains.
+        conf = conf.force_path_style(true);
+    }
+    Ok(aws_sdk_s3::Client::from_conf(conf.build()))
+}
+
 /// `s3://bucket/key` → (bucket, key). Pure.
 pub fn split_object_url(url: &str) -> Result<(String, String), String> {
     let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{url} is not an s3:// URL"))?;
@@ -88,12 +99,7 @@ pub fn download(url: &str, dest: &Path, endpoint_url: Option<&str>) -> anyhow::R
     let (bucket, key) = split_object_url(url).map_err(|e| anyhow::anyhow!(e))?;
     let rt = crate::aws::runtime()?;
     rt.block_on(async {
-        let cfg = crate::aws::client::load(None, endpoint_url).await?;
-        let mut conf = aws_sdk_s3::config::Builder::from(&cfg);
-        if cfg.endpoint_url().is_some() {
-            conf = conf.force_path_style(true);
-        }
-        let s3 = aws_sdk_s3::Client::from_conf(conf.build());
+        let s3 = client(endpoint_url).await?;
         let got =
             retry(&Policy::DEFAULT, Instant::now(), &|| format!("GetObject {url}"), || s3.get_object().bucket(&bucket).key(&key).send())
                 .await
@@ -136,13 +142,7 @@ pub fn download(url: &str, dest: &Path, endpoint_url: Option<&str>) -> anyhow::R
 pub fn upload(dest: &S3Url, files: &[PathBuf], endpoint_url: Option<&str>) -> anyhow::Result<Vec<Uploaded>> {
     let rt = crate::aws::runtime()?;
     rt.block_on(async {
-        let cfg = crate::aws::client::load(None, endpoint_url).await?;
-        let mut conf = aws_sdk_s3::config::Builder::from(&cfg);
-        if cfg.endpoint_url().is_some() {
-            // Custom endpoints (emulators, MinIO) rarely resolve bucket subdomains.
-            conf = conf.force_path_style(true);
-        }
-        let s3 = aws_sdk_s3::Client::from_conf(conf.build());
+        let s3 = client(endpoint_url).await?;
         let mut out = Vec::new();
         for f in files {
             out.push(upload_file(&s3, dest, f).await?);
