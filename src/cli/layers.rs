@@ -10,7 +10,7 @@ use crate::pipeline::layer;
 use crate::pipeline::parent::{self, Resolved};
 use crate::recipe::BuildPlan;
 use crate::recipe::plan::{Origin, Overrides, load_plan};
-use crate::registry::{Query, Record, Store};
+use crate::registry::{Query, Store};
 
 /// Arguments of `imgforge explain`.
 #[derive(Debug, clap::Args)]
@@ -42,20 +42,12 @@ fn key_now(plan: &BuildPlan, store: &dyn Store) -> anyhow::Result<layer::LayerKe
     layer::compute(plan, p.as_ref(), upstream)
 }
 
-/// The newest record of `name`, with everything.
-fn newest(store: &dyn Store, name: &str) -> anyhow::Result<Option<Record>> {
-    match store.find(&Query { name: Some(name.to_string()), ..Query::default() })?.first() {
-        Some(r) => store.get(&r.id),
-        None => Ok(None),
-    }
-}
-
 /// Runs `imgforge explain`: input by input, why a build would (or would not) rebuild.
 pub fn explain(g: &Global, a: &ExplainArgs) -> anyhow::Result<()> {
     let plan = load_plan(&a.recipe, &Overrides::default())?;
     let store = crate::registry::open(a.registry.as_deref())?;
     let key = key_now(&plan, &*store)?;
-    let last = newest(&*store, &plan.name)?;
+    let last = crate::registry::resolve(&*store, &plan.name)?;
     let reasons = match &last {
         None => vec![format!("no image named {} is registered: the first build builds it", plan.name)],
         Some(r) if r.layer_key.as_deref() == Some(key.key.as_str()) => {
@@ -136,7 +128,7 @@ pub fn outdated(g: &Global, a: &OutdatedArgs) -> anyhow::Result<()> {
         let Ok(plan) = load_plan(&path, &Overrides::default()) else { continue };
         let Origin::Parent(q) = &plan.source else { continue };
         let now = parent::resolve(&*store, q).with_context(|| format!("{}: the parent query", path.display()))?;
-        let last = newest(&*store, &plan.name)?;
+        let last = crate::registry::resolve(&*store, &plan.name)?;
         let built_on = last.as_ref().and_then(|r| r.parent.record.clone());
         if built_on.as_deref() == Some(now.record.id.as_str()) {
             continue;
