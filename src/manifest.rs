@@ -149,6 +149,9 @@ pub struct Manifest {
     pub sandbox_sysctls: BTreeMap<String, String>,
     /// Seconds per build step.
     pub steps: BTreeMap<String, f64>,
+    /// Timed parts of the steps, in order (what mount and seal spend their time on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<crate::progress::Phase>,
     /// What sealing did.
     pub seal: SealSummary,
     /// imgforge version.
@@ -317,6 +320,13 @@ mod tests {
     "provision": 13.75,
     "seal": 0.5
   },
+  "phases": [
+    {
+      "step": "seal",
+      "phase": "machine-id: empty /etc/machine-id",
+      "seconds": 0.001
+    }
+  ],
   "seal": {
     "report": "web.seal.json",
     "operations": [

@@ -24,6 +24,15 @@ pub enum Event<R> {
         /// What it does.
         message: String,
     },
+    /// A timed part of a step (the bench's line-by-line account of mount and seal).
+    Phase {
+        /// Step name.
+        step: String,
+        /// What the part did.
+        phase: String,
+        /// Wall time.
+        seconds: f64,
+    },
     /// A step finished.
     StepDone {
         /// Step name.
@@ -63,12 +72,24 @@ pub struct Events {
     json: bool,
     tty: bool,
     out: Mutex<()>,
+    phases: Mutex<Vec<Phase>>,
+}
+
+/// A timed part of a build step, as the manifest keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
+pub struct Phase {
+    /// The step it belongs to.
+    pub step: String,
+    /// What it did.
+    pub phase: String,
+    /// Wall time.
+    pub seconds: f64,
 }
 
 impl Events {
     /// `json`: JSON Lines on stdout; otherwise text on stderr (bars only on a terminal).
     pub fn new(json: bool) -> Self {
-        Self { json, tty: !json && std::io::stderr().is_terminal(), out: Mutex::new(()) }
+        Self { json, tty: !json && std::io::stderr().is_terminal(), out: Mutex::new(()), phases: Mutex::new(Vec::new()) }
     }
 
     fn emit<R: Serialize>(&self, event: Event<R>) -> serde_json::Result<()> {
@@ -100,6 +121,23 @@ impl Events {
     /// A step finished after `secs`.
     pub fn step_done(&self, step: &str, secs: f64) {
         self.emit_plain(Event::StepDone { step: step.into(), seconds: secs });
+    }
+
+    /// Runs `f` as the part `phase` of `step`, and records how long it took.
+    pub fn phase<T>(&self, step: &str, phase: &str, f: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = f();
+        let seconds = start.elapsed().as_secs_f64();
+        self.emit_plain(Event::Phase { step: step.into(), phase: phase.into(), seconds });
+        if let Ok(mut v) = self.phases.lock() {
+            v.push(Phase { step: step.into(), phase: phase.into(), seconds });
+        }
+        out
+    }
+
+    /// The phases recorded so far, in order; the list is emptied.
+    pub fn take_phases(&self) -> Vec<Phase> {
+        self.phases.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
     }
 
     /// A notice worth a user's attention that does not stop the build.
@@ -174,9 +212,9 @@ mod tests {
     /// block bar from `stderr().is_terminal()` alone).
     #[test]
     fn no_bar_under_json() {
-        let json = Events { json: true, tty: false, out: Mutex::new(()) };
+        let json = Events { json: true, tty: false, out: Mutex::new(()), phases: Mutex::default() };
         assert!(json.count_bar("uploading", 10, "blocks").is_none());
-        let tty = Events { json: false, tty: true, out: Mutex::new(()) };
+        let tty = Events { json: false, tty: true, out: Mutex::new(()), phases: Mutex::default() };
         assert!(tty.count_bar("uploading", 10, "blocks").is_some());
         assert!(!Events::new(true).tty, "--json must turn bars off");
     }

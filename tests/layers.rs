@@ -172,6 +172,38 @@ fn three_layer_chain_rebuilds_only_what_changed() {
     assert!(err.contains(&format!("base 1.0.0 ({new_base}): status is candidate, not released")), "{err}");
 }
 
+/// On XFS a child starts from its parent's raw by reflink: the child's output shares the parent's
+/// blocks (filefrag says "shared") and holds both layers.
+#[test]
+fn child_on_xfs_shares_its_parents_blocks() {
+    if !have_root("child_on_xfs_shares_its_parents_blocks") {
+        return;
+    }
+    let dir = testdir("layers-xfs");
+    let (d, db) = (dir.path(), dir.path().join("registry.db"));
+    recipes(d);
+    let xfs = ScratchFs::new("xfs", &["-q", "-m", "reflink=1"], 1 << 30);
+    let out = xfs.path().join("out");
+    for name in ["foundation", "base"] {
+        let o = run(imgforge().arg("build").arg(d.join(format!("{name}.toml"))).arg("-o").arg(&out).arg("--registry").arg(&db));
+        assert!(o.status.success(), "{name}: {}", show(&o));
+        assert_clean(&out);
+    }
+    let frag = run(std::process::Command::new("filefrag").arg("-v").arg(out.join("base.raw")));
+    let text = String::from_utf8_lossy(&frag.stdout);
+    // Blocks per extent (the length column), shared or not: the layer's own writes are few.
+    let blocks = |shared: bool| -> u64 {
+        text.lines()
+            .filter(|l| l.contains("..") && l.contains("shared") == shared)
+            .filter_map(|l| l.split(':').nth(3)?.trim().parse::<u64>().ok())
+            .sum()
+    };
+    let (shared, own) = (blocks(true), blocks(false));
+    assert!(shared > 4 * own, "{shared} blocks shared, {own} not:\n{text}");
+    let m = RoMount::open(&out.join("base.raw"), 1);
+    assert_eq!((m.read("/etc/foundation"), m.read("/etc/base")), ("foundation\n".into(), "base\n".into()));
+}
+
 /// A running `imgforge registry serve`, killed on drop.
 struct Server {
     child: std::process::Child,

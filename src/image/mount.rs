@@ -191,26 +191,34 @@ impl Mounted {
         // `Held` owns the directory from here on: whatever fails below, its drop unmounts,
         // detaches and removes the directory.
         let mut held = Held { tree: Some(MountTree::new(dir.clone())), loops: Vec::new(), dir: Some(dir.clone()) };
-        let root_loop = LoopDevice::attach(disk, root_part.part.start, root_part.part.size, read_only)?;
+        let root_loop = events.phase("mount", "attach the root partition's loop device (the kernel first writes back the working disk's dirty pages: writeback the output step would wait for)", || {
+            LoopDevice::attach(disk, root_part.part.start, root_part.part.size, read_only)
+        })?;
         let root_dev = root_loop.path().to_path_buf();
         held.loops.push(root_loop);
         let ro = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
         let fstype = root_part.fs.fstype.clone();
         if grow_fs {
-            grow_offline(&root_dev, &fstype, events)?;
+            events.phase("mount", "check and grow the root filesystem offline", || grow_offline(&root_dev, &fstype, events))?;
         }
         let spec = MountSpec { source: &root_dev, fstype: Some(&fstype), flags: ro, data: fs_options(&fstype) };
         let dir_fd = File::open(&dir).with_context(|| format!("Failed to open {}", dir.display()))?;
-        held.tree.as_mut().context("the mount tree is gone")?.mount_at(&spec, &dir_fd, &dir)?;
+        events.phase("mount", "mount the root filesystem (journal replay, private namespace)", || {
+            anyhow::Ok(held.tree.as_mut().context("the mount tree is gone")?.mount_at(&spec, &dir_fd, &dir)?)
+        })?;
         drop(dir_fd);
         let root = Root::open(&dir)?;
         let mut me = Self { held, root, filesystems: vec![("/".into(), dir)], partitions: vec![("/".into(), root_part.part.index)] };
         if grow_fs && fstype == "xfs" {
             let dir = me.root.path().to_path_buf();
-            Command::new("xfs_growfs").arg(&dir).run_checked("grow the root XFS filesystem")?;
+            events.phase("mount", "grow the root XFS filesystem online", || {
+                Command::new("xfs_growfs").arg(&dir).run_checked("grow the root XFS filesystem")
+            })?;
         }
-        me.mount_fstab(disk, parts, root_part, read_only, events)?;
-        me.mount_pseudo()?;
+        events.phase("mount", "attach and mount the image's other fstab filesystems", || {
+            me.mount_fstab(disk, parts, root_part, read_only, events)
+        })?;
+        events.phase("mount", "mount /proc, /sys, a private /dev, /dev/pts, /dev/shm, /run", || me.mount_pseudo())?;
         Ok(me)
     }
 

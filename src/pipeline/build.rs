@@ -75,7 +75,9 @@ impl Timings {
 /// `--seal-dry-run` (then nothing is written).
 pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<Outcome> {
     crate::provision::preflight(&plan.steps)?;
-    let mut store = crate::registry::open(opts.registry.as_deref()).context("Failed to open the image registry")?;
+    let mut store = events.phase("prepare", "open the image registry", || {
+        crate::registry::open(opts.registry.as_deref()).context("Failed to open the image registry")
+    })?;
     let (parent, upstream) = match &plan.source {
         Origin::Upstream(s) => (None, Some(s)),
         Origin::Parent(q) => {
@@ -84,10 +86,13 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
             (Some(p), None)
         }
     };
-    let key = super::layer::compute(plan, parent.as_ref(), upstream)?;
+    let key = events.phase("prepare", "compute the layer key (recipe, provisioner inputs, source)", || {
+        super::layer::compute(plan, parent.as_ref(), upstream)
+    })?;
     if !opts.rebuild
         && !opts.seal_dry_run
-        && let Some(r) = super::layer::up_to_date(&*store, &plan.name, &key.key)?
+        && let Some(r) =
+            events.phase("prepare", "look the layer key up in the registry", || super::layer::up_to_date(&*store, &plan.name, &key.key))?
     {
         return Ok(Outcome::UpToDate(Box::new(r)));
     }
@@ -255,7 +260,7 @@ fn inside(
     let cx = &crate::seal::Context { ssh_inventory: Some(inventory), ..cx.clone() };
     // Every command in the image (provisioners, the image's tools while sealing) runs in it;
     // networking only when there is something to provision.
-    let sandbox = Sandbox::create(&m.root, !plan.steps.is_empty())?;
+    let sandbox = t.time(events, "sandbox", "creating the build sandbox", || Sandbox::create(&m.root, !plan.steps.is_empty(), events))?;
     let provisioners = t.time(events, "provision", "provisioning", || provision_window(plan, &opts.cache_dir, m, events))?;
     let services = sandbox.deferred_services()?;
     report_services(&services, events);
@@ -265,16 +270,21 @@ fn inside(
             "{k} = {v} was set by a provisioner: it changed only the build sandbox; the image gets it only if persisted (/etc/sysctl.d)"
         ));
     }
-    let architecture = arch::detect(&m.root);
-    let drivers = drivers::detect(&m.root);
+    let (architecture, drivers) = t.time(events, "detect", "detecting the architecture and the cloud drivers", || {
+        Ok((arch::detect(&m.root), drivers::detect(&m.root)))
+    })?;
     t.time(events, "stamp", &format!("stamping {} {}", stamp.name, stamp.version), || Ok(stamp::apply(&m.root, stamp)?))?;
     let what = format!("sealing ({} operations{})", plan.seal.enabled.len(), if opts.seal_dry_run { ", dry run" } else { "" });
     // The scrub is the last write to the image: only trimming (no content change) follows.
     let mut seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
     drop(sandbox);
-    let packages = crate::registry::packages::installed(&m.root)?;
-    let kernels = crate::registry::packages::kernels(&m.root)?;
-    let distribution = crate::registry::packages::distribution(&m.root)?;
+    let (packages, kernels, distribution) = t.time(events, "inventory", "reading the image's packages and kernels", || {
+        Ok((
+            crate::registry::packages::installed(&m.root)?,
+            crate::registry::packages::kernels(&m.root)?,
+            crate::registry::packages::distribution(&m.root)?,
+        ))
+    })?;
     if opts.seal_dry_run {
         return Ok(Customized { provisioners, services, sysctls, packages, kernels, distribution, seal, architecture, drivers });
     }
@@ -447,6 +457,7 @@ fn finish(
         services: c.services,
         sandbox_sysctls: c.sysctls,
         steps: t.0,
+        phases: Vec::new(),
         seal: c.seal.summary(&seal_name),
         imgforge_version: env!("CARGO_PKG_VERSION").to_string(),
         record: None,
@@ -468,11 +479,13 @@ fn finish(
     let started = Instant::now();
     layer.store.register(&record).context("Failed to record the build in the image registry")?;
     let took = started.elapsed().as_secs_f64();
+    manifest.steps.insert("register".into(), took);
     events.output(
         "registry",
         &format!("recorded {} {} as {} ({} packages, in {took:.3} s)", record.name, record.version, record.id, record.packages.len()),
     );
     manifest.record = Some(record.id);
+    manifest.phases = events.take_phases();
     crate::manifest::write(&manifest, &path)?;
     Ok(Box::new(manifest))
 }

@@ -53,7 +53,7 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
     let m = Mounted::mount(file, &parts, &root, false, cx.dry_run, events)?;
     let cx = Context { filesystems: seal_filesystems(&parts, &m), disk_path: Some(shared_path(file)), ..cx.clone() };
     // The image's own tools (cloud-init clean, update-ca-certificates) run in a sandbox.
-    let sandbox = crate::chroot::sandbox::Sandbox::create(&m.root, false)?;
+    let sandbox = crate::chroot::sandbox::Sandbox::create(&m.root, false, events)?;
     let result = crate::seal::run(&m.root, plan, &cx, events);
     drop(sandbox);
     let result = result.and_then(|mut r| {

@@ -98,11 +98,15 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
         uuid_changes: Vec::new(),
         kept: Vec::new(),
     };
-    let mut needles = prescan(&mut r).context("Failed to read the image's addresses and names before sealing")?;
+    let mut needles = events
+        .phase("seal", "read the MACs, IPs, host names and machine id the residue scan looks for", || prescan(&mut r))
+        .context("Failed to read the image's addresses and names before sealing")?;
     for op in Op::ALL {
         if plan.enabled.contains(&op) {
             r.s.set_op(op);
-            run_op(op, &mut r).with_context(|| format!("seal operation {} failed", op.name()))?;
+            events
+                .phase("seal", &format!("{}: {}", op.name(), op.description()), || run_op(op, &mut r))
+                .with_context(|| format!("seal operation {} failed", op.name()))?;
         }
     }
     let (secrets, unread) = r.s.take_removed();
@@ -124,7 +128,11 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
         r.notes.push("dry run: no residue scan".into());
         residue::Scan::default()
     } else {
-        residue::scan(root, &needles, SCAN_SKIP).context("Failed to scan the sealed image for residue")?
+        events
+            .phase("seal", "residue scan: every file of the sealed image searched for what was removed", || {
+                residue::scan(root, &needles, SCAN_SKIP)
+            })
+            .context("Failed to scan the sealed image for residue")?
     };
     // What the seal removed and no live file holds: the raw pass looks for exactly that.
     let raw_needles = needles.without(&scan.live);

@@ -225,3 +225,42 @@ impl Drop for RoMount {
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
+
+/// A scratch filesystem (`mkfs.<fstype>` on a sparse file, loop-attached, mounted read-write);
+/// unmounted and detached on drop.
+pub struct ScratchFs {
+    pub dir: tempfile::TempDir,
+    dev: String,
+    _file: tempfile::TempDir,
+}
+
+impl ScratchFs {
+    pub fn new(fstype: &str, mkfs_args: &[&str], size: u64) -> ScratchFs {
+        let file = tempfile::Builder::new().prefix("scratch-fs-").tempdir_in(repo().join("target")).unwrap();
+        let img = file.path().join("fs.img");
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        let o = Command::new(format!("mkfs.{fstype}")).args(mkfs_args).arg(&img).output().unwrap();
+        assert!(o.status.success(), "mkfs.{fstype}: {}", show(&o));
+        let out = Command::new("losetup").args(["--find", "--show"]).arg(&img).output().unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dir = tempfile::Builder::new().prefix("scratch-mnt-").tempdir().unwrap();
+        let m = Command::new("mount").arg(&dev).arg(dir.path()).output().unwrap();
+        if !m.status.success() {
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+            panic!("mount failed: {}", show(&m));
+        }
+        ScratchFs { dir, dev, _file: file }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ScratchFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}

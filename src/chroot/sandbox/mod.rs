@@ -151,20 +151,56 @@ pub struct Sandbox {
     _net: Option<net::UserNet>,
     _ns: userns::Namespaces,
     marker_made: bool,
+    _tmpfs: Tmpfs,
     _dir: tempfile::TempDir,
+}
+
+/// A tmpfs over the sandbox's directory (the /proc/sys copy: ~1300 small files, 0.9 s to create
+/// on the build host's disk while it writes the image back, a few ms in memory). It lives in the
+/// build's private mount namespace, so it goes with the build even after `kill -9`; unmounted
+/// (lazily) on drop, before the directory is removed.
+#[derive(Debug)]
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> anyhow::Result<Self> {
+        use nix::mount::MsFlags;
+        nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700,size=64m"))
+            .with_context(|| format!("Failed to mount a tmpfs on {}", dir.display()))?;
+        Ok(Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!("Failed to unmount the sandbox's tmpfs {}: {e}", self.0.display());
+        }
+    }
 }
 
 impl Sandbox {
     /// Sets up the sandbox for the image mounted at `root` (with networking when `network`).
-    pub fn create(root: &Root, network: bool) -> anyhow::Result<Self> {
+    pub fn create(root: &Root, network: bool, events: &crate::progress::Events) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("imgforge-sandbox-").tempdir().context("Failed to create a temporary directory")?;
+        let tmpfs = Tmpfs::mount(dir.path())?;
         let sys = dir.path().join("proc-sys");
         std::fs::create_dir(&sys).with_context(|| format!("Failed to create {}", sys.display()))?;
-        let procsys = procsys::Snapshot::take(&sys).context("Failed to copy /proc/sys for the build sandbox")?;
+        let procsys = events
+            .phase("sandbox", "copy /proc/sys (provisioners' sysctl writes land in the copy)", || procsys::Snapshot::take(&sys))
+            .context("Failed to copy /proc/sys for the build sandbox")?;
         let shim = dir.path().join("systemctl");
         write_exec(&shim, services::SYSTEMCTL_SHIM.as_bytes())?;
-        let ns = userns::Namespaces::create()?;
-        let net = if network { Some(net::UserNet::start(ns.pid(), &dir.path().join("slirp4netns.log"))?) } else { None };
+        let ns = events.phase("sandbox", "create the user and network namespaces (held by a small process)", userns::Namespaces::create)?;
+        let net = if network {
+            let log = dir.path().join("slirp4netns.log");
+            Some(
+                events
+                    .phase("sandbox", "start slirp4netns (user-mode network for provisioners)", || net::UserNet::start(ns.pid(), &log))?,
+            )
+        } else {
+            None
+        };
         root.mkdir_all(Path::new(&services::state_dir()), 0o700)?;
         root.write(Path::new(&services::real_systemctl()), b"", 0o755)?;
         let marker_made = !root.exists(Path::new(SYSTEMD_MARKER))?;
@@ -180,7 +216,7 @@ impl Sandbox {
             shim,
         });
         register(handle.clone());
-        Ok(Self { root: root.try_clone()?, handle, procsys, _net: net, _ns: ns, marker_made, _dir: dir })
+        Ok(Self { root: root.try_clone()?, handle, procsys, _net: net, _ns: ns, marker_made, _tmpfs: tmpfs, _dir: dir })
     }
 
     /// Kernel parameters written in the sandbox (they changed only its copy of /proc/sys).
