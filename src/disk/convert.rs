@@ -68,7 +68,7 @@ fn copy_raw(f: &File, input: &Path, out: &File, progress: &Progress) -> Result<u
         return Ok(size);
     }
     out.set_len(size).map_err(io(0))?;
-    for (start, end) in data_extents(f, size).map_err(io(0))? {
+    for (start, end) in crate::io::extents::data_extents(f, size).map_err(io(0))? {
         let mut off = start;
         while off < end {
             if crate::host::signals::stop_requested() {
@@ -121,25 +121,6 @@ fn write_nonzero(out: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
         out.write_all_at(buf.get(start..).unwrap_or_default(), off + start as u64)?;
     }
     Ok(())
-}
-
-/// Data extents `[start, end)` of a file, via SEEK_DATA/SEEK_HOLE.
-pub fn data_extents(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    use nix::unistd::{Whence, lseek};
-    let mut out = Vec::new();
-    let mut pos: i64 = 0;
-    let size = i64::try_from(size).map_err(|_| std::io::Error::other("file too large"))?;
-    while pos < size {
-        let start = match lseek(f.as_fd(), pos, Whence::SeekData) {
-            Ok(s) => s,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let end = lseek(f.as_fd(), start, Whence::SeekHole)?;
-        out.push((start as u64, end as u64));
-        pos = end;
-    }
-    Ok(out)
 }
 
 fn open_qcow2(input: &Path) -> std::io::Result<FormatAccess<imago::file::File>> {
@@ -212,7 +193,7 @@ mod tests {
         f.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(back, buf);
         assert_eq!(
-            data_extents(&f, buf.len() as u64).unwrap(),
+            crate::io::extents::data_extents(&f, buf.len() as u64).unwrap(),
             vec![(ZERO_BLOCK as u64, 2 * ZERO_BLOCK as u64), (3 * ZERO_BLOCK as u64, 4 * ZERO_BLOCK as u64)]
         );
         assert!(f.metadata().unwrap().blocks() * 512 <= 2 * ZERO_BLOCK as u64 + 8192);

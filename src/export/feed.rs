@@ -21,7 +21,7 @@ const PIECE: u64 = 1024 * 1024;
 /// Data extents of `file` rounded out to [`CLUSTER`] boundaries, merged, clipped to `size`.
 pub fn cluster_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for (start, end) in crate::disk::convert::data_extents(file, size)? {
+    for (start, end) in crate::io::extents::data_extents(file, size)? {
         let s = start / CLUSTER * CLUSTER;
         let e = end.div_ceil(CLUSTER).saturating_mul(CLUSTER).min(size);
         match out.last_mut() {

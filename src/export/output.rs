@@ -49,7 +49,7 @@ fn hash_and_sync(file: &File, fin: Finish, dest: &Path) -> anyhow::Result<String
         }
         let size = file.metadata().with_context(|| format!("Failed to stat {}", dest.display()))?.len();
         let extents =
-            crate::disk::convert::data_extents(file, size).with_context(|| format!("Failed to find the data of {}", dest.display()))?;
+            crate::io::extents::data_extents(file, size).with_context(|| format!("Failed to find the data of {}", dest.display()))?;
         digest_sparse(file, size, &extents, Algo::Sha256, None).with_context(|| format!("Failed to hash {}", dest.display()))
     };
     if !(fin.sha256 && fin.sync) {

@@ -200,8 +200,21 @@ fn drain(reader: &mut impl Read) -> io::Result<()> {
 /// Digest of the file at `path` with `algo`, as lower-case hex; `progress`, if given, advances
 /// by the bytes hashed as they are read (1 MiB at a time). The error is the bare I/O error: the
 /// caller names the file.
+/// A file with holes (a parent's raw disk) is hashed by [`digest_sparse`]: reading a hole of a
+/// freshly written file costs the kernel a zeroed page per 4 KiB (seconds for a 2 GiB disk).
 pub fn digest_file(path: &Path, algo: Algo, progress: Option<&AtomicU64>) -> io::Result<String> {
-    let mut reader = HashingReader::new(File::open(path)?, algo, progress);
+    let mut file = File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        let size = meta.len();
+        let extents = super::extents::data_extents(&file, size)?;
+        if extents.iter().map(|(s, e)| e - s).sum::<u64>() < size {
+            return digest_sparse(&file, size, &extents, algo, progress);
+        }
+        // SEEK_DATA/SEEK_HOLE moved the position.
+        std::io::Seek::rewind(&mut file)?;
+    }
+    let mut reader = HashingReader::new(file, algo, progress);
     drain(&mut reader)?;
     Ok(reader.finish().1)
 }
@@ -218,7 +231,7 @@ fn feed_zeros(d: &mut Digester, zeros: &[u8], mut n: u64, progress: Option<&Atom
 
 /// Digest (lower-case hex) of the first `size` bytes of `file`, of which only `extents` hold
 /// data: sorted `(start, end)` byte ranges as SEEK_DATA/SEEK_HOLE report them (see
-/// `disk::convert::data_extents`). Holes are fed as zeros without being read; data is read at
+/// `io::extents::data_extents`). Holes are fed as zeros without being read; data is read at
 /// its offsets, so the file's position does not move. `progress` advances by hole and data
 /// bytes alike. The error is the bare I/O error: the caller names the file.
 pub fn digest_sparse(file: &File, size: u64, extents: &[(u64, u64)], algo: Algo, progress: Option<&AtomicU64>) -> io::Result<String> {
@@ -422,12 +435,16 @@ mod tests {
         std::fs::write(&dense, &dense_bytes).unwrap();
 
         let f = File::open(&sparse).unwrap();
-        let extents = crate::disk::convert::data_extents(&f, size).unwrap();
+        let extents = crate::io::extents::data_extents(&f, size).unwrap();
         for algo in [Algo::Sha256, Algo::Sha512] {
             let counter = AtomicU64::new(0);
             let got = digest_sparse(&f, size, &extents, algo, Some(&counter)).unwrap();
             assert_eq!(got, digest_file(&dense, algo, None).unwrap(), "{algo}");
             assert_eq!(got, sha2_hex(algo, &dense_bytes), "{algo}");
+            assert_eq!(counter.load(Ordering::Relaxed), size);
+            // digest_file takes the sparse path for a file with holes, same digest and count.
+            let counter = AtomicU64::new(0);
+            assert_eq!(digest_file(&sparse, algo, Some(&counter)).unwrap(), got, "{algo}");
             assert_eq!(counter.load(Ordering::Relaxed), size);
         }
     }

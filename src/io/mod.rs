@@ -4,4 +4,5 @@
 //! Nothing here knows about images, sources or outputs: the domains import this module, never
 //! the other way round.
 
+pub mod extents;
 pub mod hash;

@@ -119,12 +119,12 @@ pub fn prepare(req: &Request) -> anyhow::Result<Prepared> {
     let parent = req.parent.as_ref().map(|(snap, path)| open_parent(snap, path)).transpose()?;
     let mode = upload_mode(parent.is_some(), req.settings.encrypted, &mut notices);
     let parent = if mode == Mode::Delta { parent } else { None };
-    let extents = crate::disk::convert::data_extents(&input.file, input.size)
+    let extents = crate::io::extents::data_extents(&input.file, input.size)
         .with_context(|| format!("Failed to find the data extents of {}", input.path.display()))?;
     let data = blocks::blocks_of(&extents);
     let parent_data = match &parent {
         Some(p) => blocks::blocks_of(
-            &crate::disk::convert::data_extents(&p.file, p.size)
+            &crate::io::extents::data_extents(&p.file, p.size)
                 .with_context(|| format!("Failed to find the data extents of {}", p.path.display()))?,
         ),
         None => Vec::new(),

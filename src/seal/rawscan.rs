@@ -149,7 +149,7 @@ pub fn scan(disk: &File, parts: &[Part], needles: &Needles) -> Result<RawScan, R
         return Ok(out);
     }
     let size = disk.metadata().map_err(|source| RawScanError::Io { op: "stat", offset: 0, source })?.len();
-    let extents = crate::disk::convert::data_extents(disk, size).map_err(|source| RawScanError::Io { op: "seek in", offset: 0, source })?;
+    let extents = crate::io::extents::data_extents(disk, size).map_err(|source| RawScanError::Io { op: "seek in", offset: 0, source })?;
     let overlap = engine.overlap as u64;
     let mut pieces = Vec::new();
     for (s, e) in extents {
