@@ -5,4 +5,5 @@ pub mod detect;
 pub mod fsprobe;
 pub mod grow;
 pub mod partition;
+pub mod qcow2_compressed;
 pub mod workdisk;
