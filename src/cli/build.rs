@@ -43,6 +43,12 @@ pub struct Args {
     /// (a new record; history is never overwritten).
     #[arg(long)]
     pub rebuild: bool,
+    /// Do not run the recipe's [[test]] suites after the build (the record stays a candidate).
+    #[arg(long)]
+    pub no_test: bool,
+    /// Where to write the tests' JUnit report (default: OUTPUT_DIR/NAME.tests.xml).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
 }
 
 /// Runs a build.
@@ -68,6 +74,8 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         registry: a.registry.clone(),
         rebuild: a.rebuild,
         endpoint_url: a.endpoint_url.clone(),
+        no_test: a.no_test,
+        junit: a.junit.clone(),
     };
     let manifest = match crate::pipeline::build::run(&plan, &opts, &events)? {
         crate::pipeline::build::Outcome::Built(m) => m,

@@ -13,6 +13,7 @@ mod publish;
 mod registry;
 mod sandbox_exec;
 mod seal;
+mod test;
 mod validate;
 
 use std::process::ExitCode;
@@ -63,6 +64,8 @@ enum Command {
     Image(image::Args),
     /// Serve the registry over HTTP: a read-only JSON API and a page with the lineage tree.
     Registry(registry::Args),
+    /// Run a recipe's [[test]] suites on a registered image and record the verdict.
+    Test(test::Args),
     /// Say, input by input, why a build of the recipe would rebuild (or that it is up to date).
     Explain(layers::ExplainArgs),
     /// List the images and recipes whose parent query now finds a newer parent.
@@ -97,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Seal(a) => seal::run(&cli.global, a),
         Command::Image(a) => image::run(&cli.global, a),
         Command::Registry(a) => registry::run(a),
+        Command::Test(a) => test::run(&cli.global, a),
         Command::Explain(a) => layers::explain(&cli.global, a),
         Command::Outdated(a) => layers::outdated(&cli.global, a),
         Command::Completions(a) => docs::completions(Cli::command(), a),

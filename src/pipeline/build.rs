@@ -52,6 +52,10 @@ pub struct Options {
     pub rebuild: bool,
     /// Another endpoint for S3 (a parent's raw fetched from its upload).
     pub endpoint_url: Option<String>,
+    /// Skip the recipe's `[[test]]` suites.
+    pub no_test: bool,
+    /// Where the JUnit report goes (default `<output dir>/<name>.tests.xml`).
+    pub junit: Option<PathBuf>,
 }
 
 /// Step timings, in order.
@@ -130,7 +134,13 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
     let layer = Layer { key, parent: parent.map(|p| p.record), store: &mut *store };
     match customize(plan, opts, &work, size, &stamp, &mut t, events) {
         Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(Box::new(c.seal))),
-        Ok(c) => finish(plan, work, &src, &stamp, c, layer, t, events).map(Outcome::Built),
+        Ok(c) => {
+            let manifest = finish(plan, work, &src, &stamp, c, layer, t, events)?;
+            if !opts.no_test && !plan.tests.is_empty() {
+                test_build(plan, opts, &manifest, &mut *store, events)?;
+            }
+            Ok(Outcome::Built(manifest))
+        }
         Err(e) => {
             if opts.on_error == OnError::Keep {
                 let kept = plan.output_dir.join(format!("{}.failed.raw", plan.name));
@@ -144,6 +154,29 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
             Err(e)
         }
     }
+}
+
+/// Runs the recipe's tests on the raw output just written and records the verdict: all pass →
+/// the record is `tested`; a failure → an error naming the failed cases, the record stays a
+/// candidate, the outputs stay for inspection.
+fn test_build(
+    plan: &BuildPlan,
+    opts: &Options,
+    m: &Manifest,
+    store: &mut dyn crate::registry::Store,
+    events: &Events,
+) -> anyhow::Result<()> {
+    let raw = m.outputs.iter().find(|o| o.format == "raw").context("the build wrote no raw output to test")?;
+    let subject = crate::imagetest::Subject {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        record: m.record.clone(),
+        sha256: raw.sha256.clone(),
+    };
+    let junit = opts.junit.clone().unwrap_or_else(|| crate::imagetest::default_junit(&plan.output_dir, &plan.name));
+    let run = crate::imagetest::run_and_report(&subject, Path::new(&raw.path), plan.root_partition, &plan.tests, &junit, events)?;
+    let id = m.record.as_deref().context("the build has no registry record")?;
+    crate::imagetest::record(store, id, &run)
 }
 
 /// What happened inside the mounted image.
@@ -539,6 +572,7 @@ fn record_of(
         seal_report: Some(abs(seal_path)),
         amis: Default::default(),
         snapshots: Default::default(),
+        tests: Vec::new(),
         owner,
         recipe: abs(&plan.recipe_path),
     }

@@ -6,6 +6,7 @@ pub mod parse;
 pub mod plan;
 pub mod seal;
 pub mod size;
+pub mod test;
 
 pub use error::RecipeError;
 pub use plan::BuildPlan;

@@ -29,6 +29,9 @@ pub struct Recipe {
     /// Sealing operations and their options.
     #[serde(default)]
     pub seal: super::seal::Seal,
+    /// Image tests (`[[test]]`), in order; checked against their `type` in `test.rs`.
+    #[serde(default)]
+    pub test: Vec<toml::Spanned<toml::Table>>,
 }
 
 /// `[image]`

@@ -31,6 +31,11 @@ pub fn parse(src: Src<'_>) -> Result<Recipe, RecipeError> {
 
 /// Deserialises one `[[provision]]` table into its typed step.
 pub fn step<T: DeserializeOwned>(src: Src<'_>, table: &toml::Spanned<toml::Table>, index: usize) -> Result<T, RecipeError> {
+    typed(src, table, "provision", index)
+}
+
+/// Deserialises the `index`-th (0-based) `[[section]]` table into the struct its `type` chose.
+pub fn typed<T: DeserializeOwned>(src: Src<'_>, table: &toml::Spanned<toml::Table>, section: &str, index: usize) -> Result<T, RecipeError> {
     // `type` chose the struct; the struct itself does not repeat it.
     let mut body = table.get_ref().clone();
     body.remove("type");
@@ -38,7 +43,7 @@ pub fn step<T: DeserializeOwned>(src: Src<'_>, table: &toml::Spanned<toml::Table
         let kind = table.get_ref().get("type").and_then(|v| v.as_str()).unwrap_or("?");
         let (message, hint) = explain(e.message());
         let at = key_span(src.text, table.span(), e.message()).unwrap_or(table.span());
-        let err = src.at(at, format!("[[provision]] #{} (type = \"{kind}\"): {message}", index + 1));
+        let err = src.at(at, format!("[[{section}]] #{} (type = \"{kind}\"): {message}", index + 1));
         match hint {
             Some(h) => err.hint(h),
             None => err,

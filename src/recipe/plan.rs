@@ -57,6 +57,8 @@ pub struct BuildPlan {
     pub aws: Option<crate::publish::options::AwsSettings>,
     /// Sealing.
     pub seal: crate::seal::SealPlan,
+    /// Image tests run after the outputs are written (`[[test]]`).
+    pub tests: Vec<crate::imagetest::plan::Suite>,
 }
 
 /// What a build starts from.
@@ -89,6 +91,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
     let source = origin(src, &dir, &r.source)?;
     let disk_size = r.disk.size.as_ref().map(|s| disk_size(src, s)).transpose()?;
     let steps = r.provision.iter().enumerate().map(|(i, t)| named_step(src, &dir, t, i, &name)).collect::<Result<_, _>>()?;
+    let tests = super::test::plan(src, &dir, &r.test)?;
     let output_dir = match (&overrides.output_dir, &r.output.dir) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) => dir.join(d.get_ref()),
@@ -114,16 +117,19 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         upload: r.output.upload.as_ref().map(|u| crate::s3::parse_url(u.get_ref()).map_err(|e| src.at(u.span(), e))).transpose()?,
         aws: r.aws.as_ref().map(|a| super::aws::plan(src, a)).transpose()?,
         seal: super::seal::seal_plan(src, &r.seal)?,
+        tests,
     })
 }
 
-/// SHA-256 of the recipe as data (canonical JSON of the parsed TOML), without `[output] dir`:
+/// SHA-256 of the recipe as data (canonical JSON of the parsed TOML), without `[output] dir` and `[[test]]`:
 /// where the outputs go does not change what they are. Pure.
 fn meaning_digest(text: &str) -> String {
     let mut t: toml::Table = toml::from_str(text).unwrap_or_default();
     if let Some(toml::Value::Table(o)) = t.get_mut("output") {
         o.remove("dir");
     }
+    // Tests judge the image; they do not change it (`imgforge test` reruns them).
+    t.remove("test");
     let mut out = String::new();
     canonical(&toml::Value::Table(t), &mut out);
     hex::encode(Sha256::digest(out.as_bytes()))

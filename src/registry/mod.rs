@@ -40,9 +40,14 @@ pub trait Store: Send {
     /// Records matching `q` (apart from `descendant_of`), newest first, each with only the
     /// packages the query named.
     fn find(&self, q: &Query) -> anyhow::Result<Vec<Record>>;
+    /// Changes a record in one transaction (its status and data; never its packages);
+    /// `false` when there is no such record.
+    fn update(&mut self, id: &str, change: &mut dyn FnMut(&mut Record)) -> anyhow::Result<bool>;
     /// Adds what a publish made (AMI ids and snapshot ids, region → id) to a record; `false`
     /// when there is no such record.
-    fn add_published(&mut self, id: &str, published: &Published) -> anyhow::Result<bool>;
+    fn add_published(&mut self, id: &str, published: &Published) -> anyhow::Result<bool> {
+        self.update(id, &mut |r| published.apply(r))
+    }
 }
 
 /// The registry `spec` names (`--registry`), else `IMGFORGE_REGISTRY`, else the default.

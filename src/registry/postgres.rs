@@ -139,13 +139,13 @@ impl Store for Postgres {
         Ok(())
     }
 
-    fn add_published(&mut self, id: &str, published: &super::Published) -> anyhow::Result<bool> {
+    fn update(&mut self, id: &str, change: &mut dyn FnMut(&mut Record)) -> anyhow::Result<bool> {
         let mut c = self.client()?;
         let mut tx = c.transaction()?;
         let Some(row) = tx.query_opt("SELECT data FROM records WHERE id = $1 FOR UPDATE", &[&id])? else { return Ok(false) };
         let mut r = sql::decode(row.get(0))?;
-        published.apply(&mut r);
-        tx.execute("UPDATE records SET data = $2 WHERE id = $1", &[&id, &sql::encode(&r)?])?;
+        change(&mut r);
+        tx.execute("UPDATE records SET data = $2, status = $3 WHERE id = $1", &[&id, &sql::encode(&r)?, &r.status])?;
         tx.commit()?;
         Ok(true)
     }

@@ -32,6 +32,24 @@ pub enum Op {
     Gt,
 }
 
+impl std::fmt::Display for PackageReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.constraint {
+            None => write!(f, "{}", self.name),
+            Some((op, v)) => {
+                let op = match op {
+                    Op::Lt => "<",
+                    Op::Le => "<=",
+                    Op::Eq => "=",
+                    Op::Ge => ">=",
+                    Op::Gt => ">",
+                };
+                write!(f, "{}{op}{v}", self.name)
+            }
+        }
+    }
+}
+
 impl PackageReq {
     /// `openssl`, `openssl<3.0.15`, `openssh-server>=1:9`. Pure.
     pub fn parse(s: &str) -> anyhow::Result<Self> {

@@ -66,6 +66,31 @@ impl Output {
     }
 }
 
+/// One run of an image's tests: the verdict, and the image it was given on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct TestRun {
+    /// When (RFC 3339).
+    pub date: String,
+    /// SHA-256 of the raw disk the tests ran against.
+    pub sha256: String,
+    /// `offline` (or `boot`).
+    pub stage: String,
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases that failed, by `suite.case` name (empty: the run passed).
+    pub failed: Vec<String>,
+    /// The JUnit report written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit: Option<String>,
+}
+
+impl TestRun {
+    /// No case failed.
+    pub fn passed(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
 /// A registered image version.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Record {
@@ -122,6 +147,9 @@ pub struct Record {
     /// EBS snapshot ids by region (added by publish): a child's delta upload starts from them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub snapshots: BTreeMap<String, String>,
+    /// Image test runs against this record's raw output, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestRun>,
     /// Who built it (the recipe's owner, else the invoking user).
     pub owner: String,
     /// The recipe file.

@@ -113,13 +113,13 @@ impl Store for Sqlite {
         Ok(())
     }
 
-    fn add_published(&mut self, id: &str, published: &super::Published) -> anyhow::Result<bool> {
+    fn update(&mut self, id: &str, change: &mut dyn FnMut(&mut Record)) -> anyhow::Result<bool> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let data: Option<String> = tx.query_row("SELECT data FROM records WHERE id = ?1", [id], |r| r.get(0)).optional()?;
         let Some(data) = data else { return Ok(false) };
         let mut r = sql::decode(&data)?;
-        published.apply(&mut r);
-        tx.execute("UPDATE records SET data = ?2 WHERE id = ?1", params![id, sql::encode(&r)?])?;
+        change(&mut r);
+        tx.execute("UPDATE records SET data = ?2, status = ?3 WHERE id = ?1", params![id, sql::encode(&r)?, r.status])?;
         tx.commit()?;
         Ok(true)
     }

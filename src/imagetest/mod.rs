@@ -1,0 +1,146 @@
+//! Image tests: the recipe's `[[test]]` suites run against a finished image, a JUnit report, and
+//! the verdict recorded in the registry with the SHA-256 of the disk it was given.
+//!
+//! Offline suites mount the raw disk read-only (in the process's private mount namespace) and
+//! run the image's own programs in the build sandbox without network: they can read the image,
+//! never change it or the host.
+
+pub mod checks;
+pub mod junit;
+pub mod plan;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::chroot::sandbox::Sandbox;
+use crate::image::mount::{Mounted, choose_root, probe_all};
+use crate::progress::Events;
+use crate::registry::record::TestRun;
+use plan::{Suite, SuiteKind};
+
+/// One test case's result.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The suite (the recipe's `[[test]]` name).
+    pub suite: String,
+    /// What it checked.
+    pub name: String,
+    /// Wall time.
+    pub seconds: f64,
+    /// Why it failed; `None`: it passed.
+    pub failure: Option<String>,
+}
+
+/// The image under test.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Image name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Its registry record.
+    pub record: Option<String>,
+    /// SHA-256 of the raw disk tested.
+    pub sha256: String,
+}
+
+/// Runs every offline suite against the raw disk at `raw`.
+pub fn run_offline(raw: &Path, root_partition: Option<u32>, suites: &[Suite], events: &Events) -> anyhow::Result<Vec<Case>> {
+    let file = File::open(raw).with_context(|| format!("Failed to open {}", raw.display()))?;
+    let size = file.metadata().with_context(|| format!("Failed to stat {}", raw.display()))?.len();
+    let table = crate::disk::partition::read(&mut &file, size)
+        .with_context(|| format!("Failed to read the partition table of {}", raw.display()))?;
+    let parts = probe_all(&file, &table)?;
+    let root = choose_root(&parts, root_partition)?;
+    let m = Mounted::mount(&file, &parts, &root, false, true, events)?;
+    let result = Sandbox::create(&m.root, false, events).map(|sandbox| {
+        let mut cases = Vec::new();
+        for s in suites {
+            events.step("test", &format!("running the {} suite", s.name));
+            match &s.kind {
+                SuiteKind::Checks(c) => cases.extend(checks::run(&s.name, &m.root, c)),
+            }
+        }
+        drop(sandbox);
+        cases
+    });
+    let closed = m.close();
+    let cases = result?;
+    closed?;
+    Ok(cases)
+}
+
+/// Where the JUnit report goes by default: `out/NAME.tests.xml`.
+pub fn default_junit(output_dir: &Path, name: &str) -> PathBuf {
+    output_dir.join(format!("{name}.tests.xml"))
+}
+
+/// Runs the suites, writes the JUnit report, and returns the verdict to record. Prints one line
+/// per failed case and a summary.
+pub fn run_and_report(
+    subject: &Subject,
+    raw: &Path,
+    root_partition: Option<u32>,
+    suites: &[Suite],
+    junit: &Path,
+    events: &Events,
+) -> anyhow::Result<TestRun> {
+    let cases = run_offline(raw, root_partition, suites, events)?;
+    junit::write(junit, subject, &cases)?;
+    let failed: Vec<String> = cases.iter().filter(|c| c.failure.is_some()).map(|c| format!("{}.{}", c.suite, c.name)).collect();
+    for c in &cases {
+        if let Some(why) = &c.failure {
+            events.output("test", &format!("FAILED {} / {}: {why}", c.suite, c.name));
+        }
+    }
+    events.output(
+        "test",
+        &format!(
+            "{} {}: {} of {} cases passed ({} suites; JUnit: {})",
+            subject.name,
+            subject.version,
+            cases.len() - failed.len(),
+            cases.len(),
+            suites.len(),
+            junit.display()
+        ),
+    );
+    Ok(TestRun {
+        date: crate::stamp::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+        sha256: subject.sha256.clone(),
+        stage: "offline".into(),
+        passed: cases.len() - failed.len(),
+        failed,
+        junit: Some(std::path::absolute(junit).unwrap_or_else(|_| junit.to_path_buf()).display().to_string()),
+    })
+}
+
+/// Records `run` on the record `id`: a passing run makes a candidate `tested`. Returns the error
+/// a failed run ends the command with.
+pub fn record(store: &mut dyn crate::registry::Store, id: &str, run: &TestRun) -> anyhow::Result<()> {
+    let found = store
+        .update(id, &mut |r| {
+            r.tests.push(run.clone());
+            if run.passed() && r.status == "candidate" {
+                r.status = "tested".into();
+            }
+        })
+        .context("Failed to record the test verdict in the image registry")?;
+    if !found {
+        anyhow::bail!("the registry has no record {id} to record the test verdict on");
+    }
+    if !run.passed() {
+        let shown: Vec<&str> = run.failed.iter().take(10).map(String::as_str).collect();
+        anyhow::bail!(
+            "{} of {} test cases failed: {}{}; the record stays a candidate (report: {})",
+            run.failed.len(),
+            run.failed.len() + run.passed,
+            shown.join("; "),
+            if run.failed.len() > 10 { "; …" } else { "" },
+            run.junit.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
