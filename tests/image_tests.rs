@@ -134,6 +134,51 @@ fn checks_pass_on_a_good_image_and_fail_on_a_planted_policy_rc_d() {
         assert!(xml.contains(&format!(r#"<failure message="{why}""#)), "{why}: {xml}");
     }
     assert_clean(d);
+
+    promotion(d, &db, &id, m["record"].as_str().unwrap());
+}
+
+/// Channels on the real binary: a tested record is promoted, a failed one only with --force and
+/// a reason; a child finds its parent through a channel; a revoked parent stops its children.
+fn promotion(d: &Path, db: &Path, good: &str, bad: &str) {
+    let cli = |args: &[&str]| run(imgforge().args(args).arg("--registry").arg(db));
+    let o = cli(&["promote", "good", "--channel", "prod"]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("promoted: good prod → good 1.0.0 ({good}) by ")), "{}", show(&o));
+    assert_eq!(registry_row(db, good).0, "released");
+    let o = cli(&["promote", bad, "--channel", "prod"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("failed: pinterest.file /usr/sbin/policy-rc.d"), "{}", show(&o));
+    assert_eq!(registry_row(db, bad).0, "candidate");
+    let o = cli(&["promote", bad, "--channel", "prod", "--force", "--reason", "INC-42 needs it now"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let o = cli(&["--json", "channels", "bad", "--history"]);
+    let log: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&o)));
+    assert_eq!(
+        (log[0]["record"].as_str(), log[0]["forced"].as_bool(), log[0]["reason"].as_str()),
+        (Some(bad), Some(true), Some("INC-42 needs it now"))
+    );
+    let o = cli(&["rollback", "bad", "--channel", "prod"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no earlier (unrevoked) record"), "{}", show(&o));
+
+    // A child on the channel's record, then the parent revoked with its descendants: the
+    // child's next build is refused, naming the revocation.
+    let child = "[image]\nname = \"child\"\nversion = \"1.0.0\"\n[source]\nparent = { name = \"good\", channel = \"prod\" }\n[[provision]]\ntype = \"shell\"\ninline = [\"echo child > /etc/child\"]\n";
+    std::fs::write(d.join("child.toml"), child).unwrap();
+    let o = run(imgforge().arg("build").arg(d.join("child.toml")).arg("-o").arg(d.join("out")).arg("--registry").arg(db));
+    assert!(o.status.success(), "{}", show(&o));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("out/child.manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["source"]["parent"]["record"], good);
+    let o = cli(&["revoke", "good", "--cascade", "--reason", "CVE-2026-0001 in openssl"]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2, "{}", show(&o));
+    assert_eq!(registry_row(db, m["record"].as_str().unwrap()).0, "revoked");
+    let o = run(imgforge().arg("build").arg(d.join("child.toml")).arg("-o").arg(d.join("out")).arg("--registry").arg(db).arg("--rebuild"));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("good 1.0.0 ({good}): revoked (CVE-2026-0001 in openssl, by ")), "{err}");
+    assert_clean(d);
 }
 
 /// Writes `content` at `rel` in partition 1 of the raw disk `raw` (mounted read-write briefly).

@@ -65,6 +65,9 @@ struct Filters {
     /// Only images built (at any depth) on this record.
     #[arg(long, value_name = "ID")]
     descendant_of: Option<String>,
+    /// Only the record this channel points at (needs --name).
+    #[arg(long, requires = "name")]
+    channel: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +114,7 @@ impl Filters {
             kernel: self.kernel.clone(),
             packages,
             descendant_of: self.descendant_of.clone(),
+            channel: self.channel.clone(),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 the build (or command) failed, 2 bad usage or a bad recipe.
 
 mod build;
+mod channel;
 mod docs;
 mod events;
 mod export;
@@ -66,6 +67,14 @@ enum Command {
     Registry(registry::Args),
     /// Run a recipe's [[test]] suites on a registered image and record the verdict.
     Test(test::Args),
+    /// Point a channel (prod, staging…) of an image at a record that passed its tests.
+    Promote(channel::PromoteArgs),
+    /// Point a channel back at the record it pointed at before.
+    Rollback(channel::RollbackArgs),
+    /// Mark a record (and with --cascade its descendants) revoked: no build or promotion uses it.
+    Revoke(channel::RevokeArgs),
+    /// Where an image's channels point (--history: every promotion and rollback).
+    Channels(channel::ChannelsArgs),
     /// Say, input by input, why a build of the recipe would rebuild (or that it is up to date).
     Explain(layers::ExplainArgs),
     /// List the images and recipes whose parent query now finds a newer parent.
@@ -101,6 +110,10 @@ pub fn main() -> ExitCode {
         Command::Image(a) => image::run(&cli.global, a),
         Command::Registry(a) => registry::run(a),
         Command::Test(a) => test::run(&cli.global, a),
+        Command::Promote(a) => channel::promote(&cli.global, a),
+        Command::Rollback(a) => channel::rollback(&cli.global, a),
+        Command::Revoke(a) => channel::revoke(&cli.global, a),
+        Command::Channels(a) => channel::channels(&cli.global, a),
         Command::Explain(a) => layers::explain(&cli.global, a),
         Command::Outdated(a) => layers::outdated(&cli.global, a),
         Command::Completions(a) => docs::completions(Cli::command(), a),

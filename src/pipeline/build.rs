@@ -573,6 +573,7 @@ fn record_of(
         amis: Default::default(),
         snapshots: Default::default(),
         tests: Vec::new(),
+        revoked: None,
         owner,
         recipe: abs(&plan.recipe_path),
     }

@@ -99,6 +99,10 @@ fn fetch(url: &str, sha256: &str, cache: &Path, endpoint_url: Option<&str>, even
 pub fn resolve(store: &dyn Store, q: &Query) -> anyhow::Result<Resolved> {
     let mut rejected = Vec::new();
     for r in crate::registry::search(store, q)? {
+        if r.status == "revoked" {
+            rejected.push(format!("{} {} ({}): revoked{}", r.name, r.version, r.id, crate::registry::channel::revoked_why(&r)));
+            continue;
+        }
         match raw_of(&r) {
             Ok((raw, sha256)) => return Ok(Resolved { record: r, raw, sha256 }),
             Err(why) => rejected.push(format!("{} {} ({}): {why}", r.name, r.version, r.id)),
@@ -111,7 +115,14 @@ pub fn resolve(store: &dyn Store, q: &Query) -> anyhow::Result<Resolved> {
             continue;
         }
         let full = store.get(&r.id)?.unwrap_or_else(|| r.clone());
-        let why = q.why_not(&full);
+        let mut why = q.why_not(&full);
+        if let Some(c) = &q.channel {
+            match crate::registry::channel::current(store, &name, c)? {
+                Some(e) if e.record == r.id => {}
+                Some(e) => why.push(format!("channel {c} points at {} ({})", e.version, e.record)),
+                None => why.push(format!("{name} has no channel {c}")),
+            }
+        }
         if !why.is_empty() {
             rejected.push(format!("{} {} ({}): {}", r.name, r.version, r.id, why.join("; ")));
         }
@@ -139,6 +150,9 @@ pub fn describe(q: &Query) -> String {
     }
     if let Some(s) = &q.status {
         parts.push(format!("status = {s:?}"));
+    }
+    if let Some(c) = &q.channel {
+        parts.push(format!("channel = {c:?}"));
     }
     if !q.labels.is_empty() {
         let l: Vec<String> = q.labels.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();

@@ -89,6 +89,8 @@ pub struct ParentQuery {
     /// Package constraints (`"openssl>=3.0.15"`).
     #[serde(default)]
     pub packages: Vec<String>,
+    /// The record this channel of the image points at (`imgforge promote`).
+    pub channel: Option<String>,
 }
 
 /// `[disk]`

@@ -281,6 +281,7 @@ fn parent_query(src: Src<'_>, p: &Spanned<super::model::ParentQuery>) -> Result<
         kernel: q.kernel.clone(),
         packages,
         descendant_of: None,
+        channel: q.channel.clone(),
     })
 }
 

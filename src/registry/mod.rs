@@ -7,6 +7,7 @@
 //! chosen with `IMGFORGE_REGISTRY`.
 
 pub mod api;
+pub mod channel;
 pub mod debversion;
 pub mod json;
 pub mod packages;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
+pub use channel::ChannelEntry;
 pub use query::Query;
 pub use record::Record;
 
@@ -43,6 +45,10 @@ pub trait Store: Send {
     /// Changes a record in one transaction (its status and data; never its packages);
     /// `false` when there is no such record.
     fn update(&mut self, id: &str, change: &mut dyn FnMut(&mut Record)) -> anyhow::Result<bool>;
+    /// Appends an entry to a channel's log (the newest entry is where the channel points).
+    fn channel_append(&mut self, e: &ChannelEntry) -> anyhow::Result<()>;
+    /// A channel's log, oldest first; `channel` `None`: every channel of the image.
+    fn channel_log(&self, name: &str, channel: Option<&str>) -> anyhow::Result<Vec<ChannelEntry>>;
     /// Adds what a publish made (AMI ids and snapshot ids, region → id) to a record; `false`
     /// when there is no such record.
     fn add_published(&mut self, id: &str, published: &Published) -> anyhow::Result<bool> {
@@ -85,9 +91,17 @@ impl Published {
     }
 }
 
-/// `find`, then `descendant_of` (walking each record's parent chain).
+/// `find`, then `channel` (the record it points at) and `descendant_of` (walking each record's
+/// parent chain).
 pub fn search(store: &dyn Store, q: &Query) -> anyhow::Result<Vec<Record>> {
-    let found = store.find(q)?;
+    let mut found = store.find(q)?;
+    if let Some(c) = &q.channel {
+        let pointed = match &q.name {
+            Some(n) => channel::current(store, n, c)?.map(|e| e.record),
+            None => bail!("a channel query needs the image's name"),
+        };
+        found.retain(|r| pointed.as_deref() == Some(r.id.as_str()));
+    }
     let Some(ancestor) = &q.descendant_of else { return Ok(found) };
     let mut out = Vec::new();
     for r in found {

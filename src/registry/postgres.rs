@@ -150,6 +150,22 @@ impl Store for Postgres {
         Ok(true)
     }
 
+    fn channel_append(&mut self, e: &super::ChannelEntry) -> anyhow::Result<()> {
+        let mut c = self.client()?;
+        c.execute(
+            "INSERT INTO channel_log (id, name, channel, record_id, data) VALUES ($1, $2, $3, $4, $5)",
+            &[&e.id, &e.name, &e.channel, &e.record, &serde_json::to_string(e)?],
+        )?;
+        Ok(())
+    }
+
+    fn channel_log(&self, name: &str, channel: Option<&str>) -> anyhow::Result<Vec<super::ChannelEntry>> {
+        let mut c = self.client()?;
+        let rows =
+            c.query("SELECT data FROM channel_log WHERE name = $1 AND ($2::TEXT IS NULL OR channel = $2) ORDER BY id", &[&name, &channel])?;
+        rows.iter().map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?)).collect()
+    }
+
     fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
         let mut c = self.client()?;
         let Some(row) = c.query_opt("SELECT data FROM records WHERE id = $1", &[&id])? else { return Ok(None) };

@@ -99,6 +99,8 @@ pub struct Query {
     pub packages: Vec<PackageReq>,
     /// Only records whose ancestry (parent chain) includes this record id.
     pub descendant_of: Option<String>,
+    /// Only the record this channel of the image (`name`) points at.
+    pub channel: Option<String>,
 }
 
 impl Query {
@@ -273,6 +275,7 @@ mod tests {
             kernel: Some("6.1.*".into()),
             packages: vec![PackageReq::parse("openssl<3.0.15").unwrap()],
             descendant_of: None,
+            channel: None,
         };
         assert!(q.matches(&r));
         for bad in [

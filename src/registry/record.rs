@@ -27,7 +27,7 @@ pub struct Parent {
 }
 
 /// One output file of the image.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Output {
     /// Format (`raw`, `qcow2`…).
     pub format: String,
@@ -64,6 +64,19 @@ impl Output {
         let size_ok = std::fs::metadata(path).is_ok_and(|m| m.len() == self.size);
         size_ok && (self.file_id.is_none() || Self::file_id_of(path) == self.file_id)
     }
+}
+
+/// A revocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Revocation {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// The record whose revocation carried to this one (itself unless cascaded).
+    pub by: String,
 }
 
 /// One run of an image's tests: the verdict, and the image it was given on.
@@ -147,6 +160,9 @@ pub struct Record {
     /// EBS snapshot ids by region (added by publish): a child's delta upload starts from them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub snapshots: BTreeMap<String, String>,
+    /// Why and by whom it was revoked (`imgforge revoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
     /// Image test runs against this record's raw output, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestRun>,

@@ -8,7 +8,8 @@ use super::query::Query;
 use super::record::Record;
 
 /// Schema migrations, in order (plain SQL both backends run); each backend counts those applied.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE records (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE records (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         version TEXT NOT NULL,
@@ -25,7 +26,18 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE records (
     CREATE TABLE packages (record_id TEXT NOT NULL REFERENCES records(id), name TEXT NOT NULL, version TEXT NOT NULL,
         arch TEXT NOT NULL, source TEXT);
     CREATE INDEX packages_name ON packages(name, record_id);
-    CREATE INDEX packages_record ON packages(record_id);"];
+    CREATE INDEX packages_record ON packages(record_id);",
+    // Channels (`imgforge promote`): an append-only log per image name and channel; the newest
+    // entry is where the channel points. Ids are ULIDs, so they sort by time.
+    "CREATE TABLE channel_log (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        record_id TEXT NOT NULL REFERENCES records(id),
+        data TEXT NOT NULL
+    );
+    CREATE INDEX channel_log_name ON channel_log(name, channel, id);",
+];
 
 /// A placeholder for the n-th (1-based) argument.
 pub type Placeholder = fn(usize) -> String;

@@ -124,6 +124,20 @@ impl Store for Sqlite {
         Ok(true)
     }
 
+    fn channel_append(&mut self, e: &super::ChannelEntry) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO channel_log (id, name, channel, record_id, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![e.id, e.name, e.channel, e.record, serde_json::to_string(e)?],
+        )?;
+        Ok(())
+    }
+
+    fn channel_log(&self, name: &str, channel: Option<&str>) -> anyhow::Result<Vec<super::ChannelEntry>> {
+        let mut stmt = self.conn.prepare("SELECT data FROM channel_log WHERE name = ?1 AND (?2 IS NULL OR channel = ?2) ORDER BY id")?;
+        let rows: Vec<String> = stmt.query_map(params![name, channel], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        rows.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+    }
+
     fn get(&self, id: &str) -> anyhow::Result<Option<Record>> {
         let data: Option<String> = self.conn.query_row("SELECT data FROM records WHERE id = ?1", [id], |r| r.get(0)).optional()?;
         data.map(|d| self.record_of(&d, Some(&[]))).transpose()

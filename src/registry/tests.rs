@@ -68,6 +68,79 @@ pub fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
     assert_eq!(got.snapshots.get("eu-west-1").map(String::as_str), Some("snap-0123"));
     assert_eq!(resolve(&*s, "app").unwrap().unwrap().id, app.id);
     assert!(resolve(&*s, "nothing").unwrap().is_none());
+    channels_and_revocation(&mut *s, &foundation, &base);
+}
+
+/// Promotion needs a passing verdict for the record's raw; the channel keeps its history;
+/// rollback points back; a channel query finds the pointed record; revocation cascades.
+fn channels_and_revocation(s: &mut dyn Store, foundation: &Record, base: &Record) {
+    let raw =
+        |sha: &str| record::Output { format: "raw".into(), path: "/nowhere.raw".into(), size: 1, sha256: sha.into(), ..Default::default() };
+    let mut v1 = rec("web", "1.0.0", "candidate", Some(&base.id));
+    v1.outputs = vec![raw("aa")];
+    s.register(&v1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let mut v2 = rec("web", "1.1.0", "candidate", Some(&base.id));
+    v2.outputs = vec![raw("bb")];
+    s.register(&v2).unwrap();
+    // Untested: refused; forced without a reason: refused; a verdict on another sha: refused.
+    let e = channel::promote(s, &v1, "prod", false, None).unwrap_err().to_string();
+    assert!(e.contains("it was never tested"), "{e}");
+    assert!(channel::promote(s, &v1, "prod", true, None).unwrap_err().to_string().contains("--reason"));
+    let verdict = |sha: &str, failed: Vec<String>| record::TestRun {
+        date: "2026-11-30T00:00:00Z".into(),
+        sha256: sha.into(),
+        stage: "offline".into(),
+        passed: 3,
+        failed,
+        junit: None,
+    };
+    s.update(&v1.id, &mut |r| r.tests.push(verdict("zz", vec![]))).unwrap();
+    let v1 = s.get(&v1.id).unwrap().unwrap();
+    assert!(channel::promote(s, &v1, "prod", false, None).unwrap_err().to_string().contains("SHA-256 differs"));
+    s.update(&v1.id, &mut |r| {
+        r.tests.push(verdict("aa", vec![]));
+        r.status = "tested".into();
+    })
+    .unwrap();
+    let v1 = s.get(&v1.id).unwrap().unwrap();
+    let e1 = channel::promote(s, &v1, "prod", false, None).unwrap();
+    assert_eq!((e1.record.as_str(), e1.forced), (v1.id.as_str(), false));
+    assert_eq!(s.get(&v1.id).unwrap().unwrap().status, "released");
+    // v2 failed its tests: only forced, with the reason kept.
+    s.update(&v2.id, &mut |r| r.tests.push(verdict("bb", vec!["checks.file /x".into()]))).unwrap();
+    let v2 = s.get(&v2.id).unwrap().unwrap();
+    assert!(channel::promote(s, &v2, "prod", false, None).unwrap_err().to_string().contains("failed: checks.file /x"));
+    let e2 = channel::promote(s, &v2, "prod", true, Some("hotfix INC-42")).unwrap();
+    assert!(e2.forced);
+    let q = Query { name: Some("web".into()), channel: Some("prod".into()), ..Query::default() };
+    assert_eq!(search(&*s, &q).unwrap().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![v2.id.clone()]);
+    let log = s.channel_log("web", Some("prod")).unwrap();
+    assert_eq!(log, [e1.clone(), e2.clone()]);
+    assert!(s.channel_log("web", Some("staging")).unwrap().is_empty());
+    // Rollback: back to v1, as a new entry.
+    let (back, from) = channel::rollback(s, "web", "prod", Some("v2 broke logins")).unwrap();
+    assert_eq!((back.record.as_str(), from.as_str(), back.action.as_str()), (v1.id.as_str(), v2.id.as_str(), "rollback"));
+    assert_eq!(channel::current(&*s, "web", "prod").unwrap().unwrap().record, v1.id);
+    assert_eq!(s.channel_log("web", None).unwrap().len(), 3);
+    // Revoking base with --cascade revokes web 1.0.0 and 1.1.0 too, not foundation.
+    let done = channel::revoke(s, base, true, "CVE-2026-0001").unwrap();
+    let mut ids: Vec<String> = done.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    let mut want = vec![base.id.clone(), v1.id.clone(), v2.id.clone()];
+    want.extend(
+        search(&*s, &Query { descendant_of: Some(base.id.clone()), name: Some("app".into()), ..Query::default() })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id),
+    );
+    want.sort();
+    assert_eq!(ids, want);
+    let got = s.get(&v1.id).unwrap().unwrap();
+    assert_eq!((got.status.as_str(), got.revoked.as_ref().unwrap().by.as_str()), ("revoked", base.id.as_str()));
+    assert_eq!(s.get(&foundation.id).unwrap().unwrap().status, "released");
+    assert!(channel::promote(s, &got, "prod", true, Some("x")).unwrap_err().to_string().contains("is revoked (CVE-2026-0001"));
+    assert!(channel::rollback(s, "web", "prod", None).unwrap_err().to_string().contains("no earlier (unrevoked) record"));
 }
 
 #[test]
