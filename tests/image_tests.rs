@@ -27,6 +27,11 @@ commands = [ {{ run = "getent passwd demo", exit = 0, stdout_contains = "/home/d
 type = "checks"
 
 [[test]]
+type = "testinfra"
+name = "infra"
+tests = "tests/image"
+
+[[test]]
 type = "checks"
 name = "system"
 packages = ["openssh-server>=1:9", "cloud-init"]
@@ -35,6 +40,26 @@ users = ["demo", "root"]
 "#
         )
 }
+
+/// A pytest-testinfra suite, run offline through testinfra's chroot backend.
+const TESTINFRA: &str = r#"
+def test_timezone(host):
+    assert host.file("/etc/timezone").contains("Etc/UTC")
+
+def test_ssh_installed(host):
+    assert host.package("openssh-server").is_installed
+
+def test_demo_user(host):
+    assert host.user("demo").home == "/home/demo"
+
+def test_no_policy_rc_d(host):
+    assert not host.file("/usr/sbin/policy-rc.d").exists
+
+def test_commands_run_in_the_sandbox(host):
+    # The build sandbox's network namespace: loopback only, none of the host's interfaces.
+    devs = [l.split(":")[0].strip() for l in host.check_output("cat /proc/net/dev").splitlines()[2:]]
+    assert devs == ["lo"]
+"#;
 
 fn registry_row(db: &Path, id: &str) -> (String, serde_json::Value) {
     let c = rusqlite::Connection::open(db).unwrap();
@@ -65,6 +90,8 @@ fn checks_pass_on_a_good_image_and_fail_on_a_planted_policy_rc_d() {
 
     // A good image: every case passes, the record becomes `tested` with the verdict.
     std::fs::write(d.join("good.toml"), recipe_text("good", "true")).unwrap();
+    std::fs::create_dir_all(d.join("tests/image")).unwrap();
+    std::fs::write(d.join("tests/image/test_image.py"), TESTINFRA).unwrap();
     let o = run(imgforge().arg("build").arg(d.join("good.toml")).arg("-o").arg(&out).arg("--registry").arg(&db));
     assert!(o.status.success(), "{}", show(&o));
     assert_clean(d);
@@ -74,13 +101,14 @@ fn checks_pass_on_a_good_image_and_fail_on_a_planted_policy_rc_d() {
     assert_eq!(status, "tested", "{rec}");
     assert_eq!(rec["tests"][0]["sha256"], m["outputs"][0]["sha256"], "{rec}");
     assert_eq!(rec["tests"][0]["failed"], serde_json::json!([]), "{rec}");
-    assert_eq!(rec["tests"][0]["passed"], 11, "{rec}");
+    assert_eq!(rec["tests"][0]["passed"], 16, "{rec}");
     let (tests, failures, names) = junit(&out.join("good.tests.xml"));
-    assert_eq!((tests, failures), (11, 0));
+    assert_eq!((tests, failures), (16, 0));
     let unique: std::collections::BTreeSet<&String> = names.iter().collect();
     assert_eq!(unique.len(), names.len(), "case names repeat: {names:?}");
     assert!(names.contains(&"good.pinterest.file /usr/sbin/policy-rc.d".to_string()), "{names:?}");
     assert!(names.contains(&"good.system.package openssh-server>=1:9".to_string()), "{names:?}");
+    assert!(names.contains(&"good.infra.test_image.test_commands_run_in_the_sandbox".to_string()), "{names:?}");
     let xml = std::fs::read_to_string(out.join("good.tests.xml")).unwrap();
     assert!(xml.contains(&format!(r#"<property name="image.record" value="{id}"/>"#)), "{xml}");
     // The tests never wrote to the image.
@@ -92,7 +120,7 @@ fn checks_pass_on_a_good_image_and_fail_on_a_planted_policy_rc_d() {
     assert!(o.status.success(), "{}", show(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("tested: good 1.0.0 {id}"));
     assert_eq!(registry_row(&db, &id).1["tests"].as_array().unwrap().len(), 2);
-    assert_eq!(junit(&d.join("again.xml")).0, 11);
+    assert_eq!(junit(&d.join("again.xml")).0, 16);
     assert_clean(d);
 
     // An image that keeps policy-rc.d (its upstream has one: the build's guard puts the

@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod junit;
 pub mod plan;
+pub mod testinfra;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,12 @@ pub fn run_offline(raw: &Path, root_partition: Option<u32>, suites: &[Suite], ev
             events.step("test", &format!("running the {} suite", s.name));
             match &s.kind {
                 SuiteKind::Checks(c) => cases.extend(checks::run(&s.name, &m.root, c)),
+                SuiteKind::Testinfra(t) => match testinfra::run(&s.name, &m.root, t) {
+                    Ok(c) => cases.extend(c),
+                    Err(e) => {
+                        cases.push(Case { suite: s.name.clone(), name: "testinfra".into(), seconds: 0.0, failure: Some(format!("{e:#}")) })
+                    }
+                },
             }
         }
         drop(sandbox);

@@ -65,4 +65,6 @@ pub struct Suite {
 pub enum SuiteKind {
     /// `type = "checks"`.
     Checks(Checks),
+    /// `type = "testinfra"`: a pytest-testinfra file or directory.
+    Testinfra(std::path::PathBuf),
 }

@@ -39,10 +39,20 @@ struct ChecksTest {
     commands: Vec<CommandCheck>,
 }
 
-const TYPES_HINT: &str = "use type = \"checks\" (serverspec, testinfra and boot suites are not in this imgforge yet)";
+const TYPES_HINT: &str = "use type = \"checks\" or \"testinfra\" (serverspec and boot suites are not in this imgforge yet)";
+
+/// `type = "testinfra"` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestinfraTest {
+    name: Option<String>,
+    /// A test file or directory, relative to the recipe.
+    tests: String,
+    stage: Option<String>,
+}
 
 /// Plans every `[[test]]` table.
-pub fn plan(src: Src<'_>, _dir: &Path, tables: &[toml::Spanned<toml::Table>]) -> Result<Vec<Suite>, RecipeError> {
+pub fn plan(src: Src<'_>, dir: &Path, tables: &[toml::Spanned<toml::Table>]) -> Result<Vec<Suite>, RecipeError> {
     let mut out: Vec<Suite> = Vec::new();
     for (i, t) in tables.iter().enumerate() {
         let kind = t.get_ref().get("type").and_then(|v| v.as_str()).unwrap_or("");
@@ -93,6 +103,19 @@ pub fn plan(src: Src<'_>, _dir: &Path, tables: &[toml::Spanned<toml::Table>]) ->
                         commands: c.commands,
                     }),
                 }
+            }
+            "testinfra" => {
+                let t: TestinfraTest = typed(src, t, "test", i)?;
+                if let Some(s) = t.stage.as_deref().filter(|s| *s != "offline") {
+                    return Err(at(format!("stage `{s}`: this imgforge runs testinfra offline only (its chroot backend)"))
+                        .hint("remove `stage` or set stage = \"offline\""));
+                }
+                let path = dir.join(&t.tests);
+                if !path.exists() {
+                    return Err(at(format!("tests not found: {} (looked at {})", t.tests, path.display()))
+                        .hint("`tests` is a file or directory relative to the recipe"));
+                }
+                Suite { name: t.name.unwrap_or_else(|| format!("testinfra #{}", i + 1)), kind: SuiteKind::Testinfra(path) }
             }
             "" => return Err(at("missing `type`".into()).hint(TYPES_HINT)),
             other => return Err(at(format!("unknown test type `{other}`")).hint(TYPES_HINT)),
