@@ -298,7 +298,10 @@ fn serve_answers_like_the_cli(d: &Path, db: &Path, foundation: &str, base: &str)
     let ocr = run(std::process::Command::new("tesseract").arg(&png).arg("stdout"));
     assert!(ocr.status.success(), "{}", show(&ocr));
     let text = String::from_utf8_lossy(&ocr.stdout).to_lowercase();
-    for name in ["foundation", "base", "app", "candidate", "env=prod"] {
+    // The label badge's small text is where OCR misread one run in three (the ids and dates
+    // around it change every run): the rendered DOM carries it, the screenshot the names.
+    assert!(dom.contains("env=prod"), "{dom}");
+    for name in ["foundation", "base", "app", "candidate"] {
         assert!(text.contains(name), "the screenshot does not show {name}: {text}");
     }
 }
