@@ -134,15 +134,7 @@ fn command(root: &Root, c: &CommandCheck) -> Result<(), String> {
     let out = child.wait_with_output().map_err(|e| format!("cannot run {:?}: {e}", c.run))?;
     let code = out.status.code().unwrap_or(-1);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let tail = |b: &[u8]| {
-        let t = String::from_utf8_lossy(b);
-        let t = t.trim();
-        let mut from = t.len().saturating_sub(2000);
-        while !t.is_char_boundary(from) {
-            from += 1;
-        }
-        if from > 0 { format!("…{}", &t[from..]) } else { t.to_string() }
-    };
+    let tail = |b: &[u8]| super::tail(&String::from_utf8_lossy(b));
     if code != c.exit {
         return Err(format!("exited with {code}, expected {}; stdout: {:?}; stderr: {:?}", c.exit, tail(&out.stdout), tail(&out.stderr)));
     }

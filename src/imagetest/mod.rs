@@ -79,6 +79,16 @@ pub fn run_offline(raw: &Path, root_partition: Option<u32>, suites: &[Suite], ev
     Ok(cases)
 }
 
+/// The last 2000 characters of a command's output, trimmed, for a failure message.
+fn tail(text: &str) -> String {
+    let t = text.trim();
+    let mut from = t.len().saturating_sub(2000);
+    while !t.is_char_boundary(from) {
+        from += 1;
+    }
+    if from > 0 { format!("…{}", &t[from..]) } else { t.to_string() }
+}
+
 /// Where the JUnit report goes by default: `out/NAME.tests.xml`.
 pub fn default_junit(output_dir: &Path, name: &str) -> PathBuf {
     output_dir.join(format!("{name}.tests.xml"))
@@ -115,7 +125,7 @@ pub fn run_and_report(
         ),
     );
     Ok(TestRun {
-        date: crate::stamp::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+        date: crate::stamp::rfc3339(crate::stamp::unix_now()),
         sha256: subject.sha256.clone(),
         stage: "offline".into(),
         passed: cases.len() - failed.len(),

@@ -20,18 +20,8 @@ pub fn run(suite: &str, root: &Root, tests: &Path) -> anyhow::Result<Vec<Case>> 
     let sandbox = crate::chroot::sandbox::lookup(root.path())
         .ok_or_else(|| anyhow!("no build sandbox for {}: refusing to run testinfra unconfined", root.path().display()))?;
     let work = tempfile::Builder::new().prefix("imgforge-testinfra-").tempdir().context("Failed to create a temporary directory")?;
-    let me = format!("/proc/{}/exe", std::process::id());
     let wrapper = work.path().join("chroot");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\n# testinfra's chroot for imgforge: every command runs in the build sandbox\nexec '{me}' sandbox-exec \"$@\"\n"),
-    )
-    .with_context(|| format!("Failed to write {}", wrapper.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("Failed to chmod {}", wrapper.display()))?;
-    }
+    crate::chroot::sandbox::write_chroot_wrapper(&wrapper, "testinfra")?;
     let xml = work.path().join("junit.xml");
     let start = Instant::now();
     let out = Command::new(PYTHON)
@@ -63,7 +53,7 @@ pub fn run(suite: &str, root: &Root, tests: &Path) -> anyhow::Result<Vec<Case>> 
                 suite: suite.to_string(),
                 name: "pytest".into(),
                 seconds: start.elapsed().as_secs_f64(),
-                failure: Some(format!("pytest exited with {:?} and wrote no report{hint}: {}", out.status.code(), tail(&said))),
+                failure: Some(format!("pytest exited with {:?} and wrote no report{hint}: {}", out.status.code(), super::tail(&said))),
             }]);
         }
     };
@@ -78,15 +68,6 @@ pub fn run(suite: &str, root: &Root, tests: &Path) -> anyhow::Result<Vec<Case>> 
         });
     }
     Ok(cases)
-}
-
-fn tail(s: &str) -> String {
-    let t = s.trim();
-    let mut from = t.len().saturating_sub(2000);
-    while !t.is_char_boundary(from) {
-        from += 1;
-    }
-    t[from..].to_string()
 }
 
 /// The cases of a pytest JUnit report. A case's name is pytest's test name without `host`, the

@@ -46,9 +46,7 @@ pub fn run(root: &Root, label: &str, p: &AnsiblePlan, events: &Events) -> anyhow
     let sandbox = crate::chroot::sandbox::lookup(root.path())
         .ok_or_else(|| anyhow!("no build sandbox for {}: refusing to run ansible unconfined", root.path().display()))?;
     let chroot_exe = work.path().join("chroot");
-    // This very executable, even if its file is replaced (an upgrade) during the build.
-    let me = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
-    write_wrapper(&chroot_exe, &me)?;
+    crate::chroot::sandbox::write_chroot_wrapper(&chroot_exe, "ansible")?;
     let mut env = env;
     env.insert(crate::chroot::sandbox::ENV.to_string(), sandbox.env_value().into());
     let inventory = work.path().join("inventory.json");
@@ -161,17 +159,6 @@ fn inventory_json(mount: &Path, chroot_exe: &Path) -> String {
         } } }
     })
     .to_string()
-}
-
-/// The connection's chroot: `imgforge sandbox-exec ROOT PROGRAM ARGS…`.
-fn write_wrapper(path: &Path, imgforge: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let quoted = imgforge.display().to_string().replace('\'', "'\\''");
-    let body = format!(
-        "#!/bin/sh\n# ansible's chroot for an imgforge build: every module runs in the build's sandbox\nexec '{quoted}' sandbox-exec \"$@\"\n"
-    );
-    write_private(path, body.as_bytes())?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("Failed to chmod {}", path.display()))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {

@@ -36,7 +36,7 @@ pub struct ChannelEntry {
 }
 
 fn now() -> String {
-    crate::stamp::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    crate::stamp::rfc3339(crate::stamp::unix_now())
 }
 
 /// Who is acting: the user behind sudo, else the current user.

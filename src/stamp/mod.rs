@@ -125,10 +125,12 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 
 /// Build time: `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
 pub fn build_time() -> u64 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()).unwrap_or_else(unix_now)
+}
+
+/// Now, in seconds since the epoch (0 on a clock before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

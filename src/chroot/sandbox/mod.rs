@@ -258,6 +258,25 @@ impl Drop for Sandbox {
     }
 }
 
+/// Writes at `path` (a new file, owner-only) the `chroot` a host tool (Ansible's chroot
+/// connection, testinfra's chroot backend) calls: `imgforge sandbox-exec ROOT PROGRAM ARGS…`
+/// with this very executable (`/proc/PID/exe`, even if its file is replaced during the build),
+/// so every command the tool runs in the image runs in this sandbox. `tool` names it in a comment.
+pub fn write_chroot_wrapper(path: &Path, tool: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let me = format!("/proc/{}/exe", std::process::id());
+    let body =
+        format!("#!/bin/sh\n# {tool}'s chroot for imgforge: every command runs in the build sandbox\nexec '{me}' sandbox-exec \"$@\"\n");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(path)
+        .with_context(|| format!("Failed to create {}", path.display()))?;
+    f.write_all(body.as_bytes()).with_context(|| format!("Failed to write {}", path.display()))
+}
+
 fn write_exec(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, body).with_context(|| format!("Failed to write {}", path.display()))?;
