@@ -32,6 +32,11 @@ name = "infra"
 tests = "tests/image"
 
 [[test]]
+type = "serverspec"
+name = "spec"
+specs = "spec/base"
+
+[[test]]
 type = "checks"
 name = "system"
 packages = ["openssh-server>=1:9", "cloud-init"]
@@ -59,6 +64,44 @@ def test_commands_run_in_the_sandbox(host):
     # The build sandbox's network namespace: loopback only, none of the host's interfaces.
     devs = [l.split(":")[0].strip() for l in host.check_output("cat /proc/net/dev").splitlines()[2:]]
     assert devs == ["lo"]
+"#;
+
+/// Pinterest's ServerSpec spec, verbatim in spirit, run offline with specinfra's exec backend
+/// in the build sandbox.
+const SERVERSPEC: &str = r#"require 'spec_helper'
+
+describe file('/usr/sbin/policy-rc.d') do
+  it { should_not be_file }
+end
+
+describe file('/root/.ssh/id_rsa') do
+  it { should_not be_file }
+end
+
+describe file('/etc/timezone') do
+  its(:content) { should match /Etc\/UTC/ }
+end
+
+describe command('getent passwd demo') do
+  its(:exit_status) { should eq 0 }
+end
+
+describe package('openssh-server') do
+  it { should be_installed }
+end
+
+describe service('ssh') do
+  it { should be_enabled }
+end
+
+describe user('demo') do
+  it { should have_home_directory '/home/demo' }
+end
+
+# The build sandbox's network namespace: loopback only.
+describe command("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '") do
+  its(:stdout) { should eq "lo\n" }
+end
 "#;
 
 fn registry_row(db: &Path, id: &str) -> (String, serde_json::Value) {
@@ -92,6 +135,8 @@ fn checks_pass_on_a_good_image_and_fail_on_a_planted_policy_rc_d() {
     std::fs::write(d.join("good.toml"), recipe_text("good", "true")).unwrap();
     std::fs::create_dir_all(d.join("tests/image")).unwrap();
     std::fs::write(d.join("tests/image/test_image.py"), TESTINFRA).unwrap();
+    std::fs::create_dir_all(d.join("spec/base")).unwrap();
+    std::fs::write(d.join("spec/base/image_spec.rb"), SERVERSPEC).unwrap();
     let o = run(imgforge().arg("build").arg(d.join("good.toml")).arg("-o").arg(&out).arg("--registry").arg(&db));
     assert!(o.status.success(), "{}", show(&o));
     assert_clean(d);
@@ -101,14 +146,17 @@ fn checks_pass_on_a_good_image_and_fail_on_a_planted_policy_rc_d() {
     assert_eq!(status, "tested", "{rec}");
     assert_eq!(rec["tests"][0]["sha256"], m["outputs"][0]["sha256"], "{rec}");
     assert_eq!(rec["tests"][0]["failed"], serde_json::json!([]), "{rec}");
-    assert_eq!(rec["tests"][0]["passed"], 16, "{rec}");
+    assert_eq!(rec["tests"][0]["passed"], 24, "{rec}");
+    assert_eq!(rec["tests"][0]["stage"], "offline", "{rec}");
     let (tests, failures, names) = junit(&out.join("good.tests.xml"));
-    assert_eq!((tests, failures), (16, 0));
+    assert_eq!((tests, failures), (24, 0));
     let unique: std::collections::BTreeSet<&String> = names.iter().collect();
     assert_eq!(unique.len(), names.len(), "case names repeat: {names:?}");
     assert!(names.contains(&"good.pinterest.file /usr/sbin/policy-rc.d".to_string()), "{names:?}");
     assert!(names.contains(&"good.system.package openssh-server>=1:9".to_string()), "{names:?}");
     assert!(names.contains(&"good.infra.test_image.test_commands_run_in_the_sandbox".to_string()), "{names:?}");
+    assert!(names.contains(&r#"good.spec.image_spec.File "/usr/sbin/policy-rc.d" is expected not to be file"#.to_string()), "{names:?}");
+    assert!(names.contains(&r#"good.spec.image_spec.Service "ssh" is expected to be enabled"#.to_string()), "{names:?}");
     let xml = std::fs::read_to_string(out.join("good.tests.xml")).unwrap();
     assert!(xml.contains(&format!(r#"<property name="image.record" value="{id}"/>"#)), "{xml}");
     // The tests never wrote to the image.
@@ -120,7 +168,7 @@ fn checks_pass_on_a_good_image_and_fail_on_a_planted_policy_rc_d() {
     assert!(o.status.success(), "{}", show(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("tested: good 1.0.0 {id}"));
     assert_eq!(registry_row(&db, &id).1["tests"].as_array().unwrap().len(), 2);
-    assert_eq!(junit(&d.join("again.xml")).0, 16);
+    assert_eq!(junit(&d.join("again.xml")).0, 24);
     assert_clean(d);
 
     // An image that keeps policy-rc.d (its upstream has one: the build's guard puts the

@@ -758,3 +758,117 @@ fn export_uploads_outputs_to_s3_multipart() {
     let o = run(imgforge().arg("export").arg(&raw).args(["--format", "raw", "--upload", "gs://x"]));
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
 }
+
+/// `promote` on AWS (moto): refused for an untested record; a dry run prints the calls and
+/// changes nothing; a promotion copies the AMI where `[aws.promote]` asks, shares it, tags it
+/// `Channel=prod` and points `/imgforge/small/prod` at it in every region (read back); the next
+/// promotion moves tag and parameter; `rollback` restores the previous AMI id in SSM.
+#[test]
+fn promote_tags_shares_and_points_ssm_and_rollback_restores_it() {
+    const TEST: &str = "promote_tags_shares_and_points_ssm_and_rollback_restores_it";
+    if !have_root(TEST) || !have_moto(TEST) {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("promote-aws");
+    let moto = start_moto(&dir.path().join("moto.log"));
+    let (home, away) = ("eu-central-1", "us-west-2");
+    let db = dir.path().join("registry.db");
+    let text = small_head(up, "small-mbr.qcow2")
+        + "[[test]]\ntype = \"checks\"\nfiles = [ { path = \"/usr/sbin/policy-rc.d\", absent = true } ]\n\n[aws]\nname = \"{name}-{version}\"\n\n[aws.promote]\nlaunch_permissions = [\"111122223333\"]\ncopy_to_regions = [\"us-west-2\"]\n";
+    let imgforge_aws = |args: &[&str]| {
+        let mut c = imgforge();
+        c.args(args).arg("--registry").arg(&db);
+        aws_env(&mut c, &moto.url(), home);
+        run(&mut c)
+    };
+    let mut amis = Vec::new();
+    for (version, extra) in [("1.0.0", None), ("1.0.1", None), ("1.0.2", Some("--no-test"))] {
+        let r = dir.path().join(format!("small-{version}.toml"));
+        std::fs::write(&r, text.replace("version = \"1.0.0\"", &format!("version = \"{version}\""))).unwrap();
+        let mut args = vec!["build", r.to_str().unwrap(), "--output-dir", dir.path().join(version).leak().to_str().unwrap(), "--publish"];
+        args.extend(extra);
+        let o = imgforge_aws(&args);
+        assert!(o.status.success(), "{version}: {}", show(&o));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(version).join("small.manifest.json")).unwrap()).unwrap();
+        amis.push(m["aws"]["images"][home].as_str().unwrap().to_string());
+    }
+    assert_clean(dir.path());
+    let param = "/imgforge/small/prod";
+    let at = |region: &str| channel_state(&moto.url(), region, param);
+
+    // Untested: refused before any AWS call.
+    let o = imgforge_aws(&["promote", "small@1.0.2", "--channel", "prod"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("never tested"), "{}", show(&o));
+    // A dry run: the calls, and nothing changed.
+    let o = imgforge_aws(&["promote", "small@1.0.0", "--channel", "prod", "--dry-run"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let calls: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = calls.iter().map(|c| c["call"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "CopyImage",
+            "ModifyImageAttribute",
+            "ModifySnapshotAttribute",
+            "CreateTags",
+            "PutParameter",
+            "GetParameter",
+            "ModifyImageAttribute",
+            "ModifySnapshotAttribute",
+            "CreateTags",
+            "PutParameter",
+            "GetParameter"
+        ],
+        "{}",
+        show(&o)
+    );
+    assert_eq!(calls[4]["value"], amis[0].as_str());
+    assert_eq!(at(home)["parameter"], serde_json::Value::Null);
+    assert!(at(away)["images"].as_object().unwrap().is_empty(), "a dry run copied");
+    let ch = imgforge_aws(&["channels", "small"]);
+    assert!(String::from_utf8_lossy(&ch.stdout).trim().is_empty(), "{}", show(&ch));
+
+    // Promote 1.0.0: copied to us-west-2, shared, tagged, the parameter set in both regions.
+    let o = imgforge_aws(&["promote", "small@1.0.0", "--channel", "prod"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let (h, w) = (at(home), at(away));
+    assert_eq!(h["parameter"], amis[0].as_str(), "{h}");
+    let copy1 = w["parameter"].as_str().unwrap().to_string();
+    assert_eq!(w["images"][&copy1]["name"], "small-1.0.0", "{w}");
+    for (s, ami) in [(&h, amis[0].as_str()), (&w, copy1.as_str())] {
+        assert_eq!(s["images"][ami]["tags"]["Channel"], "prod", "{s}");
+        assert_eq!(s["images"][ami]["launch"], serde_json::json!(["111122223333"]), "{s}");
+    }
+    // The copy is in the record: `image find` answers for us-west-2 too.
+    let f = imgforge_aws(&["image", "find", "--name", "small", "--version", "1.0.0", "--output", "ami", "--region", away]);
+    assert_eq!(String::from_utf8_lossy(&f.stdout).trim(), copy1, "{}", show(&f));
+
+    // Promote 1.0.1: tag and parameter move.
+    let o = imgforge_aws(&["promote", "small@1.0.1", "--channel", "prod"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let (h, w) = (at(home), at(away));
+    assert_eq!(h["parameter"], amis[1].as_str(), "{h}");
+    let copy2 = w["parameter"].as_str().unwrap().to_string();
+    assert_ne!(copy2, copy1);
+    assert_eq!(h["images"][&amis[1]]["tags"]["Channel"], "prod", "{h}");
+    assert_eq!(h["images"][&amis[0]]["tags"].get("Channel"), None, "the tag stays on the AMI that left: {h}");
+    assert_eq!(w["images"][&copy1]["tags"].get("Channel"), None, "{w}");
+    assert_eq!(h["history"], serde_json::json!([amis[0], amis[1]]));
+
+    // Roll back: 1.0.0's AMI ids are back in SSM, with the tag.
+    let o = imgforge_aws(&["rollback", "small", "--channel", "prod", "--reason", "1.0.1 breaks the fleet"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let (h, w) = (at(home), at(away));
+    assert_eq!(h["parameter"], amis[0].as_str(), "{h}");
+    assert_eq!(w["parameter"], copy1.as_str(), "{w}");
+    assert_eq!(h["images"][&amis[0]]["tags"]["Channel"], "prod", "{h}");
+    assert_eq!(h["images"][&amis[1]]["tags"].get("Channel"), None, "{h}");
+    assert_eq!(w["images"].as_object().unwrap().len(), 2, "no third copy: {w}");
+    let ch = imgforge_aws(&["channels", "small", "--history"]);
+    let text = String::from_utf8_lossy(&ch.stdout);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().last().unwrap().contains("[rollback]: 1.0.1 breaks the fleet"), "{text}");
+}

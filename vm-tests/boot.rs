@@ -1,8 +1,8 @@
-//! Boot test: build the cloud-like image with imgforge, sealed, with fixed VHD, streamOptimized
-//! VMDK and qcow2 outputs, and boot the VMDK and the qcow2 under qemu (OVMF; KVM where the host
-//! really has it, TCG otherwise) to a login prompt on the serial console and an identity report.
-//! Under TCG a boot takes one to three minutes; the two boots run at once. The build enables
-//! `fs-uuids`: the image boots with new filesystem UUIDs.
+//! Boot test: build the cloud-like image with imgforge, sealed, with a streamOptimized VMDK
+//! output, and boot the VMDK (boot-to-login.sh) and the raw (`imgforge test`'s boot stage) under
+//! qemu (OVMF; KVM where the host really has it, TCG otherwise) to a login prompt on the serial
+//! console and an identity report. Under TCG a boot takes one to three minutes; the two boots
+//! run at once. The build enables `fs-uuids`: the image boots with new filesystem UUIDs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/util/mod.rs"]
@@ -28,34 +28,74 @@ key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | awk '{print $2}')
 echo "IMGFORGE-IDENTITY machine-id=$(cat /etc/machine-id) ip=$ip sshd=$(systemctl is-active ssh) hostkey=$key END" > /dev/ttyS0
 "#;
 
-/// One sealed build (with `fs-uuids`), booted twice at once: from its VMDK and from its qcow2
-/// (each a format qemu must decode; the fixed VHD is the raw plus a footer, byte-compared with
-/// qemu-img in tests/export.rs), with different MACs, one of them the upstream build's own. Both
-/// reach a login prompt whose banner carries the provisioner's mark, get a DHCP address, run
-/// sshd, and have machine ids and SSH host keys of their own, unlike each other and unlike the
-/// upstream image. The services were started live-server style during the build and deferred
-/// to first boot. One round of two boots: a round is one to three minutes under TCG.
+/// The same testinfra suite runs offline (chroot backend) and booted (ssh); a ServerSpec suite
+/// runs over SSH (specinfra's ssh backend, as root with the boot's throwaway key).
+const TESTINFRA: &str = r#"
+def test_issue_carries_the_mark(host):
+    assert host.file("/etc/issue").contains("booted-from-imgforge")
+
+def test_sshd_installed(host):
+    assert host.package("openssh-server").is_installed
+
+def test_machine_id(host):
+    machine_id = host.file("/etc/machine-id").content_string.strip()
+    if host.backend.NAME == "ssh":
+        assert len(machine_id) == 32  # systemd made one at first boot
+    else:
+        assert machine_id == ""  # sealed: empty until first boot
+"#;
+const SERVERSPEC: &str = r#"require 'spec_helper'
+
+describe service('ssh') do
+  it { should be_running }
+end
+
+describe port(22) do
+  it { should be_listening }
+end
+
+describe command('systemctl is-active report-identity.service') do
+  its(:stdout) { should match /active/ }
+end
+"#;
+
+/// One sealed build (with `fs-uuids`), booted twice at once: its VMDK by boot-to-login.sh (a
+/// format qemu must decode), and its raw by `imgforge test` (offline suites, then a boot test:
+/// a copy-on-write view with a NoCloud seed and a throwaway key; system state, cloud-init, and
+/// the boot-stage testinfra and ServerSpec suites over SSH). Both reach a login prompt whose
+/// banner carries the provisioner's mark, get a DHCP address, run sshd, and have machine ids
+/// and SSH host keys of their own, unlike each other and unlike the upstream image. The
+/// services were started live-server style during the build and deferred to first boot. One
+/// round of two boots: a round is one to three minutes under TCG.
 #[test]
-fn sealed_image_boots_as_distinct_machines() {
-    const TEST: &str = "sealed_image_boots_as_distinct_machines";
+fn sealed_image_boots_as_distinct_machines_and_passes_its_boot_tests() {
+    const TEST: &str = "sealed_image_boots_as_distinct_machines_and_passes_its_boot_tests";
     if !have_root(TEST) || !have_qemu(TEST) {
         return;
     }
     let up = cloud_upstream();
     let dir = testdir("vmboot");
-    std::fs::write(dir.path().join("report-identity"), REPORT_SCRIPT).unwrap();
-    std::fs::write(dir.path().join("report.service"), REPORT_UNIT).unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("report-identity"), REPORT_SCRIPT).unwrap();
+    std::fs::write(d.join("report.service"), REPORT_UNIT).unwrap();
+    std::fs::create_dir_all(d.join("tests/image")).unwrap();
+    std::fs::write(d.join("tests/image/test_booted.py"), TESTINFRA).unwrap();
+    std::fs::create_dir_all(d.join("spec/booted")).unwrap();
+    std::fs::write(d.join("spec/booted/ssh_spec.rb"), SERVERSPEC).unwrap();
     let text = cloud_head("sealed", "1")
-        + "[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\nname = \"live-server style\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\", \"systemctl enable --now report-identity.service\", \"service ssh restart\"]\n[output]\nformats = [\"vhd\", \"vmdk\", \"qcow2\"]\n[seal]\nenable = [\"fs-uuids\"]\n";
-    let r = recipe(dir.path(), &text);
-    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")));
+        + "[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\nname = \"live-server style\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\", \"systemctl enable --now report-identity.service\", \"service ssh restart\"]\n[output]\nformats = [\"vmdk\"]\n[seal]\nenable = [\"fs-uuids\"]\n\n"
+        + "[[test]]\ntype = \"testinfra\"\nname = \"infra-offline\"\ntests = \"tests/image\"\n\n[[test]]\ntype = \"testinfra\"\nname = \"infra-booted\"\ntests = \"tests/image\"\nstage = \"boot\"\n\n[[test]]\ntype = \"serverspec\"\nname = \"spec-booted\"\nspecs = \"spec/booted\"\nstage = \"boot\"\n\n[[test]]\ntype = \"boot\"\ntimeout = \"15m\"\n";
+    let r = recipe(d, &text);
+    let db = d.join("registry.db");
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(d.join("out")).arg("--no-test").arg("--registry").arg(&db));
     assert!(o.status.success(), "{}", show(&o));
-    assert_clean(dir.path());
+    assert_clean(d);
     // Written live-server style: the starts were deferred to first boot (and the identity line
     // below, printed by the unit, shows it enabled and run at boot, with sshd active).
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("out/sealed.manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("out/sealed.manifest.json")).unwrap()).unwrap();
     let deferred: Vec<&str> = manifest["services"].as_array().unwrap().iter().map(|s| s["unit"].as_str().unwrap()).collect();
     assert_eq!(deferred, ["report-identity.service", "ssh.service"], "{}", manifest["services"]);
+    let raw_sha = manifest["outputs"][0]["sha256"].as_str().unwrap().to_string();
 
     // The upstream image's identity.
     let upraw = up.join("noble-like-cloudimg-amd64.raw");
@@ -65,27 +105,76 @@ fn sealed_image_boots_as_distinct_machines() {
     let up_key = String::from_utf8_lossy(&fp.stdout).split_whitespace().nth(1).unwrap().to_string();
     drop(m);
 
-    let vms = [("sealed.vmdk", "vmdk", "52:54:00:12:34:56"), ("sealed.qcow2", "qcow2", "52:54:00:ab:cd:ef")];
-    let reports: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = vms
-            .iter()
-            .map(|&(file, format, mac)| {
-                let (image, log) = (dir.path().join("out").join(file), dir.path().join(format!("serial-{format}.log")));
-                s.spawn(move || {
-                    let boot = run(std::process::Command::new(repo().join("vm-tests/boot-to-login.sh"))
-                        .arg(&image)
-                        .args(["--format", format, "--timeout", "900", "--mac", mac, "--until", "login:", "--until", " END", "--log"])
-                        .arg(&log));
-                    let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
-                    assert!(boot.status.success(), "{format} ({mac}): {}\n{serial}", show(&boot));
-                    // The getty banner carries the provisioner's mark: this is our image, not the upstream.
-                    assert!(serial.contains("booted-from-imgforge"), "{format}: {serial}");
-                    serial.lines().find(|l| l.contains("IMGFORGE-IDENTITY")).unwrap().to_string()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let (vmdk, tested) = std::thread::scope(|s| {
+        let vmdk = s.spawn(|| {
+            let log = d.join("serial-vmdk.log");
+            let boot = run(std::process::Command::new(repo().join("vm-tests/boot-to-login.sh"))
+                .arg(d.join("out/sealed.vmdk"))
+                .args([
+                    "--format",
+                    "vmdk",
+                    "--timeout",
+                    "900",
+                    "--mac",
+                    "52:54:00:12:34:56",
+                    "--until",
+                    "login:",
+                    "--until",
+                    " END",
+                    "--log",
+                ])
+                .arg(&log));
+            let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+            assert!(boot.status.success(), "vmdk: {}\n{serial}", show(&boot));
+            serial
+        });
+        let tested = s.spawn(|| run(imgforge().args(["test", "sealed", "--registry"]).arg(&db)));
+        (vmdk.join().unwrap(), tested.join().unwrap())
     });
+    // `imgforge test`: every case passed, both stages, recorded against the raw's SHA-256.
+    assert!(tested.status.success(), "{}", show(&tested));
+    let junit = std::fs::read_to_string(d.join("out/sealed.tests.xml")).unwrap();
+    let console = String::from_utf8_lossy(&std::fs::read(d.join("out/sealed.boot.log")).unwrap()).into_owned();
+    for case in [
+        r#"<testcase name="ssh" classname="sealed.boot""#,
+        r#"<testcase name="system-running" classname="sealed.boot""#,
+        r#"<testcase name="cloud-init" classname="sealed.boot""#,
+        r#"<testcase name="test_booted.test_issue_carries_the_mark" classname="sealed.infra-offline""#,
+        r#"<testcase name="test_booted.test_machine_id" classname="sealed.infra-offline""#,
+        r#"<testcase name="test_booted.test_machine_id" classname="sealed.infra-booted""#,
+        r#"<testcase name="ssh_spec.Port &quot;22&quot; is expected to be listening" classname="sealed.spec-booted""#,
+        r#"<testcase name="ssh_spec.Service &quot;ssh&quot; is expected to be running" classname="sealed.spec-booted""#,
+    ] {
+        assert!(junit.contains(case), "{case}:\n{junit}\n{console}");
+    }
+    assert!(!junit.contains("<failure"), "{junit}");
+    assert!(junit.contains(r#"<property name="stage" value="boot"/>"#), "{junit}");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (status, data): (String, String) = c.query_row("SELECT status, data FROM records", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(status, "tested", "{rec}");
+    assert_eq!(rec["tests"][0]["stage"], "offline+boot", "{rec}");
+    assert_eq!(rec["tests"][0]["sha256"], raw_sha.as_str(), "{rec}");
+    assert_eq!(rec["tests"][0]["passed"], 12, "{rec}");
+    // The boot was a throwaway view: the raw is unchanged; nothing of the VM is left.
+    let sha = run(std::process::Command::new("sha256sum").arg(d.join("out/sealed.raw")));
+    assert!(String::from_utf8_lossy(&sha.stdout).starts_with(&raw_sha), "the boot test wrote to the image");
+    let qemus = run(std::process::Command::new("pgrep").args(["-f", "imgforge-boot-test"]));
+    assert!(qemus.stdout.is_empty(), "a test VM is still running: {}", show(&qemus));
+    assert!(
+        std::fs::read_dir(std::env::temp_dir()).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with("imgforge-boot-")),
+        "the boot test's files are left in {}",
+        std::env::temp_dir().display()
+    );
+
+    let reports: Vec<String> = [(&vmdk, "vmdk"), (&console, "imgforge test")]
+        .iter()
+        .map(|(serial, what)| {
+            // The getty banner carries the provisioner's mark: this is our image, not the upstream.
+            assert!(serial.contains("booted-from-imgforge"), "{what}: {serial}");
+            serial.lines().find(|l| l.contains("IMGFORGE-IDENTITY")).unwrap_or_else(|| panic!("{what}: {serial}")).to_string()
+        })
+        .collect();
     let field = |r: &str, k: &str| -> String {
         r.split_whitespace().find_map(|f| f.strip_prefix(&format!("{k}="))).unwrap_or_default().to_string()
     };

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use super::Global;
+use crate::imagetest::plan::Stage;
 use crate::progress::Events;
 
 /// Arguments of `imgforge test`.
@@ -16,10 +17,10 @@ pub struct Args {
     /// The recipe whose [[test]] suites to run (default: the recipe the record was built from).
     #[arg(long)]
     pub recipe: Option<PathBuf>,
-    /// Which suites: `offline` (checks against the read-only disk; the only stage this imgforge
-    /// runs).
-    #[arg(long, default_value = "offline", value_parser = ["offline"])]
-    pub stage: String,
+    /// Which suites: `offline` (against the read-only disk) or `boot` (a throwaway boot, over
+    /// SSH); repeat it for both (the default).
+    #[arg(long, value_enum)]
+    pub stage: Vec<Stage>,
     /// Where to write the JUnit report (default: beside the raw, NAME.tests.xml).
     #[arg(long)]
     pub junit: Option<PathBuf>,
@@ -71,7 +72,16 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         crate::imagetest::Subject { name: record.name.clone(), version: record.version.clone(), record: Some(record.id.clone()), sha256 };
     let dir = path.parent().unwrap_or(Path::new("."));
     let junit = a.junit.clone().unwrap_or_else(|| crate::imagetest::default_junit(dir, &record.name));
-    let run = crate::imagetest::run_and_report(&subject, path, plan.root_partition, &plan.tests, &junit, &events)?;
+    let stages = if a.stage.is_empty() { vec![Stage::Offline, Stage::Boot] } else { a.stage.clone() };
+    if !plan.tests.iter().any(|t| stages.contains(&t.stage)) {
+        let names: Vec<&str> = stages.iter().map(|s| s.as_str()).collect();
+        return Err(anyhow::Error::new(super::UsageError(format!(
+            "{} has no [[test]] suites at stage {}",
+            recipe.display(),
+            names.join(" or ")
+        ))));
+    }
+    let run = crate::imagetest::run_and_report(&subject, path, plan.root_partition, &plan.tests, &stages, &junit, &events)?;
     crate::imagetest::record(&mut *store, &record.id, &run)?;
     println!("tested: {} {} {}", record.name, record.version, record.id);
     Ok(())

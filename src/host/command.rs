@@ -49,6 +49,9 @@ pub fn package_of(program: &str) -> Option<&'static str> {
         "tar" => "tar",
         "python3" => "python3",
         "ansible-playbook" | "ansible-galaxy" => "ansible",
+        "ssh" | "ssh-keygen" => "openssh-client",
+        "qemu-system-x86_64" => "qemu-system-x86",
+        "rspec" => "ruby-serverspec",
         _ => return None,
     })
 }

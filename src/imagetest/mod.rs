@@ -3,11 +3,15 @@
 //!
 //! Offline suites mount the raw disk read-only (in the process's private mount namespace) and
 //! run the image's own programs in the build sandbox without network: they can read the image,
-//! never change it or the host.
+//! never change it or the host. Boot-stage suites run over SSH on a throwaway copy-on-write boot
+//! of the same disk (`boot.rs`).
 
+pub mod boot;
 pub mod checks;
 pub mod junit;
 pub mod plan;
+pub mod serverspec;
+pub mod target;
 pub mod testinfra;
 
 use std::fs::File;
@@ -19,7 +23,7 @@ use crate::chroot::sandbox::Sandbox;
 use crate::image::mount::{Mounted, choose_root, probe_all};
 use crate::progress::Events;
 use crate::registry::record::TestRun;
-use plan::{Suite, SuiteKind};
+use plan::{Stage, Suite, SuiteKind};
 
 /// One test case's result.
 #[derive(Debug, Clone)]
@@ -48,7 +52,7 @@ pub struct Subject {
 }
 
 /// Runs every offline suite against the raw disk at `raw`.
-pub fn run_offline(raw: &Path, root_partition: Option<u32>, suites: &[Suite], events: &Events) -> anyhow::Result<Vec<Case>> {
+pub fn run_offline(raw: &Path, root_partition: Option<u32>, suites: &[&Suite], events: &Events) -> anyhow::Result<Vec<Case>> {
     let file = File::open(raw).with_context(|| format!("Failed to open {}", raw.display()))?;
     let size = file.metadata().with_context(|| format!("Failed to stat {}", raw.display()))?.len();
     let table = crate::disk::partition::read(&mut &file, size)
@@ -60,14 +64,16 @@ pub fn run_offline(raw: &Path, root_partition: Option<u32>, suites: &[Suite], ev
         let mut cases = Vec::new();
         for s in suites {
             events.step("test", &format!("running the {} suite", s.name));
-            match &s.kind {
-                SuiteKind::Checks(c) => cases.extend(checks::run(&s.name, &m.root, c)),
-                SuiteKind::Testinfra(t) => match testinfra::run(&s.name, &m.root, t) {
-                    Ok(c) => cases.extend(c),
-                    Err(e) => {
-                        cases.push(Case { suite: s.name.clone(), name: "testinfra".into(), seconds: 0.0, failure: Some(format!("{e:#}")) })
-                    }
-                },
+            let target = target::Target::Chroot(&m.root);
+            let r = match &s.kind {
+                SuiteKind::Checks(c) => Ok(checks::run(&s.name, &m.root, c)),
+                SuiteKind::Testinfra(t) => testinfra::run(&s.name, target, t),
+                SuiteKind::Serverspec(t) => serverspec::run(&s.name, target, t),
+                SuiteKind::Boot(_) => continue,
+            };
+            match r {
+                Ok(c) => cases.extend(c),
+                Err(e) => cases.push(Case { suite: s.name.clone(), name: "run".into(), seconds: 0.0, failure: Some(format!("{e:#}")) }),
             }
         }
         drop(sandbox);
@@ -77,6 +83,11 @@ pub fn run_offline(raw: &Path, root_partition: Option<u32>, suites: &[Suite], ev
     let cases = result?;
     closed?;
     Ok(cases)
+}
+
+/// Where the serial console of a boot test is kept: next to the JUnit report, `NAME.boot.log`.
+pub fn console_path(junit: &Path, name: &str) -> PathBuf {
+    junit.parent().unwrap_or(Path::new(".")).join(format!("{name}.boot.log"))
 }
 
 /// The last 2000 characters of a command's output, trimmed, for a failure message.
@@ -94,40 +105,56 @@ pub fn default_junit(output_dir: &Path, name: &str) -> PathBuf {
     output_dir.join(format!("{name}.tests.xml"))
 }
 
-/// Runs the suites, writes the JUnit report, and returns the verdict to record. Prints one line
-/// per failed case and a summary.
+/// Runs the suites of the `stages` asked for (offline first, then one boot for every boot-stage
+/// suite), writes the JUnit report, and returns the verdict to record. Prints one line per
+/// failed case and a summary.
 pub fn run_and_report(
     subject: &Subject,
     raw: &Path,
     root_partition: Option<u32>,
     suites: &[Suite],
+    stages: &[Stage],
     junit: &Path,
     events: &Events,
 ) -> anyhow::Result<TestRun> {
-    let cases = run_offline(raw, root_partition, suites, events)?;
-    junit::write(junit, subject, &cases)?;
+    let of = |stage: Stage| -> Vec<&Suite> { suites.iter().filter(|s| s.stage == stage && stages.contains(&stage)).collect() };
+    let (offline, booted) = (of(Stage::Offline), of(Stage::Boot));
+    let mut cases = Vec::new();
+    if !offline.is_empty() {
+        cases.extend(run_offline(raw, root_partition, &offline, events)?);
+    }
+    if let Some(b) = booted.iter().find(|s| matches!(s.kind, SuiteKind::Boot(_)))
+        && let SuiteKind::Boot(spec) = &b.kind
+    {
+        let console = console_path(junit, &subject.name);
+        cases.extend(boot::run(raw, &b.name, spec, &booted, &console, events)?);
+    }
+    let stage_of = |suite: &str| suites.iter().find(|s| s.name == suite).map_or("offline", |s| s.stage.as_str());
+    junit::write(junit, subject, &cases, &stage_of)?;
     let failed: Vec<String> = cases.iter().filter(|c| c.failure.is_some()).map(|c| format!("{}.{}", c.suite, c.name)).collect();
     for c in &cases {
         if let Some(why) = &c.failure {
             events.output("test", &format!("FAILED {} / {}: {why}", c.suite, c.name));
         }
     }
+    let ran: Vec<&str> = [Stage::Offline, Stage::Boot].into_iter().filter(|st| !of(*st).is_empty()).map(Stage::as_str).collect();
     events.output(
         "test",
         &format!(
-            "{} {}: {} of {} cases passed ({} suites; JUnit: {})",
+            "{} {}: {} of {} cases passed ({} suites, {}; JUnit: {})",
             subject.name,
             subject.version,
             cases.len() - failed.len(),
             cases.len(),
-            suites.len(),
+            offline.len() + booted.len(),
+            if ran.is_empty() { "no stage".to_string() } else { ran.join(" and ") },
             junit.display()
         ),
     );
     Ok(TestRun {
         date: crate::stamp::rfc3339(crate::stamp::unix_now()),
         sha256: subject.sha256.clone(),
-        stage: "offline".into(),
+        stage: ran.join("+"),
         passed: cases.len() - failed.len(),
         failed,
         junit: Some(std::path::absolute(junit).unwrap_or_else(|_| junit.to_path_buf()).display().to_string()),

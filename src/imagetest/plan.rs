@@ -51,11 +51,51 @@ pub struct Checks {
     pub commands: Vec<CommandCheck>,
 }
 
+/// When a suite runs: against the sealed image mounted read-only, or against a booted copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// Against the sealed image, read-only, in the build sandbox.
+    Offline,
+    /// Against a throwaway copy-on-write boot of the image, over SSH.
+    Boot,
+}
+
+impl Stage {
+    /// `offline` or `boot`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::Boot => "boot",
+        }
+    }
+}
+
+/// `type = "boot"`: what a booted image must reach, and how long it may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSpec {
+    /// From qemu's start to the last expectation met.
+    pub timeout: std::time::Duration,
+    /// `systemctl is-system-running` says running or degraded (failed units are listed).
+    pub system_running: bool,
+    /// `cloud-init status` must say this (`done`); `None`: not checked.
+    pub cloud_init: Option<String>,
+    /// sshd answers (with the throwaway key) — needed by every `stage = "boot"` suite.
+    pub ssh: bool,
+}
+
+impl Default for BootSpec {
+    fn default() -> Self {
+        Self { timeout: std::time::Duration::from_secs(600), system_running: true, cloud_init: Some("done".into()), ssh: true }
+    }
+}
+
 /// One `[[test]]`, planned.
 #[derive(Debug, Clone)]
 pub struct Suite {
     /// The recipe's `name`, or "checks #1".
     pub name: String,
+    /// When it runs.
+    pub stage: Stage,
     /// What it runs.
     pub kind: SuiteKind,
 }
@@ -67,4 +107,8 @@ pub enum SuiteKind {
     Checks(Checks),
     /// `type = "testinfra"`: a pytest-testinfra file or directory.
     Testinfra(std::path::PathBuf),
+    /// `type = "serverspec"`: a directory of RSpec/ServerSpec `*_spec.rb` files.
+    Serverspec(std::path::PathBuf),
+    /// `type = "boot"`: boot the image and check its state (stage boot).
+    Boot(BootSpec),
 }

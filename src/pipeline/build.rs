@@ -174,7 +174,8 @@ fn test_build(
         sha256: raw.sha256.clone(),
     };
     let junit = opts.junit.clone().unwrap_or_else(|| crate::imagetest::default_junit(&plan.output_dir, &plan.name));
-    let run = crate::imagetest::run_and_report(&subject, Path::new(&raw.path), plan.root_partition, &plan.tests, &junit, events)?;
+    let stages = [crate::imagetest::plan::Stage::Offline, crate::imagetest::plan::Stage::Boot];
+    let run = crate::imagetest::run_and_report(&subject, Path::new(&raw.path), plan.root_partition, &plan.tests, &stages, &junit, events)?;
     let id = m.record.as_deref().context("the build has no registry record")?;
     crate::imagetest::record(store, id, &run)
 }

@@ -14,6 +14,7 @@ pub mod name;
 pub mod options;
 pub mod plan;
 pub mod prepare;
+pub mod promote;
 pub mod register;
 pub mod snapshot;
 #[cfg(test)]

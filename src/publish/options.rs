@@ -102,6 +102,66 @@ pub struct AwsSettings {
     pub launch_permissions: Vec<String>,
     /// Concurrent PutSnapshotBlock requests.
     pub workers: usize,
+    /// What a promotion to a channel does (`[aws.promote]`).
+    pub promote: PromoteSettings,
+}
+
+/// `[aws.promote]`: what `imgforge promote` and `rollback` do on AWS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromoteSettings {
+    /// SSM parameter name template ({name}, {channel}); empty: no parameter.
+    pub ssm_parameter: String,
+    /// Accounts (or `all`) given launch permission.
+    pub launch_permissions: Vec<String>,
+    /// Regions the AMI is copied to where the record has none.
+    pub copy_to_regions: Vec<String>,
+}
+
+/// The default SSM parameter a channel's AMI id is written to.
+pub const DEFAULT_SSM_PARAMETER: &str = "/imgforge/{name}/{channel}";
+
+impl Default for PromoteSettings {
+    fn default() -> Self {
+        Self { ssm_parameter: DEFAULT_SSM_PARAMETER.into(), launch_permissions: Vec::new(), copy_to_regions: Vec::new() }
+    }
+}
+
+/// Renders an SSM parameter name template. Pure.
+pub fn render_ssm(template: &str, name: &str, channel: &str) -> String {
+    template.replace("{name}", name).replace("{channel}", channel)
+}
+
+/// An SSM parameter name template: a path from `/`, placeholders {name} and {channel} only,
+/// SSM's characters (letters, digits, `.-_/`), at most 1011 characters, not under `/aws` or
+/// `/ssm`.
+pub fn check_ssm_template(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Ok(());
+    }
+    if !t.starts_with('/') {
+        return Err(format!("ssm_parameter `{t}` must start with / (a hierarchy: \"/imgforge/{{name}}/{{channel}}\")"));
+    }
+    let mut rest = t;
+    while let Some(i) = rest.find('{') {
+        let end = rest[i..].find('}').map(|e| i + e).ok_or_else(|| format!("ssm_parameter `{t}`: unclosed `{{`"))?;
+        let var = &rest[i..=end];
+        if var != "{name}" && var != "{channel}" {
+            return Err(format!("ssm_parameter `{t}`: unknown placeholder {var} (use {{name}} and {{channel}})"));
+        }
+        rest = &rest[end + 1..];
+    }
+    let fixed = t.replace("{name}", "").replace("{channel}", "");
+    if let Some(c) = fixed.chars().find(|c| !(c.is_ascii_alphanumeric() || "./-_".contains(*c))) {
+        return Err(format!("ssm_parameter `{t}` contains `{c}` (SSM names use letters, digits, . - _ and /)"));
+    }
+    let lower = t.to_ascii_lowercase();
+    if lower.starts_with("/aws") || lower.starts_with("/ssm") {
+        return Err(format!("ssm_parameter `{t}`: names under /aws and /ssm are reserved by AWS"));
+    }
+    if t.len() > 1011 {
+        return Err(format!("ssm_parameter `{t}` is longer than SSM allows"));
+    }
+    Ok(())
 }
 
 /// Default concurrent uploads. AWS's guide puts one PUT near 100 ms, so 16 keeps ~80 MB/s in

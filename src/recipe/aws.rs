@@ -54,6 +54,23 @@ pub struct Aws {
     pub launch_permissions: Vec<Spanned<String>>,
     /// Concurrent block uploads (default 16).
     pub workers: Option<Spanned<usize>>,
+    /// `[aws.promote]`: what `imgforge promote` (and `rollback`) does on AWS.
+    pub promote: Option<Promote>,
+}
+
+/// `[aws.promote]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    /// SSM parameter pointing at the channel's AMI in each region (default
+    /// "/imgforge/{name}/{channel}"; "" for none). Placeholders {name} and {channel}.
+    pub ssm_parameter: Option<Spanned<String>>,
+    /// Accounts (12 digits) or "all" given launch permission on promotion.
+    #[serde(default)]
+    pub launch_permissions: Vec<Spanned<String>>,
+    /// Regions the AMI is copied to on promotion, where the record has none yet.
+    #[serde(default)]
+    pub copy_to_regions: Vec<Spanned<String>>,
 }
 
 fn at<T>(src: Src<'_>, v: &Spanned<T>, r: Result<(), String>) -> Result<(), RecipeError> {
@@ -131,6 +148,20 @@ pub fn plan(src: Src<'_>, a: &Aws) -> Result<AwsSettings, RecipeError> {
         at(src, w, r)?;
         s.workers = *w.get_ref();
     }
+    if let Some(p) = &a.promote {
+        if let Some(t) = &p.ssm_parameter {
+            at(src, t, options::check_ssm_template(t.get_ref()))?;
+            s.promote.ssm_parameter = t.get_ref().clone();
+        }
+        for acct in &p.launch_permissions {
+            at(src, acct, options::check_account(acct.get_ref()))?;
+            s.promote.launch_permissions.push(acct.get_ref().clone());
+        }
+        for r in &p.copy_to_regions {
+            at(src, r, options::check_region(r.get_ref()))?;
+            s.promote.copy_to_regions.push(r.get_ref().clone());
+        }
+    }
     Ok(s)
 }
 
@@ -184,5 +215,18 @@ mod tests {
         let e = parse("[aws]\nkms_key_id = \"k\"\n").unwrap_err().to_string();
         assert!(e.contains("needs encrypted"), "{e}");
         assert!(parse("[aws]\nbogus = 1\n").is_err());
+        let e = parse("[aws]\n[aws.promote]\nssm_parameter = \"imgforge/{name}\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("must start with /"), "{e}");
+        let e = parse("[aws.promote]\n\nssm_parameter = \"/x/{nme}\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("{nme}"), "{e}");
+    }
+
+    #[test]
+    fn promote_section() {
+        let s = parse("[aws]\n[aws.promote]\nlaunch_permissions = [\"123456789012\"]\ncopy_to_regions = [\"us-east-1\"]\n").unwrap();
+        assert_eq!(s.promote.ssm_parameter, "/imgforge/{name}/{channel}");
+        assert_eq!(s.promote.launch_permissions, ["123456789012"]);
+        assert_eq!(s.promote.copy_to_regions, ["us-east-1"]);
+        assert_eq!(parse("[aws.promote]\nssm_parameter = \"\"\n").unwrap().promote.ssm_parameter, "");
     }
 }

@@ -631,6 +631,47 @@ mod tests {
     }
 
     #[test]
+    fn test_suites_plan_their_stages_and_one_boot() {
+        use crate::imagetest::plan::{BootSpec, Stage, SuiteKind};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("up.img"), b"x").unwrap();
+        std::fs::write(dir.path().join("SUMS"), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join("spec")).unwrap();
+        std::fs::write(dir.path().join("spec/a_spec.rb"), b"").unwrap();
+        let plan = |tests: &str| {
+            let path = dir.path().join("r.toml");
+            std::fs::write(&path, format!("{HEAD}{tests}")).unwrap();
+            load_plan(&path, &Overrides::default())
+        };
+        // A boot-stage suite without a boot table: one boot with the defaults, after it.
+        let p = plan("[[test]]\ntype = \"serverspec\"\nspecs = \"spec\"\nstage = \"boot\"\n").unwrap();
+        assert_eq!(p.tests.len(), 2);
+        assert!(matches!(&p.tests[0].kind, SuiteKind::Serverspec(_)) && p.tests[0].stage == Stage::Boot);
+        assert!(matches!(&p.tests[1].kind, SuiteKind::Boot(b) if *b == BootSpec::default()));
+        // Offline by default; a boot table with its own timeout and expectations.
+        let p = plan("[[test]]\ntype = \"serverspec\"\nspecs = \"spec\"\n[[test]]\ntype = \"boot\"\ntimeout = \"6m\"\nexpect = { cloud_init = false }\n")
+            .unwrap();
+        assert_eq!(p.tests[0].stage, Stage::Offline);
+        let want = BootSpec { timeout: std::time::Duration::from_secs(360), cloud_init: None, ..BootSpec::default() };
+        assert!(matches!(&p.tests[1].kind, SuiteKind::Boot(b) if *b == want), "{:?}", p.tests[1]);
+        // Refusals name the line.
+        for (tests, says) in [
+            ("[[test]]\ntype = \"boot\"\n\n[[test]]\ntype = \"boot\"\nname = \"again\"\n", "line 10: [[test]] #2: a second boot suite"),
+            ("[[test]]\ntype = \"serverspec\"\nspecs = \"spec\"\nstage = \"later\"\n", "stage `later` is not"),
+            ("[[test]]\ntype = \"serverspec\"\nspecs = \"nothing\"\n", "specs not found: nothing"),
+            ("[[test]]\ntype = \"boot\"\nexpect = { cloud_init = \"maybe\" }\n", "expect.cloud_init = \"maybe\""),
+            ("[[test]]\ntype = \"boot\"\ntimeout = \"6 min\"\n", "the unit is s, m or h"),
+            (
+                "[[test]]\ntype = \"boot\"\nexpect = { ssh = false }\n[[test]]\ntype = \"serverspec\"\nspecs = \"spec\"\nstage = \"boot\"\n",
+                "has expect.ssh = false",
+            ),
+        ] {
+            let e = plan(tests).unwrap_err().to_string();
+            assert!(e.contains(says), "{tests}: {e}");
+        }
+    }
+
+    #[test]
     fn good_recipe_plans() {
         let p = planned(&format!("{HEAD}[disk]\nsize = \"4GiB\"\n[[provision]]\ntype = \"shell\"\ninline = [\"a\", \"b\"]\n")).unwrap();
         assert_eq!(p.disk_size, Some(4 << 30));

@@ -60,9 +60,9 @@ pub fn untested(r: &Record) -> Option<String> {
     }
 }
 
-/// Points `channel` of `r`'s image at `r`. Refused for a revoked record, and for an untested
-/// one unless `force` with a `reason`. A promoted record becomes `released`.
-pub fn promote(store: &mut dyn Store, r: &Record, channel: &str, force: bool, reason: Option<&str>) -> anyhow::Result<ChannelEntry> {
+/// Whether `r` may be promoted to `channel`: refused for a revoked record, and for an untested
+/// one unless `force` with a `reason`. `Ok(true)`: it goes on forced.
+pub fn promotable(r: &Record, channel: &str, force: bool, reason: Option<&str>) -> anyhow::Result<bool> {
     check_channel_name(channel)?;
     if r.status == "revoked" {
         bail!("{} {} ({}) is revoked{}: it cannot be promoted", r.name, r.version, r.id, revoked_why(r));
@@ -83,6 +83,13 @@ pub fn promote(store: &mut dyn Store, r: &Record, channel: &str, force: bool, re
         }
         Some(_) => true,
     };
+    Ok(forced)
+}
+
+/// Points `channel` of `r`'s image at `r`. Refused for a revoked record, and for an untested
+/// one unless `force` with a `reason`. A promoted record becomes `released`.
+pub fn promote(store: &mut dyn Store, r: &Record, channel: &str, force: bool, reason: Option<&str>) -> anyhow::Result<ChannelEntry> {
+    let forced = promotable(r, channel, force, reason)?;
     let e = ChannelEntry {
         id: new_id(),
         name: r.name.clone(),
@@ -104,9 +111,9 @@ pub fn promote(store: &mut dyn Store, r: &Record, channel: &str, force: bool, re
     Ok(e)
 }
 
-/// Points `name`'s `channel` back at the record it pointed at before the current one (skipping
-/// revoked records). Returns the new entry and the record it replaced.
-pub fn rollback(store: &mut dyn Store, name: &str, channel: &str, reason: Option<&str>) -> anyhow::Result<(ChannelEntry, String)> {
+/// The record a rollback of `name`'s `channel` points at (the one before the current record,
+/// skipping revoked ones), and the current record's id.
+pub fn previous(store: &dyn Store, name: &str, channel: &str) -> anyhow::Result<(Record, String)> {
     let log = store.channel_log(name, Some(channel))?;
     let Some(cur) = log.last() else { bail!("{name} has no channel {channel}: nothing to roll back") };
     // Walk back past the current record (and any entry that pointed at it).
@@ -125,6 +132,13 @@ pub fn rollback(store: &mut dyn Store, name: &str, channel: &str, reason: Option
         }
     }
     let Some(r) = target else { bail!("{name}'s channel {channel} has no earlier (unrevoked) record to roll back to") };
+    Ok((r, cur.record.clone()))
+}
+
+/// Points `name`'s `channel` back at the record it pointed at before the current one (skipping
+/// revoked records). Returns the new entry and the record it replaced.
+pub fn rollback(store: &mut dyn Store, name: &str, channel: &str, reason: Option<&str>) -> anyhow::Result<(ChannelEntry, String)> {
+    let (r, current) = previous(&*store, name, channel)?;
     let e = ChannelEntry {
         id: new_id(),
         name: name.to_string(),
@@ -138,7 +152,7 @@ pub fn rollback(store: &mut dyn Store, name: &str, channel: &str, reason: Option
         forced: false,
     };
     store.channel_append(&e).context("Failed to record the rollback")?;
-    Ok((e, cur.record.clone()))
+    Ok((e, current))
 }
 
 /// Marks `r` revoked (and, with `cascade`, every live descendant). Returns the records revoked

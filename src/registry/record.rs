@@ -86,7 +86,7 @@ pub struct TestRun {
     pub date: String,
     /// SHA-256 of the raw disk the tests ran against.
     pub sha256: String,
-    /// `offline` (or `boot`).
+    /// The stages that ran: `offline`, `boot` or `offline+boot`.
     pub stage: String,
     /// Cases that passed.
     pub passed: usize,

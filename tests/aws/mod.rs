@@ -377,6 +377,18 @@ elif what == "object":
     o = s3.get_object(Bucket=sys.argv[4], Key=sys.argv[5], ChecksumMode="ENABLED")
     body = o["Body"].read()
     print(json.dumps({"sha256": hashlib.sha256(body).hexdigest(), "size": len(body), "checksum": o.get("ChecksumSHA256"), "parts": o.get("PartsCount")}))
+elif what == "channel":
+    ssm = boto3.client("ssm", endpoint_url=endpoint, region_name=region)
+    try:
+        value = ssm.get_parameter(Name=sys.argv[4])["Parameter"]["Value"]
+        history = [p["Value"] for p in ssm.get_parameter_history(Name=sys.argv[4])["Parameters"]]
+    except ssm.exceptions.ParameterNotFound:
+        value, history = None, []
+    imgs = {}
+    for i in ec2.describe_images(Owners=["self"])["Images"]:
+        perms = ec2.describe_image_attribute(ImageId=i["ImageId"], Attribute="launchPermission")["LaunchPermissions"]
+        imgs[i["ImageId"]] = {"name": i["Name"], "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])}, "launch": sorted(p.get("UserId", p.get("Group", "")) for p in perms)}
+    print(json.dumps({"parameter": value, "history": history, "images": imgs}))
 else:
     snaps = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
     imgs = ec2.describe_images(Owners=["self"])["Images"]
@@ -407,6 +419,12 @@ pub fn make_bucket(endpoint: &str, region: &str, bucket: &str) {
 /// An S3 object's SHA-256 (hex), size, stored checksum and part count.
 pub fn object(endpoint: &str, region: &str, bucket: &str, key: &str) -> serde_json::Value {
     python(endpoint, region, &["object", bucket, key])
+}
+
+/// A channel on AWS: the SSM parameter's value (null when absent) and history, and each of our
+/// AMIs' name, tags and launch permissions.
+pub fn channel_state(endpoint: &str, region: &str, parameter: &str) -> serde_json::Value {
+    python(endpoint, region, &["channel", parameter])
 }
 
 /// DescribeSnapshots and DescribeImages (owner self).

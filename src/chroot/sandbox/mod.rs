@@ -263,11 +263,16 @@ impl Drop for Sandbox {
 /// with this very executable (`/proc/PID/exe`, even if its file is replaced during the build),
 /// so every command the tool runs in the image runs in this sandbox. `tool` names it in a comment.
 pub fn write_chroot_wrapper(path: &Path, tool: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let me = format!("/proc/{}/exe", std::process::id());
     let body =
         format!("#!/bin/sh\n# {tool}'s chroot for imgforge: every command runs in the build sandbox\nexec '{me}' sandbox-exec \"$@\"\n");
+    write_private_script(path, &body)
+}
+
+/// Writes a new owner-only executable script at `path` (refused if something is there).
+pub fn write_private_script(path: &Path, body: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
