@@ -12,7 +12,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("command line", &["cli"]),
     ("pipelines", &["pipeline"]),
     ("configuration", &["recipe"]),
-    ("domains", &["source", "provision", "seal", "stamp", "export", "publish", "s3", "manifest", "registry", "imagetest"]),
+    ("domains", &["source", "provision", "seal", "stamp", "export", "publish", "s3", "manifest", "registry", "imagetest", "gc"]),
     ("the image", &["image", "disk", "chroot"]),
     ("the host", &["host", "aws", "io", "error", "logging", "progress"]),
 ];

@@ -7,6 +7,7 @@ mod channel;
 mod docs;
 mod events;
 mod export;
+mod gc;
 mod image;
 mod inspect;
 mod layers;
@@ -75,6 +76,8 @@ enum Command {
     Revoke(channel::RevokeArgs),
     /// Where an image's channels point (--history: every promotion and rollback).
     Channels(channel::ChannelsArgs),
+    /// The janitor: plan (the default) or --apply the retirement of old images, never one in use.
+    Gc(gc::Args),
     /// Say, input by input, why a build of the recipe would rebuild (or that it is up to date).
     Explain(layers::ExplainArgs),
     /// List the images and recipes whose parent query now finds a newer parent.
@@ -110,6 +113,7 @@ pub fn main() -> ExitCode {
         Command::Image(a) => image::run(&cli.global, a),
         Command::Registry(a) => registry::run(a),
         Command::Test(a) => test::run(&cli.global, a),
+        Command::Gc(a) => gc::run(&cli.global, a),
         Command::Promote(a) => channel::promote(&cli.global, a),
         Command::Rollback(a) => channel::rollback(&cli.global, a),
         Command::Revoke(a) => channel::revoke(&cli.global, a),

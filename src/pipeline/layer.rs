@@ -111,7 +111,11 @@ fn hash_tree(base: &Path, path: &Path, skip: &[PathBuf], inputs: &mut BTreeMap<S
 pub fn up_to_date(store: &dyn crate::registry::Store, name: &str, key: &str) -> anyhow::Result<Option<Record>> {
     let q = crate::registry::Query { name: Some(name.to_string()), ..Default::default() };
     for r in store.find(&q)? {
-        if r.layer_key.as_deref() == Some(key) && r.status != "revoked" && r.outputs.iter().all(crate::registry::record::Output::in_place) {
+        if r.layer_key.as_deref() == Some(key)
+            && r.status != "revoked"
+            && r.status != "deleted"
+            && r.outputs.iter().all(crate::registry::record::Output::in_place)
+        {
             return Ok(Some(r));
         }
     }

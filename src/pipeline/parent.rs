@@ -103,6 +103,10 @@ pub fn resolve(store: &dyn Store, q: &Query) -> anyhow::Result<Resolved> {
             rejected.push(format!("{} {} ({}): revoked{}", r.name, r.version, r.id, crate::registry::channel::revoked_why(&r)));
             continue;
         }
+        if r.status == "deleted" {
+            rejected.push(format!("{} {} ({}): retired by imgforge gc", r.name, r.version, r.id));
+            continue;
+        }
         match raw_of(&r) {
             Ok((raw, sha256)) => return Ok(Resolved { record: r, raw, sha256 }),
             Err(why) => rejected.push(format!("{} {} ({}): {why}", r.name, r.version, r.id)),

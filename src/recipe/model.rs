@@ -32,6 +32,8 @@ pub struct Recipe {
     /// Image tests (`[[test]]`), in order; checked against their `type` in `test.rs`.
     #[serde(default)]
     pub test: Vec<toml::Spanned<toml::Table>>,
+    /// `[gc]`: the janitor's rules for this image (`imgforge gc --config RECIPE`).
+    pub gc: Option<Spanned<crate::gc::rules::GcSection>>,
 }
 
 /// `[image]`

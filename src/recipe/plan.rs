@@ -97,6 +97,12 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         (None, Some(d)) => dir.join(d.get_ref()),
         (None, None) => dir.join("out"),
     };
+    // `[gc]` is the janitor's (`imgforge gc --config RECIPE` reads it); checked here so that
+    // `imgforge validate` and every build catch its mistakes.
+    if let Some(g) = &r.gc {
+        crate::gc::rules::Rules::from_section(g.get_ref())
+            .map_err(|e| src.at(g.span(), format!("[gc] {e}")).hint("see `imgforge gc --help` and the README's Janitor section"))?;
+    }
     Ok(BuildPlan {
         name,
         version,
@@ -116,20 +122,27 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         export: export_options(src, &r.output)?,
         upload: r.output.upload.as_ref().map(|u| crate::s3::parse_url(u.get_ref()).map_err(|e| src.at(u.span(), e))).transpose()?,
         aws: r.aws.as_ref().map(|a| super::aws::plan(src, a)).transpose()?,
+
         seal: super::seal::seal_plan(src, &r.seal)?,
         tests,
     })
 }
 
-/// SHA-256 of the recipe as data (canonical JSON of the parsed TOML), without `[output] dir` and `[[test]]`:
+/// SHA-256 of the recipe as data (canonical JSON of the parsed TOML), without `[output] dir`,
+/// `[[test]]`, `[aws.promote]` and `[gc]`:
 /// where the outputs go does not change what they are. Pure.
 fn meaning_digest(text: &str) -> String {
     let mut t: toml::Table = toml::from_str(text).unwrap_or_default();
     if let Some(toml::Value::Table(o)) = t.get_mut("output") {
         o.remove("dir");
     }
-    // Tests judge the image; they do not change it (`imgforge test` reruns them).
+    // Tests judge the image; they do not change it (`imgforge test` reruns them). Neither do
+    // what a promotion does on AWS or the janitor's rules.
     t.remove("test");
+    t.remove("gc");
+    if let Some(toml::Value::Table(a)) = t.get_mut("aws") {
+        a.remove("promote");
+    }
     let mut out = String::new();
     canonical(&toml::Value::Table(t), &mut out);
     hex::encode(Sha256::digest(out.as_bytes()))

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::packages::Package;
 
 /// The statuses a record moves through (`candidate` on build; tests promote).
-pub const STATUSES: [&str; 4] = ["candidate", "tested", "released", "revoked"];
+pub const STATUSES: [&str; 5] = ["candidate", "tested", "released", "revoked", "deleted"];
 
 /// What a record was built from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

@@ -138,6 +138,21 @@ pub fn download(url: &str, dest: &Path, endpoint_url: Option<&str>) -> anyhow::R
     })
 }
 
+/// Deletes the objects at `urls` (an object already gone is fine: S3 answers the same).
+pub async fn delete(urls: &[String], endpoint_url: Option<&str>) -> anyhow::Result<()> {
+    if urls.is_empty() {
+        return Ok(());
+    }
+    let s3 = client(endpoint_url).await?;
+    for url in urls {
+        let (bucket, key) = split_object_url(url).map_err(|e| anyhow::anyhow!(e))?;
+        retry(&Policy::DEFAULT, Instant::now(), &|| format!("DeleteObject {url}"), || s3.delete_object().bucket(&bucket).key(&key).send())
+            .await
+            .map_err(|f| anyhow::anyhow!("Failed to delete {url}: {f}"))?;
+    }
+    Ok(())
+}
+
 /// Uploads `files` under `dest`.
 pub fn upload(dest: &S3Url, files: &[PathBuf], endpoint_url: Option<&str>) -> anyhow::Result<Vec<Uploaded>> {
     let rt = crate::aws::runtime()?;

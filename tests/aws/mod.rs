@@ -157,11 +157,18 @@ pub struct Seen {
     pub body: String,
 }
 
-/// A fault-injecting HTTP/1.1 proxy on 127.0.0.1 in front of moto.
+/// A fault-injecting HTTP/1.1 proxy on 127.0.0.1 in front of moto. It also answers, as AWS
+/// documents them, the EC2 calls moto lacks: DescribeImageAttribute `lastLaunchedTime` (from
+/// `last_launched`, AMI id → RFC 3339 time; none: an empty value, as for a never-launched
+/// AMI), and DisableImage / EnableImageDeprecation (`true`, the AMI noted in `disabled` /
+/// `deprecated`).
 pub struct Proxy {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub faults: Arc<AtomicU64>,
+    pub last_launched: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
+    pub disabled: Arc<Mutex<Vec<String>>>,
+    pub deprecated: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -196,20 +203,71 @@ pub fn start_proxy(upstream: u16, fault: Fault) -> Proxy {
     let faults = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
+    let last_launched = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+    let disabled = Arc::new(Mutex::new(Vec::new()));
+    let deprecated = Arc::new(Mutex::new(Vec::new()));
     let (s2, f2, st2) = (seen.clone(), faults.clone(), stop.clone());
+    let extras = Extras { last_launched: last_launched.clone(), disabled: disabled.clone(), deprecated: deprecated.clone() };
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             if st2.load(Ordering::Relaxed) {
                 return;
             }
             let Ok(conn) = conn else { continue };
-            let (seen, faults, counter) = (s2.clone(), f2.clone(), counter.clone());
+            let (seen, faults, counter, extras) = (s2.clone(), f2.clone(), counter.clone(), extras.clone());
             std::thread::spawn(move || {
-                let _ = serve(conn, upstream, fault, &seen, &faults, &counter);
+                let _ = serve(conn, upstream, fault, &seen, &faults, &counter, &extras);
             });
         }
     });
-    Proxy { port, seen, faults, stop }
+    Proxy { port, seen, faults, last_launched, disabled, deprecated, stop }
+}
+
+/// What the proxy answers itself.
+#[derive(Clone)]
+struct Extras {
+    last_launched: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
+    disabled: Arc<Mutex<Vec<String>>>,
+    deprecated: Arc<Mutex<Vec<String>>>,
+}
+
+/// A query-API form value.
+fn form_value(body: &str, key: &str) -> Option<String> {
+    body.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}="))).map(|v| v.replace("%2F", "/").replace("%3A", ":"))
+}
+
+/// An EC2 XML answer.
+fn ec2_xml(action: &str, inner: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>imgforge-test-proxy</requestId>{inner}</{action}Response>"
+    );
+    format!("HTTP/1.1 200 OK\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+/// The EC2 answers moto lacks; `None`: forward.
+fn answer(body: &str, extras: &Extras) -> Option<Vec<u8>> {
+    let action = form_value(body, "Action")?;
+    let image = form_value(body, "ImageId").unwrap_or_default();
+    match action.as_str() {
+        "DescribeImageAttribute" if form_value(body, "Attribute").as_deref() == Some("lastLaunchedTime") => {
+            let value = extras.last_launched.lock().unwrap().get(&image).cloned();
+            let inner = match value {
+                Some(t) => format!("<imageId>{image}</imageId><lastLaunchedTime><value>{t}</value></lastLaunchedTime>"),
+                None => format!("<imageId>{image}</imageId><lastLaunchedTime/>"),
+            };
+            Some(ec2_xml(&action, &inner))
+        }
+        "DisableImage" => {
+            extras.disabled.lock().unwrap().push(image);
+            Some(ec2_xml(&action, "<return>true</return>"))
+        }
+        "EnableImageDeprecation" => {
+            extras.deprecated.lock().unwrap().push(image);
+            Some(ec2_xml(&action, "<return>true</return>"))
+        }
+        _ => None,
+    }
 }
 
 /// Request line, headers, body.
@@ -273,6 +331,7 @@ fn serve(
     seen: &Mutex<Vec<Seen>>,
     faults: &AtomicU64,
     counter: &AtomicU64,
+    extras: &Extras,
 ) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
     let mut r = BufReader::new(conn);
@@ -282,7 +341,12 @@ fn serve(
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
     let text = if body.len() < 64 * 1024 { String::from_utf8_lossy(&body).to_string() } else { String::new() };
-    seen.lock().unwrap().push(Seen { method: method.clone(), path: path.clone(), body: text });
+    seen.lock().unwrap().push(Seen { method: method.clone(), path: path.clone(), body: text.clone() });
+    if method == "POST"
+        && let Some(a) = answer(&text, extras)
+    {
+        return out.write_all(&a);
+    }
     let is_put = method == "PUT" && path.contains("/blocks/");
     if is_put {
         let n = counter.fetch_add(1, Ordering::Relaxed);
@@ -377,6 +441,15 @@ elif what == "object":
     o = s3.get_object(Bucket=sys.argv[4], Key=sys.argv[5], ChecksumMode="ENABLED")
     body = o["Body"].read()
     print(json.dumps({"sha256": hashlib.sha256(body).hexdigest(), "size": len(body), "checksum": o.get("ChecksumSHA256"), "parts": o.get("PartsCount")}))
+elif what == "mklt":
+    r = ec2.create_launch_template(LaunchTemplateName=sys.argv[4], LaunchTemplateData={"ImageId": sys.argv[5], "InstanceType": "t3.micro"})
+    print(json.dumps({"id": r["LaunchTemplate"]["LaunchTemplateId"]}))
+elif what == "run":
+    r = ec2.run_instances(ImageId=sys.argv[4], MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    print(json.dumps({"id": r["Instances"][0]["InstanceId"]}))
+elif what == "terminate":
+    ec2.terminate_instances(InstanceIds=[sys.argv[4]])
+    print("{}")
 elif what == "channel":
     ssm = boto3.client("ssm", endpoint_url=endpoint, region_name=region)
     try:
@@ -425,6 +498,21 @@ pub fn object(endpoint: &str, region: &str, bucket: &str, key: &str) -> serde_js
 /// AMIs' name, tags and launch permissions.
 pub fn channel_state(endpoint: &str, region: &str, parameter: &str) -> serde_json::Value {
     python(endpoint, region, &["channel", parameter])
+}
+
+/// Creates a launch template whose default version launches `ami`; returns its id.
+pub fn make_launch_template(endpoint: &str, region: &str, name: &str, ami: &str) -> String {
+    python(endpoint, region, &["mklt", name, ami])["id"].as_str().unwrap().to_string()
+}
+
+/// Runs an instance of `ami`; returns its id.
+pub fn run_instance(endpoint: &str, region: &str, ami: &str) -> String {
+    python(endpoint, region, &["run", ami])["id"].as_str().unwrap().to_string()
+}
+
+/// Terminates an instance.
+pub fn terminate_instance(endpoint: &str, region: &str, id: &str) {
+    python(endpoint, region, &["terminate", id]);
 }
 
 /// DescribeSnapshots and DescribeImages (owner self).

@@ -1,0 +1,182 @@
+//! `imgforge gc`: the janitor's plan (the default: nothing changes) or `--apply`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::Global;
+use crate::gc::apply::{self, Stage};
+use crate::gc::plan::{self, Action, Decision};
+use crate::gc::refs::{self, Ami};
+use crate::gc::rules::{self, Rules};
+use crate::registry::Query;
+
+/// Arguments of `imgforge gc`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The rules: the `[gc]` of this file (a recipe, or a janitor file for many images); the
+    /// flags below override it. Default: keep_last 5, keep_days 30, keep_released.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Only images of this name (repeatable; default: every image in the registry).
+    #[arg(long)]
+    pub name: Vec<String>,
+    /// Records to keep per image name, among those no channel points at.
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    /// Never retire a record younger than this many days.
+    #[arg(long)]
+    pub keep_days: Option<u64>,
+    /// Retire records older than this many days whatever keep_last says (guards still hold).
+    #[arg(long)]
+    pub max_days: Option<u64>,
+    /// Retire AMIs shared with other accounts too (their use there is invisible here).
+    #[arg(long)]
+    pub include_shared: bool,
+    /// Print the plan and change nothing (the default).
+    #[arg(long, conflicts_with = "apply")]
+    pub plan: bool,
+    /// Retire what the plan retires, re-checking every guard just before each action.
+    #[arg(long)]
+    pub apply: bool,
+    /// With --apply: act on this saved plan (`imgforge gc --json > plan.json`, reviewed) instead
+    /// of a new one; only what it retires is retired, each re-checked first.
+    #[arg(long, requires = "apply")]
+    pub plan_file: Option<PathBuf>,
+    /// How far --apply goes: deprecate, disable, or deregister (with snapshots, local outputs,
+    /// uploads; the record becomes `deleted`).
+    #[arg(long, value_enum, default_value = "deregister", requires = "apply")]
+    pub stage: Stage,
+    /// The registry (default: $IMGFORGE_REGISTRY or /var/lib/imgforge/registry.db).
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// Another endpoint for every AWS service (also AWS_ENDPOINT_URL).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+}
+
+fn rules_of(a: &Args) -> anyhow::Result<Rules> {
+    let mut r = match &a.config {
+        Some(p) => rules::load(p)?,
+        None => Rules::default(),
+    };
+    if let Some(n) = a.keep_last {
+        r.keep_last = n;
+    }
+    if let Some(d) = a.keep_days {
+        r.keep_days = d;
+    }
+    if a.max_days.is_some() {
+        r.max_days = a.max_days;
+    }
+    r.include_shared |= a.include_shared;
+    if let Some(m) = r.max_days
+        && m < r.keep_days
+    {
+        anyhow::bail!("max_days = {m} is less than keep_days = {}", r.keep_days);
+    }
+    Ok(r)
+}
+
+/// Runs `imgforge gc`.
+pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
+    let rules = rules_of(a)?;
+    let mut store = crate::registry::open(a.registry.as_deref()).context("Failed to open the image registry")?;
+    let records = store.find(&Query::default())?;
+    let names: BTreeSet<&str> = records.iter().filter(|r| a.name.is_empty() || a.name.contains(&r.name)).map(|r| r.name.as_str()).collect();
+    let mut logs = Vec::new();
+    for n in &names {
+        logs.extend(store.channel_log(n, None)?);
+    }
+    let marks = plan::channel_marks(&logs);
+    let candidates: BTreeSet<Ami> = records
+        .iter()
+        .filter(|r| r.status != "deleted" && names.contains(r.name.as_str()))
+        .flat_map(|r| r.amis.iter().map(|(region, ami)| (region.clone(), ami.clone())))
+        .collect();
+    let refs = if candidates.is_empty() {
+        refs::Refs::default()
+    } else {
+        let rt = crate::aws::runtime()?;
+        rt.block_on(async {
+            let home = candidates.iter().next().map(|(region, _)| region.as_str());
+            let cfg = crate::aws::client::load(home, a.endpoint_url.as_deref()).await?;
+            refs::gather(&cfg, &candidates, rules.all_launch_template_versions).await
+        })?
+    };
+    if let Some(p) = a.plan_file.as_ref().filter(|_| a.apply) {
+        #[derive(serde::Deserialize)]
+        struct Saved {
+            decisions: Vec<Decision>,
+        }
+        let text = std::fs::read_to_string(p).with_context(|| format!("Failed to read the plan {}", p.display()))?;
+        let saved: Saved =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a plan written by `imgforge gc --json`", p.display()))?;
+        let outcomes = apply::run(&mut *store, &saved.decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
+        return print_outcomes(g, a.stage, &outcomes);
+    }
+    let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let decisions = plan::decide(&records, &wanted, &marks, &refs, &rules, crate::stamp::unix_now());
+    if !a.apply {
+        return print_plan(g, &rules, &decisions);
+    }
+    let outcomes = apply::run(&mut *store, &decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
+    print_outcomes(g, a.stage, &outcomes)
+}
+
+fn print_outcomes(g: &Global, stage: Stage, outcomes: &[apply::Outcome]) -> anyhow::Result<()> {
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "stage": stage, "outcomes": outcomes }))?);
+        return Ok(());
+    }
+    for o in outcomes {
+        println!("{} {} ({}): {}", o.result, o.image, o.record, o.details.join("; "));
+    }
+    let retired = outcomes.iter().filter(|o| o.result == "retired").count();
+    println!("gc --apply ({stage:?}): {retired} retired, {} kept at apply", outcomes.len() - retired);
+    Ok(())
+}
+
+fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision]) -> anyhow::Result<()> {
+    let (amis, snapshots, bytes, uploads) = apply::frees(decisions);
+    if g.json {
+        let v = serde_json::json!({
+            "rules": {
+                "keep_last": rules.keep_last, "keep_days": rules.keep_days, "max_days": rules.max_days,
+                "keep_released": rules.keep_released, "include_shared": rules.include_shared,
+                "launch_template_versions": if rules.all_launch_template_versions { "all" } else { "default-and-latest" },
+            },
+            "decisions": decisions,
+            "frees": { "amis": amis, "snapshots": snapshots, "local_bytes": bytes, "uploads": uploads, "by_region": apply::by_region(decisions) },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "gc plan (nothing changes; --apply to act): keep_last = {}, keep_days = {}, max_days = {}, keep_released = {}",
+        rules.keep_last,
+        rules.keep_days,
+        rules.max_days.map_or("none".to_string(), |m| m.to_string()),
+        rules.keep_released
+    );
+    for d in decisions {
+        let verdict = if d.action == Action::Retire { "RETIRE" } else { "keep  " };
+        let amis: Vec<String> = d.amis.iter().map(|(r, a)| format!("{a} ({r})")).collect();
+        println!(
+            "{verdict} {} {} ({}){}: {}",
+            d.name,
+            d.version,
+            d.record,
+            if amis.is_empty() { String::new() } else { format!(" [{}]", amis.join(", ")) },
+            d.reasons.join("; ")
+        );
+    }
+    let retire = decisions.iter().filter(|d| d.action == Action::Retire).count();
+    println!(
+        "retire {retire} of {}: frees {amis} AMIs, {snapshots} snapshots, {:.1} MiB of local outputs, {uploads} uploads",
+        decisions.len(),
+        bytes as f64 / f64::from(1u32 << 20)
+    );
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The janitor against moto (through the test proxy, which answers the EC2 calls moto lacks):
+//! a plan that changes nothing and says why for every record, guards that hold at apply, and
+//! `--apply` that deregisters the AMIs, deletes their snapshots and local outputs, and marks the
+//! records deleted — nothing else.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod aws;
+mod util;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aws::*;
+use sha2::Digest;
+use util::*;
+
+/// Every file under `dir` with its SHA-256 (but moto's own log).
+fn files(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n != "moto.log") {
+                out.insert(p.display().to_string(), hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out
+}
+
+/// 8 versions; a launch template on 3, a child built on 2, 7 on `prod`: `keep_last = 2` plans
+/// to retire exactly 1, 4 and 5, each with its reason, and keeps 2 (child), 3 (launch
+/// template), 6, 7, 8. The plan changes nothing; an instance of 5 started between plan and apply
+/// keeps 5; `--apply` deregisters 1 and 4, deletes their snapshots and raws, marks them deleted.
+#[test]
+fn gc_retires_by_rule_and_never_an_image_in_use() {
+    const TEST: &str = "gc_retires_by_rule_and_never_an_image_in_use";
+    if !have_root(TEST) || !have_moto(TEST) {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("gc");
+    let d = dir.path();
+    let moto = start_moto(&d.join("moto.log"));
+    let proxy = start_proxy(moto.port, Fault::None);
+    let endpoint = proxy.url();
+    let region = "eu-west-3";
+    let db = d.join("registry.db");
+    let cli = |args: &[&str]| {
+        let mut c = imgforge();
+        c.args(args).arg("--registry").arg(&db);
+        aws_env(&mut c, &endpoint, region);
+        run(&mut c)
+    };
+    let text = small_head(up, "small-mbr.qcow2")
+        + "[[test]]\ntype = \"checks\"\nfiles = [ { path = \"/usr/sbin/policy-rc.d\", absent = true } ]\n\n[aws]\nname = \"{name}-{version}\"\n";
+    let (mut amis, mut snaps) = (vec![String::new()], vec![String::new()]);
+    for i in 1..=8 {
+        let r = d.join(format!("small-{i}.toml"));
+        std::fs::write(&r, text.replace("version = \"1.0.0\"", &format!("version = \"1.0.{i}\""))).unwrap();
+        let out = d.join(format!("out/{i}"));
+        let o = cli(&["build", r.to_str().unwrap(), "-o", out.to_str().unwrap(), "--publish"]);
+        assert!(o.status.success(), "1.0.{i}: {}", show(&o));
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("small.manifest.json")).unwrap()).unwrap();
+        amis.push(m["aws"]["images"][region].as_str().unwrap().to_string());
+        snaps.push(m["aws"]["snapshot_id"].as_str().unwrap().to_string());
+    }
+    std::fs::write(
+        d.join("child.toml"),
+        "[image]\nname = \"child\"\nversion = \"1\"\n[source]\nparent = { name = \"small\", version = \"1.0.2\" }\n",
+    )
+    .unwrap();
+    let o = cli(&["build", d.join("child.toml").to_str().unwrap(), "-o", d.join("out/child").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", show(&o));
+    let lt = make_launch_template(&endpoint, region, "web", &amis[3]);
+    let o = cli(&["promote", "small@1.0.7", "--channel", "prod"]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert_clean(d);
+
+    // The plan: a decision and its reasons for every record; nothing changes.
+    let before = (state(&endpoint, region).to_string(), files(d));
+    let gc = ["gc", "--name", "small", "--keep-last", "2", "--keep-days", "0"];
+    let o = cli(&[&gc[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", show(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let plan_json = o.stdout.clone();
+    let decisions = plan["decisions"].as_array().unwrap();
+    let verdict = |v: &str| {
+        let x = decisions.iter().find(|x| x["version"] == v).unwrap();
+        (
+            x["action"].as_str().unwrap().to_string(),
+            x["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect::<Vec<_>>().join("; "),
+        )
+    };
+    let retired: Vec<&str> = decisions.iter().filter(|x| x["action"] == "retire").map(|x| x["version"].as_str().unwrap()).collect();
+    assert_eq!(retired, ["1.0.5", "1.0.4", "1.0.1"], "{plan:#}");
+    assert_eq!(verdict("1.0.8").1, "one of the 2 newest (keep_last = 2)");
+    assert_eq!(verdict("1.0.6").1, "one of the 2 newest (keep_last = 2)");
+    assert_eq!(verdict("1.0.7").1, format!("{} in {region} is used by SSM parameter /imgforge/small/prod", amis[7]));
+    assert_eq!(verdict("1.0.3").1, format!("{} in {region} is used by launch template web ({lt}) version 1 ($Default)", amis[3]));
+    assert!(verdict("1.0.2").1.starts_with("parent of child 1 ("), "{}", verdict("1.0.2").1);
+    assert_eq!(verdict("1.0.1").1, "older than the 2 newest kept (keep_last = 2)");
+    assert_eq!(plan["frees"]["amis"], 3);
+    assert_eq!(plan["frees"]["snapshots"], 3);
+    let text = cli(&gc);
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(shown.contains("RETIRE small 1.0.5 (") && shown.contains(&format!("[{} ({region})]", amis[5])), "{shown}");
+    assert!(shown.contains("retire 3 of 8: frees 3 AMIs, 3 snapshots"), "{shown}");
+    let after = (state(&endpoint, region).to_string(), files(d));
+    assert!(after.0 == before.0, "the plan changed something on AWS");
+    let changed: Vec<&String> = after.1.iter().filter(|(k, v)| before.1.get(*k) != Some(v)).map(|(k, _)| k).collect();
+    assert!(changed.is_empty() && after.1.len() == before.1.len(), "the plan changed local files: {changed:?}");
+    assert!(proxy.actions("DescribeImageAttribute").iter().any(|b| b.contains("Attribute=lastLaunchedTime")));
+
+    // The plan saved for review; a guard appears before it is applied: an instance of 1.0.5.
+    let saved = d.join("plan.json");
+    std::fs::write(&saved, &plan_json).unwrap();
+    let instance = run_instance(&endpoint, region, &amis[5]);
+    let o = cli(&[&gc[..], &["--apply", "--json", "--plan-file", saved.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", show(&o));
+    let done: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outcome = |v: &str| {
+        done["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["image"] == format!("small {v}"))
+            .unwrap_or_else(|| panic!("{v}: {done:#}"))
+            .clone()
+    };
+    assert_eq!(outcome("1.0.5")["result"], "kept", "{done:#}");
+    assert!(outcome("1.0.5")["details"][0].as_str().unwrap().contains(&format!("used by instance {instance} (running)")), "{done:#}");
+    for v in ["1.0.4", "1.0.1"] {
+        assert_eq!(outcome(v)["result"], "retired", "{done:#}");
+    }
+    let after = state(&endpoint, region);
+    let ids = |key: &str, id: &str| -> Vec<String> {
+        after[key].as_array().unwrap().iter().map(|x| x[id].as_str().unwrap().to_string()).collect()
+    };
+    let mut want_amis: Vec<String> = [2, 3, 5, 6, 7, 8].iter().map(|&i| amis[i].clone()).collect();
+    let mut got_amis = ids("images", "ImageId");
+    want_amis.sort();
+    got_amis.sort();
+    assert_eq!(got_amis, want_amis);
+    let got_snaps = ids("snapshots", "SnapshotId");
+    for (i, snap) in snaps.iter().enumerate().skip(1) {
+        assert_eq!(got_snaps.contains(snap), ![1, 4].contains(&i), "snapshot of 1.0.{i}: {got_snaps:?}");
+        assert_eq!(d.join(format!("out/{i}/small.raw")).exists(), ![1, 4].contains(&i), "raw of 1.0.{i}");
+    }
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let deleted: Vec<String> = c
+        .prepare("SELECT version FROM records WHERE status = 'deleted' ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(deleted, ["1.0.1", "1.0.4"]);
+
+    // Once the instance is gone, a later run retires 1.0.5, here only as far as DisableImage.
+    terminate_instance(&endpoint, region, &instance);
+    let o = cli(&[&gc[..], &["--apply", "--stage", "disable"]].concat());
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(*proxy.disabled.lock().unwrap(), [amis[5].clone()], "{}", show(&o));
+    assert!(d.join("out/5/small.raw").exists());
+    assert_clean(d);
+}
