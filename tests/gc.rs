@@ -82,7 +82,7 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
 
     // The plan: a decision and its reasons for every record; nothing changes.
     let before = (state(&endpoint, region).to_string(), files(d));
-    let gc = ["gc", "--name", "small", "--keep-last", "2", "--keep-days", "0"];
+    let gc = ["gc", "--name", "small", "--keep-last", "2", "--keep-days", "0", "--grace", "0"];
     let o = cli(&[&gc[..], &["--json"]].concat());
     assert!(o.status.success(), "{}", show(&o));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -109,6 +109,7 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
     let shown = String::from_utf8_lossy(&text.stdout);
     assert!(shown.contains("RETIRE small 1.0.5 (") && shown.contains(&format!("[{} ({region})]", amis[5])), "{shown}");
     assert!(shown.contains("retire 3 of 8: frees 3 AMIs, 3 snapshots"), "{shown}");
+    assert!(shown.contains("; 0 leftovers"), "{shown}");
     let after = (state(&endpoint, region).to_string(), files(d));
     assert!(after.0 == before.0, "the plan changed something on AWS");
     let changed: Vec<&String> = after.1.iter().filter(|(k, v)| before.1.get(*k) != Some(v)).map(|(k, _)| k).collect();
@@ -167,4 +168,74 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
     assert_eq!(*proxy.disabled.lock().unwrap(), [amis[5].clone()], "{}", show(&o));
     assert!(d.join("out/5/small.raw").exists());
     assert_clean(d);
+}
+
+/// A publish killed with SIGKILL mid-upload leaves a pending snapshot that no AMI names: the
+/// plan lists it once the grace period is over (not before), `--apply` deletes it, and a second
+/// run finds nothing.
+#[test]
+fn gc_removes_the_snapshot_of_a_killed_publish() {
+    if !have_moto("gc_removes_the_snapshot_of_a_killed_publish") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let dir = testdir("gc-killed");
+    let d = dir.path();
+    let raw = d.join("killed.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(64 << 20).unwrap();
+    let mut data = vec![0u8; 48 << 20];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    f.write_all_at(&data, 0).unwrap();
+    let moto = start_moto(&d.join("moto.log"));
+    let region = "ca-central-1";
+    let ledger = d.join("killed.raw.publish.jsonl");
+    {
+        let slow = start_proxy(moto.port, Fault::Slow(40));
+        let mut c = imgforge();
+        c.args(["publish", raw.to_str().unwrap(), "--workers", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        aws_env(&mut c, &slow.url(), region);
+        let mut child = c.spawn().unwrap();
+        let t = std::time::Instant::now();
+        while std::fs::read_to_string(&ledger).map(|s| s.matches("\"kind\":\"block\"").count()).unwrap_or(0) < 10 {
+            assert!(t.elapsed() < std::time::Duration::from_secs(60), "the upload did not start");
+            assert!(child.try_wait().unwrap().is_none(), "publish ended before it was killed");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let db = d.join("registry.db");
+    let gc = |args: &[&str]| {
+        let mut c = imgforge();
+        c.arg("gc").args(args).arg("--registry").arg(&db);
+        aws_env(&mut c, &moto.url(), region);
+        let o = run(&mut c);
+        assert!(o.status.success(), "{}", show(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let snapshots = || {
+        state(&moto.url(), region)["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["SnapshotId"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let left = snapshots();
+    assert_eq!(left.len(), 1, "the killed publish left no snapshot");
+    // Within the grace period (a publish may be running): not touched.
+    assert_eq!(gc(&["--json"])["leftovers"], serde_json::json!([]));
+    let plan = gc(&["--json", "--grace", "0"]);
+    assert_eq!(plan["leftovers"][0]["id"], left[0].as_str(), "{plan:#}");
+    assert_eq!(plan["leftovers"][0]["region"], region);
+    assert_eq!(snapshots(), left, "the plan deleted it");
+    let done = gc(&["--json", "--grace", "0", "--apply"]);
+    assert!(done["leftovers"][0].as_str().unwrap().starts_with(&format!("deleted leftover snapshot {}", left[0])), "{done:#}");
+    assert!(snapshots().is_empty());
+    assert_eq!(gc(&["--json", "--grace", "0"])["leftovers"], serde_json::json!([]));
 }

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use super::Global;
 use crate::gc::apply::{self, Stage};
+use crate::gc::leftovers::{self, Leftover};
 use crate::gc::plan::{self, Action, Decision};
 use crate::gc::refs::{self, Ami};
 use crate::gc::rules::{self, Rules};
@@ -51,6 +52,14 @@ pub struct Args {
     /// The registry (default: $IMGFORGE_REGISTRY or /var/lib/imgforge/registry.db).
     #[arg(long)]
     pub registry: Option<String>,
+    /// Leftovers (snapshots of publishes that never registered an AMI) younger than this are
+    /// left alone: a publish may be running (`30m`, `1h`, `2d`; `0`).
+    #[arg(long, default_value = "1h", value_parser = rules::parse_grace)]
+    pub grace: std::time::Duration,
+    /// Also look for leftovers in this region (repeatable; the regions of the records and the
+    /// AWS configuration's region are always looked at).
+    #[arg(long)]
+    pub region: Vec<String>,
     /// Another endpoint for every AWS service (also AWS_ENDPOINT_URL).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
@@ -95,15 +104,36 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         .filter(|r| r.status != "deleted" && names.contains(r.name.as_str()))
         .flat_map(|r| r.amis.iter().map(|(region, ami)| (region.clone(), ami.clone())))
         .collect();
-    let refs = if candidates.is_empty() {
-        refs::Refs::default()
-    } else {
-        let rt = crate::aws::runtime()?;
-        rt.block_on(async {
-            let home = candidates.iter().next().map(|(region, _)| region.as_str());
-            let cfg = crate::aws::client::load(home, a.endpoint_url.as_deref()).await?;
-            refs::gather(&cfg, &candidates, rules.all_launch_template_versions).await
-        })?
+    let mut regions: BTreeSet<String> =
+        records.iter().flat_map(|r| r.amis.keys().chain(r.snapshots.keys()).cloned()).chain(a.region.iter().cloned()).collect();
+    let recorded: BTreeSet<String> = records.iter().flat_map(|r| r.snapshots.values().cloned()).collect();
+    let rt = crate::aws::runtime()?;
+    let cfg = rt.block_on(async {
+        let home = regions.iter().next().map(String::as_str);
+        match crate::aws::client::load(home, a.endpoint_url.as_deref()).await {
+            Ok(c) => Ok(Some(c)),
+            // Nothing on AWS to look at, and no region: a local-only registry.
+            Err(e) if regions.is_empty() => {
+                tracing::info!("AWS not looked at: {e:#}");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    })?;
+    if let Some(r) = cfg.as_ref().and_then(|c| c.region()) {
+        regions.insert(r.to_string());
+    }
+    let (refs, found) = match &cfg {
+        None => (refs::Refs::default(), Vec::new()),
+        Some(cfg) => rt.block_on(async {
+            let refs = if candidates.is_empty() {
+                refs::Refs::default()
+            } else {
+                refs::gather(cfg, &candidates, rules.all_launch_template_versions).await?
+            };
+            let found = leftovers::find(cfg, &regions, &recorded, a.grace).await?;
+            anyhow::Ok((refs, found))
+        })?,
     };
     if let Some(p) = a.plan_file.as_ref().filter(|_| a.apply) {
         #[derive(serde::Deserialize)]
@@ -114,31 +144,49 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         let saved: Saved =
             serde_json::from_str(&text).with_context(|| format!("{} is not a plan written by `imgforge gc --json`", p.display()))?;
         let outcomes = apply::run(&mut *store, &saved.decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
-        return print_outcomes(g, a.stage, &outcomes);
+        let removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
+        return print_outcomes(g, a.stage, &outcomes, &removed);
     }
     let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let decisions = plan::decide(&records, &wanted, &marks, &refs, &rules, crate::stamp::unix_now());
     if !a.apply {
-        return print_plan(g, &rules, &decisions);
+        return print_plan(g, &rules, &decisions, &found);
     }
     let outcomes = apply::run(&mut *store, &decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
-    print_outcomes(g, a.stage, &outcomes)
+    let removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
+    print_outcomes(g, a.stage, &outcomes, &removed)
 }
 
-fn print_outcomes(g: &Global, stage: Stage, outcomes: &[apply::Outcome]) -> anyhow::Result<()> {
+/// Removes the leftovers (each checked again first); what was done.
+fn remove_leftovers(rt: &tokio::runtime::Runtime, cfg: Option<&aws_config::SdkConfig>, found: &[Leftover]) -> anyhow::Result<Vec<String>> {
+    let Some(cfg) = cfg else { return Ok(Vec::new()) };
+    rt.block_on(async {
+        let mut done = Vec::new();
+        for l in found {
+            done.push(leftovers::remove(cfg, l).await?);
+        }
+        Ok(done)
+    })
+}
+
+fn print_outcomes(g: &Global, stage: Stage, outcomes: &[apply::Outcome], leftovers: &[String]) -> anyhow::Result<()> {
     if g.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "stage": stage, "outcomes": outcomes }))?);
+        let v = serde_json::json!({ "stage": stage, "outcomes": outcomes, "leftovers": leftovers });
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     for o in outcomes {
         println!("{} {} ({}): {}", o.result, o.image, o.record, o.details.join("; "));
+    }
+    for l in leftovers {
+        println!("{l}");
     }
     let retired = outcomes.iter().filter(|o| o.result == "retired").count();
     println!("gc --apply ({stage:?}): {retired} retired, {} kept at apply", outcomes.len() - retired);
     Ok(())
 }
 
-fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision]) -> anyhow::Result<()> {
+fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], found: &[Leftover]) -> anyhow::Result<()> {
     let (amis, snapshots, bytes, uploads) = apply::frees(decisions);
     if g.json {
         let v = serde_json::json!({
@@ -149,6 +197,7 @@ fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision]) -> anyhow::Resu
             },
             "decisions": decisions,
             "frees": { "amis": amis, "snapshots": snapshots, "local_bytes": bytes, "uploads": uploads, "by_region": apply::by_region(decisions) },
+            "leftovers": found,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -172,11 +221,15 @@ fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision]) -> anyhow::Resu
             d.reasons.join("; ")
         );
     }
+    for l in found {
+        println!("LEFTOVER {} {} in {} ({}, started {}): {}", l.kind, l.id, l.region, l.state, l.started, l.why);
+    }
     let retire = decisions.iter().filter(|d| d.action == Action::Retire).count();
     println!(
-        "retire {retire} of {}: frees {amis} AMIs, {snapshots} snapshots, {:.1} MiB of local outputs, {uploads} uploads",
+        "retire {retire} of {}: frees {amis} AMIs, {snapshots} snapshots, {:.1} MiB of local outputs, {uploads} uploads; {} leftovers",
         decisions.len(),
-        bytes as f64 / f64::from(1u32 << 20)
+        bytes as f64 / f64::from(1u32 << 20),
+        found.len()
     );
     Ok(())
 }

@@ -4,9 +4,11 @@
 //! function of the records, the channels, what AWS says is in use (`refs.rs`) and the rules
 //! (`rules.rs`): every record gets a decision with the rule or guard behind it (`plan.rs`).
 //! `--apply` re-checks every guard immediately before each action and retires in stages
-//! (`apply.rs`).
+//! (`apply.rs`). Crash leftovers (snapshots of publishes that never registered an AMI) are
+//! listed and removed after a grace period (`leftovers.rs`).
 
 pub mod apply;
+pub mod leftovers;
 pub mod plan;
 pub mod refs;
 pub mod rules;

@@ -89,6 +89,24 @@ impl Rules {
     }
 }
 
+/// A grace period: a number with `s`, `m`, `h` or `d` (`0` alone is none). Pure.
+pub fn parse_grace(t: &str) -> Result<std::time::Duration, String> {
+    let t = t.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().map_err(|_| format!("`{t}` is not a duration (write 30m, 1h, 2d)"))?;
+    let unit = match &t[split..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{t}`: the unit is s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(n * unit))
+}
+
 /// The `[gc]` of a TOML file (a recipe or a janitor file); a file without one gives the defaults.
 pub fn load(path: &Path) -> anyhow::Result<Rules> {
     #[derive(Deserialize)]
@@ -117,5 +135,9 @@ mod tests {
         std::fs::write(dir.path().join("gc.toml"), "[gc]\nkeep_last = 3\nbogus = 1\n").unwrap();
         let e = load(&dir.path().join("gc.toml")).unwrap_err();
         assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+        assert_eq!(parse_grace("0"), Ok(std::time::Duration::ZERO));
+        assert_eq!(parse_grace("90m"), Ok(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_grace("2d"), Ok(std::time::Duration::from_secs(172_800)));
+        assert!(parse_grace("1 hour").is_err() && parse_grace("h").is_err());
     }
 }
