@@ -239,3 +239,62 @@ fn gc_removes_the_snapshot_of_a_killed_publish() {
     assert!(snapshots().is_empty());
     assert_eq!(gc(&["--json", "--grace", "0"])["leftovers"], serde_json::json!([]));
 }
+
+/// `--cache-max`: the least recently used upstream goes first; a parent raw a live child was
+/// built on stays however old; nothing changes without `--apply`. No AWS here.
+#[test]
+fn gc_bounds_the_cache_and_keeps_a_delta_parent() {
+    if !have_root("gc_bounds_the_cache_and_keeps_a_delta_parent") {
+        return;
+    }
+    let up = small_upstream();
+    let dir = testdir("gc-cache");
+    let d = dir.path();
+    let db = d.join("registry.db");
+    let cli = |args: &[&str]| {
+        let mut c = imgforge();
+        c.args(args)
+            .arg("--registry")
+            .arg(&db)
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        run(&mut c)
+    };
+    let r = recipe(d, &small_head(up, "small-mbr.qcow2"));
+    let o = cli(&["build", r.to_str().unwrap(), "-o", d.join("out").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", show(&o));
+    std::fs::write(d.join("child.toml"), "[image]\nname = \"child\"\nversion = \"1\"\n[source]\nparent = { name = \"small\" }\n").unwrap();
+    let o = cli(&["build", d.join("child.toml").to_str().unwrap(), "-o", d.join("out").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", show(&o));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("out/small.manifest.json")).unwrap()).unwrap();
+    let parent_sha = m["outputs"][0]["sha256"].as_str().unwrap();
+
+    // A cache of 12 MiB: the delta parent used longest ago, then two upstreams.
+    let cache = d.join("cache");
+    std::fs::create_dir_all(cache.join("parents")).unwrap();
+    let entries = [
+        (cache.join(format!("parents/sha256-{parent_sha}.raw")), "2026-01-01"),
+        (cache.join(format!("sha256-{}", "a".repeat(64))), "2026-02-01"),
+        (cache.join(format!("sha256-{}", "b".repeat(64))), "2026-03-01"),
+    ];
+    for (p, used) in &entries {
+        std::fs::write(p, vec![7u8; 4 << 20]).unwrap();
+        let t = run(std::process::Command::new("touch").args(["-a", "-d", used]).arg(p));
+        assert!(t.status.success(), "{}", show(&t));
+    }
+    let gc = ["gc", "--cache-max", "0.0087890625", "--cache-dir", cache.to_str().unwrap()]; // 9 MiB
+    let o = cli(&[&gc[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", show(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let evicted: Vec<&str> = plan["cache_evictions"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(evicted, [entries[1].0.to_str().unwrap()], "{plan:#}");
+    assert!(entries.iter().all(|(p, _)| p.exists()), "the plan evicted something");
+    let o = cli(&[&gc[..], &["--apply"]].concat());
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("evicted upstream"), "{}", show(&o));
+    assert_eq!(entries.iter().map(|(p, _)| p.exists()).collect::<Vec<_>>(), [true, false, true]);
+    assert_clean(d);
+}

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use super::Global;
 use crate::gc::apply::{self, Stage};
+use crate::gc::cache;
 use crate::gc::leftovers::{self, Leftover};
 use crate::gc::plan::{self, Action, Decision};
 use crate::gc::refs::{self, Ami};
@@ -60,6 +61,13 @@ pub struct Args {
     /// AWS configuration's region are always looked at).
     #[arg(long)]
     pub region: Vec<String>,
+    /// Bound the local cache to this many GiB: cached upstreams and fetched parent raws are
+    /// evicted least recently used first, except parent raws a live record was built on.
+    #[arg(long, value_name = "GIB")]
+    pub cache_max: Option<f64>,
+    /// The cache (default: $IMGFORGE_CACHE_DIR or /var/cache/imgforge).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Another endpoint for every AWS service (also AWS_ENDPOINT_URL).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
@@ -104,6 +112,20 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         .filter(|r| r.status != "deleted" && names.contains(r.name.as_str()))
         .flat_map(|r| r.amis.iter().map(|(region, ami)| (region.clone(), ami.clone())))
         .collect();
+    let evictions = match a.cache_max {
+        None => Vec::new(),
+        Some(gib) if !(gib >= 0.0 && gib.is_finite()) => anyhow::bail!("--cache-max {gib}: a number of GiB, 0 or more"),
+        Some(gib) => {
+            let dir = a.cache_dir.clone().unwrap_or_else(crate::source::fetch::default_cache_dir);
+            let needed: BTreeSet<String> = records
+                .iter()
+                .filter(|r| r.status != "deleted" && r.parent.record.is_some())
+                .filter_map(|r| r.parent.digest.strip_prefix("sha256:").map(str::to_string))
+                .collect();
+            let max = (gib * f64::from(1u32 << 30)) as u64;
+            cache::plan(&cache::scan(&dir)?, max, &needed).0
+        }
+    };
     let mut regions: BTreeSet<String> =
         records.iter().flat_map(|r| r.amis.keys().chain(r.snapshots.keys()).cloned()).chain(a.region.iter().cloned()).collect();
     let recorded: BTreeSet<String> = records.iter().flat_map(|r| r.snapshots.values().cloned()).collect();
@@ -144,17 +166,32 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         let saved: Saved =
             serde_json::from_str(&text).with_context(|| format!("{} is not a plan written by `imgforge gc --json`", p.display()))?;
         let outcomes = apply::run(&mut *store, &saved.decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
-        let removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
+        let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
+        removed.extend(evict(&evictions)?);
         return print_outcomes(g, a.stage, &outcomes, &removed);
     }
     let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let decisions = plan::decide(&records, &wanted, &marks, &refs, &rules, crate::stamp::unix_now());
     if !a.apply {
-        return print_plan(g, &rules, &decisions, &found);
+        return print_plan(g, &rules, &decisions, &found, &evictions);
     }
     let outcomes = apply::run(&mut *store, &decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
-    let removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
+    let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
+    removed.extend(evict(&evictions)?);
     print_outcomes(g, a.stage, &outcomes, &removed)
+}
+
+/// Removes the cache entries; what was done.
+fn evict(entries: &[cache::Entry]) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    for e in entries {
+        match std::fs::remove_file(&e.path) {
+            Ok(()) => done.push(format!("evicted {} {} ({:.1} MiB)", e.kind, e.path.display(), e.bytes as f64 / f64::from(1u32 << 20))),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("Failed to evict {}", e.path.display())),
+        }
+    }
+    Ok(done)
 }
 
 /// Removes the leftovers (each checked again first); what was done.
@@ -186,7 +223,7 @@ fn print_outcomes(g: &Global, stage: Stage, outcomes: &[apply::Outcome], leftove
     Ok(())
 }
 
-fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], found: &[Leftover]) -> anyhow::Result<()> {
+fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], found: &[Leftover], evictions: &[cache::Entry]) -> anyhow::Result<()> {
     let (amis, snapshots, bytes, uploads) = apply::frees(decisions);
     if g.json {
         let v = serde_json::json!({
@@ -198,6 +235,7 @@ fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], found: &[Leftov
             "decisions": decisions,
             "frees": { "amis": amis, "snapshots": snapshots, "local_bytes": bytes, "uploads": uploads, "by_region": apply::by_region(decisions) },
             "leftovers": found,
+            "cache_evictions": evictions,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -223,6 +261,15 @@ fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], found: &[Leftov
     }
     for l in found {
         println!("LEFTOVER {} {} in {} ({}, started {}): {}", l.kind, l.id, l.region, l.state, l.started, l.why);
+    }
+    for e in evictions {
+        println!(
+            "EVICT {} {} ({:.1} MiB, last used {})",
+            e.kind,
+            e.path.display(),
+            e.bytes as f64 / f64::from(1u32 << 20),
+            crate::stamp::rfc3339(e.used)
+        );
     }
     let retire = decisions.iter().filter(|d| d.action == Action::Retire).count();
     println!(

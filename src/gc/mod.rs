@@ -5,9 +5,11 @@
 //! (`rules.rs`): every record gets a decision with the rule or guard behind it (`plan.rs`).
 //! `--apply` re-checks every guard immediately before each action and retires in stages
 //! (`apply.rs`). Crash leftovers (snapshots of publishes that never registered an AMI) are
-//! listed and removed after a grace period (`leftovers.rs`).
+//! listed and removed after a grace period (`leftovers.rs`); `--cache-max` bounds the local
+//! cache (`cache.rs`).
 
 pub mod apply;
+pub mod cache;
 pub mod leftovers;
 pub mod plan;
 pub mod refs;

@@ -77,6 +77,7 @@ fn fetch(url: &str, sha256: &str, cache: &Path, endpoint_url: Option<&str>, even
     let dest = dir.join(format!("sha256-{sha256}.raw"));
     if dest.is_file() {
         events.output("parent", &format!("using the cached download of {url}"));
+        crate::source::fetch::mark_used(&dest);
         return Ok(dest);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("Failed to create {}", dir.display()))?;

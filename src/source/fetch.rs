@@ -102,6 +102,16 @@ fn http_get(url: &str) -> Result<impl Read + use<>, FetchError> {
     Ok(resp.into_body().into_reader())
 }
 
+/// Marks a cache entry used now (its access time), so that `imgforge gc --cache-max` evicts the
+/// least recently used entries first whatever the filesystem's atime policy. Best effort.
+pub fn mark_used(path: &Path) {
+    let now = std::time::SystemTime::now();
+    let r = std::fs::File::options().write(true).open(path).and_then(|f| f.set_times(std::fs::FileTimes::new().set_accessed(now)));
+    if let Err(e) = r {
+        tracing::debug!("could not mark {} used: {e}", path.display());
+    }
+}
+
 /// Path of a cached, verified download.
 pub fn cached(cache: &Path, algo: Algo, hex: &str) -> PathBuf {
     cache.join(format!("{}-{}", algo.to_string().to_ascii_lowercase(), hex))

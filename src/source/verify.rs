@@ -114,6 +114,7 @@ pub fn verify_source(plan: &SourcePlan, cache: &Path, events: &Events) -> anyhow
             let dest = cached(cache, algo, &want);
             if dest.is_file() {
                 tracing::info!("using cached download {}", dest.display());
+                crate::source::fetch::mark_used(&dest);
                 dest
             } else {
                 let counter = AtomicU64::new(0);
