@@ -241,7 +241,8 @@ fn gc_removes_the_snapshot_of_a_killed_publish() {
 }
 
 /// `--cache-max`: the least recently used upstream goes first; a parent raw a live child was
-/// built on stays however old; nothing changes without `--apply`. No AWS here.
+/// built on stays however old; the working files of dead builds go after the grace period,
+/// unless a process has them open; nothing changes without `--apply`. No AWS here.
 #[test]
 fn gc_bounds_the_cache_and_keeps_a_delta_parent() {
     if !have_root("gc_bounds_the_cache_and_keeps_a_delta_parent") {
@@ -285,16 +286,35 @@ fn gc_bounds_the_cache_and_keeps_a_delta_parent() {
         let t = run(std::process::Command::new("touch").args(["-a", "-d", used]).arg(p));
         assert!(t.status.success(), "{}", show(&t));
     }
+    // Working files of dead builds: an old working disk beside the outputs (a leftover), an old
+    // partial download another process still has open (kept), a fresh manifest (kept: within
+    // the grace period).
+    let work = d.join("out/.imgforge-work-Ab12Cd");
+    let held = cache.join(".download-Xy34Zw");
+    let fresh = d.join("out/.manifest-Ef56Gh");
+    for (p, when) in [(&work, Some("2026-01-01")), (&held, Some("2026-01-01")), (&fresh, None)] {
+        std::fs::write(p, b"partial").unwrap();
+        if let Some(w) = when {
+            assert!(run(std::process::Command::new("touch").args(["-m", "-d", w]).arg(p)).status.success());
+        }
+    }
+    let mut holder = std::process::Command::new("sh").arg("-c").arg("exec 3<\"$0\"; sleep 60").arg(&held).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let gc = ["gc", "--cache-max", "0.0087890625", "--cache-dir", cache.to_str().unwrap()]; // 9 MiB
     let o = cli(&[&gc[..], &["--json"]].concat());
     assert!(o.status.success(), "{}", show(&o));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let evicted: Vec<&str> = plan["cache_evictions"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
     assert_eq!(evicted, [entries[1].0.to_str().unwrap()], "{plan:#}");
+    let locals: Vec<&str> = plan["local_leftovers"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(locals, [work.to_str().unwrap()], "{plan:#}");
     assert!(entries.iter().all(|(p, _)| p.exists()), "the plan evicted something");
     let o = cli(&[&gc[..], &["--apply"]].concat());
     assert!(o.status.success(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("evicted upstream"), "{}", show(&o));
     assert_eq!(entries.iter().map(|(p, _)| p.exists()).collect::<Vec<_>>(), [true, false, true]);
+    assert_eq!([work.exists(), held.exists(), fresh.exists()], [false, true, true]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
     assert_clean(d);
 }

@@ -9,6 +9,7 @@ use super::Global;
 use crate::gc::apply::{self, Stage};
 use crate::gc::cache;
 use crate::gc::leftovers::{self, Leftover};
+use crate::gc::local::{self, Local};
 use crate::gc::plan::{self, Action, Decision};
 use crate::gc::refs::{self, Ami};
 use crate::gc::rules::{self, Rules};
@@ -126,6 +127,15 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             cache::plan(&cache::scan(&dir)?, max, &needed).0
         }
     };
+    let cache_dir = a.cache_dir.clone().unwrap_or_else(crate::source::fetch::default_cache_dir);
+    let mut work_dirs: BTreeSet<PathBuf> = records
+        .iter()
+        .flat_map(|r| r.outputs.iter())
+        .filter(|o| !o.path.starts_with("s3://"))
+        .filter_map(|o| std::path::Path::new(&o.path).parent().map(std::path::Path::to_path_buf))
+        .collect();
+    work_dirs.extend([cache_dir.clone(), cache_dir.join("parents")]);
+    let locals = local::find(&work_dirs, a.grace);
     let mut regions: BTreeSet<String> =
         records.iter().flat_map(|r| r.amis.keys().chain(r.snapshots.keys()).cloned()).chain(a.region.iter().cloned()).collect();
     let recorded: BTreeSet<String> = records.iter().flat_map(|r| r.snapshots.values().cloned()).collect();
@@ -168,16 +178,22 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         let outcomes = apply::run(&mut *store, &saved.decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
         let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
         removed.extend(evict(&evictions)?);
+        for l in &locals {
+            removed.push(local::remove(l)?);
+        }
         return print_outcomes(g, a.stage, &outcomes, &removed);
     }
     let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let decisions = plan::decide(&records, &wanted, &marks, &refs, &rules, crate::stamp::unix_now());
     if !a.apply {
-        return print_plan(g, &rules, &decisions, &found, &evictions);
+        return print_plan(g, &rules, &decisions, &found, &locals, &evictions);
     }
     let outcomes = apply::run(&mut *store, &decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
     let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
     removed.extend(evict(&evictions)?);
+    for l in &locals {
+        removed.push(local::remove(l)?);
+    }
     print_outcomes(g, a.stage, &outcomes, &removed)
 }
 
@@ -223,7 +239,14 @@ fn print_outcomes(g: &Global, stage: Stage, outcomes: &[apply::Outcome], leftove
     Ok(())
 }
 
-fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], found: &[Leftover], evictions: &[cache::Entry]) -> anyhow::Result<()> {
+fn print_plan(
+    g: &Global,
+    rules: &Rules,
+    decisions: &[Decision],
+    found: &[Leftover],
+    locals: &[Local],
+    evictions: &[cache::Entry],
+) -> anyhow::Result<()> {
     let (amis, snapshots, bytes, uploads) = apply::frees(decisions);
     if g.json {
         let v = serde_json::json!({
@@ -235,6 +258,7 @@ fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], found: &[Leftov
             "decisions": decisions,
             "frees": { "amis": amis, "snapshots": snapshots, "local_bytes": bytes, "uploads": uploads, "by_region": apply::by_region(decisions) },
             "leftovers": found,
+            "local_leftovers": locals,
             "cache_evictions": evictions,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -276,7 +300,7 @@ fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], found: &[Leftov
         "retire {retire} of {}: frees {amis} AMIs, {snapshots} snapshots, {:.1} MiB of local outputs, {uploads} uploads; {} leftovers",
         decisions.len(),
         bytes as f64 / f64::from(1u32 << 20),
-        found.len()
+        found.len() + locals.len()
     );
     Ok(())
 }

@@ -6,11 +6,13 @@
 //! `--apply` re-checks every guard immediately before each action and retires in stages
 //! (`apply.rs`). Crash leftovers (snapshots of publishes that never registered an AMI) are
 //! listed and removed after a grace period (`leftovers.rs`); `--cache-max` bounds the local
-//! cache (`cache.rs`).
+//! cache (`cache.rs`); the working files of dead builds go after the grace period too
+//! (`local.rs`).
 
 pub mod apply;
 pub mod cache;
 pub mod leftovers;
+pub mod local;
 pub mod plan;
 pub mod refs;
 pub mod rules;
