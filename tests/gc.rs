@@ -55,12 +55,14 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
         aws_env(&mut c, &endpoint, region);
         run(&mut c)
     };
+    make_bucket(&moto.url(), region, "builds");
     let text = small_head(up, "small-mbr.qcow2")
-        + "[[test]]\ntype = \"checks\"\nfiles = [ { path = \"/usr/sbin/policy-rc.d\", absent = true } ]\n\n[aws]\nname = \"{name}-{version}\"\n";
+        + "[[test]]\ntype = \"checks\"\nfiles = [ { path = \"/usr/sbin/policy-rc.d\", absent = true } ]\n\n[output]\nupload = \"s3://builds/VERSION\"\n\n[aws]\nname = \"{name}-{version}\"\n";
     let (mut amis, mut snaps) = (vec![String::new()], vec![String::new()]);
     for i in 1..=8 {
         let r = d.join(format!("small-{i}.toml"));
-        std::fs::write(&r, text.replace("version = \"1.0.0\"", &format!("version = \"1.0.{i}\""))).unwrap();
+        std::fs::write(&r, text.replace("version = \"1.0.0\"", &format!("version = \"1.0.{i}\"")).replace("VERSION", &format!("1.0.{i}")))
+            .unwrap();
         let out = d.join(format!("out/{i}"));
         let o = cli(&["build", r.to_str().unwrap(), "-o", out.to_str().unwrap(), "--publish"]);
         assert!(o.status.success(), "1.0.{i}: {}", show(&o));
@@ -76,12 +78,14 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
     let o = cli(&["build", d.join("child.toml").to_str().unwrap(), "-o", d.join("out/child").to_str().unwrap()]);
     assert!(o.status.success(), "{}", show(&o));
     let lt = make_launch_template(&endpoint, region, "web", &amis[3]);
+    // An upload that a killed build started and never finished, under a record's prefix.
+    start_upload(&endpoint, region, "builds", "1.0.3/small.raw");
     let o = cli(&["promote", "small@1.0.7", "--channel", "prod"]);
     assert!(o.status.success(), "{}", show(&o));
     assert_clean(d);
 
     // The plan: a decision and its reasons for every record; nothing changes.
-    let before = (state(&endpoint, region).to_string(), files(d));
+    let before = (format!("{}{:?}", state(&endpoint, region), bucket_state(&endpoint, region, "builds")), files(d));
     let gc = ["gc", "--name", "small", "--keep-last", "2", "--keep-days", "0", "--grace", "0"];
     let o = cli(&[&gc[..], &["--json"]].concat());
     assert!(o.status.success(), "{}", show(&o));
@@ -109,8 +113,9 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
     let shown = String::from_utf8_lossy(&text.stdout);
     assert!(shown.contains("RETIRE small 1.0.5 (") && shown.contains(&format!("[{} ({region})]", amis[5])), "{shown}");
     assert!(shown.contains("retire 3 of 8: frees 3 AMIs, 3 snapshots"), "{shown}");
-    assert!(shown.contains("; 0 leftovers"), "{shown}");
-    let after = (state(&endpoint, region).to_string(), files(d));
+    assert!(shown.contains("LEFTOVER upload s3://builds/1.0.3/small.raw"), "{shown}");
+    assert!(shown.contains("; 1 leftovers"), "{shown}");
+    let after = (format!("{}{:?}", state(&endpoint, region), bucket_state(&endpoint, region, "builds")), files(d));
     assert!(after.0 == before.0, "the plan changed something on AWS");
     let changed: Vec<&String> = after.1.iter().filter(|(k, v)| before.1.get(*k) != Some(v)).map(|(k, _)| k).collect();
     assert!(changed.is_empty() && after.1.len() == before.1.len(), "the plan changed local files: {changed:?}");
@@ -151,6 +156,12 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
         assert_eq!(got_snaps.contains(snap), ![1, 4].contains(&i), "snapshot of 1.0.{i}: {got_snaps:?}");
         assert_eq!(d.join(format!("out/{i}/small.raw")).exists(), ![1, 4].contains(&i), "raw of 1.0.{i}");
     }
+    // Their uploaded copies went with them; the unfinished upload was aborted.
+    let (keys, uploads) = bucket_state(&endpoint, region, "builds");
+    for i in 1..=8 {
+        assert_eq!(keys.contains(&format!("1.0.{i}/small.raw")), ![1, 4].contains(&i), "upload of 1.0.{i}: {keys:?}");
+    }
+    assert!(uploads.is_empty(), "{uploads:?}");
     let c = rusqlite::Connection::open(&db).unwrap();
     let deleted: Vec<String> = c
         .prepare("SELECT version FROM records WHERE status = 'deleted' ORDER BY version")

@@ -155,6 +155,22 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     if let Some(r) = cfg.as_ref().and_then(|c| c.region()) {
         regions.insert(r.to_string());
     }
+    let prefixes: BTreeSet<(String, String)> = records
+        .iter()
+        .flat_map(|r| r.outputs.iter().filter_map(|o| o.url.as_deref()))
+        .filter_map(|u| crate::s3::split_object_url(u).ok())
+        .map(|(bucket, key)| (bucket, key.rsplit_once('/').map_or(String::new(), |(dir, _)| format!("{dir}/"))))
+        .collect();
+    let unfinished = match &cfg {
+        None => Vec::new(),
+        Some(_) => rt.block_on(async {
+            let mut all = Vec::new();
+            for (bucket, prefix) in &prefixes {
+                all.extend(crate::s3::unfinished_uploads(bucket, prefix, a.grace.as_secs(), a.endpoint_url.as_deref()).await?);
+            }
+            anyhow::Ok(all)
+        })?,
+    };
     let (refs, found) = match &cfg {
         None => (refs::Refs::default(), Vec::new()),
         Some(cfg) => rt.block_on(async {
@@ -176,7 +192,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         let saved: Saved =
             serde_json::from_str(&text).with_context(|| format!("{} is not a plan written by `imgforge gc --json`", p.display()))?;
         let outcomes = apply::run(&mut *store, &saved.decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
-        let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
+        let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found, &unfinished, a.endpoint_url.as_deref())?;
         removed.extend(evict(&evictions)?);
         for l in &locals {
             removed.push(local::remove(l)?);
@@ -186,10 +202,10 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let decisions = plan::decide(&records, &wanted, &marks, &refs, &rules, crate::stamp::unix_now());
     if !a.apply {
-        return print_plan(g, &rules, &decisions, &found, &locals, &evictions);
+        return print_plan(g, &rules, &decisions, &Leftovers { aws: &found, uploads: &unfinished, local: &locals }, &evictions);
     }
     let outcomes = apply::run(&mut *store, &decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
-    let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found)?;
+    let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found, &unfinished, a.endpoint_url.as_deref())?;
     removed.extend(evict(&evictions)?);
     for l in &locals {
         removed.push(local::remove(l)?);
@@ -210,13 +226,24 @@ fn evict(entries: &[cache::Entry]) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
-/// Removes the leftovers (each checked again first); what was done.
-fn remove_leftovers(rt: &tokio::runtime::Runtime, cfg: Option<&aws_config::SdkConfig>, found: &[Leftover]) -> anyhow::Result<Vec<String>> {
+/// Removes the leftovers (each checked again first) and aborts the unfinished uploads; what was
+/// done.
+fn remove_leftovers(
+    rt: &tokio::runtime::Runtime,
+    cfg: Option<&aws_config::SdkConfig>,
+    found: &[Leftover],
+    unfinished: &[crate::s3::Unfinished],
+    endpoint_url: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
     let Some(cfg) = cfg else { return Ok(Vec::new()) };
     rt.block_on(async {
         let mut done = Vec::new();
         for l in found {
             done.push(leftovers::remove(cfg, l).await?);
+        }
+        for u in unfinished {
+            crate::s3::abort_upload(u, endpoint_url).await?;
+            done.push(format!("aborted the unfinished upload of s3://{}/{} ({})", u.bucket, u.key, u.upload_id));
         }
         Ok(done)
     })
@@ -239,14 +266,15 @@ fn print_outcomes(g: &Global, stage: Stage, outcomes: &[apply::Outcome], leftove
     Ok(())
 }
 
-fn print_plan(
-    g: &Global,
-    rules: &Rules,
-    decisions: &[Decision],
-    found: &[Leftover],
-    locals: &[Local],
-    evictions: &[cache::Entry],
-) -> anyhow::Result<()> {
+/// Every kind of leftover the plan lists.
+struct Leftovers<'a> {
+    aws: &'a [Leftover],
+    uploads: &'a [crate::s3::Unfinished],
+    local: &'a [Local],
+}
+
+fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], left: &Leftovers<'_>, evictions: &[cache::Entry]) -> anyhow::Result<()> {
+    let (found, locals, uploads_left) = (left.aws, left.local, left.uploads);
     let (amis, snapshots, bytes, uploads) = apply::frees(decisions);
     if g.json {
         let v = serde_json::json!({
@@ -258,6 +286,7 @@ fn print_plan(
             "decisions": decisions,
             "frees": { "amis": amis, "snapshots": snapshots, "local_bytes": bytes, "uploads": uploads, "by_region": apply::by_region(decisions) },
             "leftovers": found,
+            "unfinished_uploads": uploads_left,
             "local_leftovers": locals,
             "cache_evictions": evictions,
         });
@@ -286,6 +315,13 @@ fn print_plan(
     for l in found {
         println!("LEFTOVER {} {} in {} ({}, started {}): {}", l.kind, l.id, l.region, l.state, l.started, l.why);
     }
+    for u in uploads_left {
+        println!("LEFTOVER upload s3://{}/{} ({}, started {})", u.bucket, u.key, u.upload_id, crate::stamp::rfc3339(u.initiated));
+    }
+    for l in locals {
+        let mib = l.bytes as f64 / f64::from(1u32 << 20);
+        println!("LEFTOVER {} {} ({mib:.1} MiB, last written {})", l.kind, l.path.display(), crate::stamp::rfc3339(l.modified));
+    }
     for e in evictions {
         println!(
             "EVICT {} {} ({:.1} MiB, last used {})",
@@ -300,7 +336,7 @@ fn print_plan(
         "retire {retire} of {}: frees {amis} AMIs, {snapshots} snapshots, {:.1} MiB of local outputs, {uploads} uploads; {} leftovers",
         decisions.len(),
         bytes as f64 / f64::from(1u32 << 20),
-        found.len() + locals.len()
+        found.len() + locals.len() + uploads_left.len()
     );
     Ok(())
 }

@@ -153,6 +153,67 @@ pub async fn delete(urls: &[String], endpoint_url: Option<&str>) -> anyhow::Resu
     Ok(())
 }
 
+/// A multipart upload started and never completed or aborted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unfinished {
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Upload id.
+    pub upload_id: String,
+    /// When it was started (seconds since the epoch).
+    pub initiated: u64,
+}
+
+/// The multipart uploads under `prefix` of `bucket` started more than `older_than_secs` ago.
+pub async fn unfinished_uploads(
+    bucket: &str,
+    prefix: &str,
+    older_than_secs: u64,
+    endpoint_url: Option<&str>,
+) -> anyhow::Result<Vec<Unfinished>> {
+    let s3 = client(endpoint_url).await?;
+    let now = crate::stamp::unix_now();
+    let mut out = Vec::new();
+    let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+    loop {
+        let page = retry(&Policy::DEFAULT, Instant::now(), &|| format!("ListMultipartUploads s3://{bucket}/{prefix}"), || {
+            s3.list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+        })
+        .await
+        .map_err(|f| anyhow::anyhow!("Failed to list the unfinished uploads of s3://{bucket}/{prefix}: {f}"))?;
+        for u in page.uploads() {
+            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
+            let initiated = u.initiated().map_or(now, |t| u64::try_from(t.secs()).unwrap_or(now));
+            if now.saturating_sub(initiated) >= older_than_secs {
+                out.push(Unfinished { bucket: bucket.to_string(), key: key.to_string(), upload_id: id.to_string(), initiated });
+            }
+        }
+        if page.is_truncated() != Some(true) {
+            return Ok(out);
+        }
+        key_marker = page.next_key_marker().map(str::to_string);
+        id_marker = page.next_upload_id_marker().map(str::to_string);
+    }
+}
+
+/// Aborts an unfinished upload (its parts are freed).
+pub async fn abort_upload(u: &Unfinished, endpoint_url: Option<&str>) -> anyhow::Result<()> {
+    let s3 = client(endpoint_url).await?;
+    retry(&Policy::DEFAULT, Instant::now(), &|| format!("AbortMultipartUpload s3://{}/{}", u.bucket, u.key), || {
+        s3.abort_multipart_upload().bucket(&u.bucket).key(&u.key).upload_id(&u.upload_id).send()
+    })
+    .await
+    .map_err(|f| anyhow::anyhow!("Failed to abort the upload of s3://{}/{}: {f}", u.bucket, u.key))?;
+    Ok(())
+}
+
 /// Uploads `files` under `dest`.
 pub fn upload(dest: &S3Url, files: &[PathBuf], endpoint_url: Option<&str>) -> anyhow::Result<Vec<Uploaded>> {
     let rt = crate::aws::runtime()?;

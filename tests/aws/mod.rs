@@ -441,6 +441,14 @@ elif what == "object":
     o = s3.get_object(Bucket=sys.argv[4], Key=sys.argv[5], ChecksumMode="ENABLED")
     body = o["Body"].read()
     print(json.dumps({"sha256": hashlib.sha256(body).hexdigest(), "size": len(body), "checksum": o.get("ChecksumSHA256"), "parts": o.get("PartsCount")}))
+elif what == "mpu":
+    r = boto3.client("s3", endpoint_url=endpoint, region_name=region).create_multipart_upload(Bucket=sys.argv[4], Key=sys.argv[5])
+    print(json.dumps({"id": r["UploadId"]}))
+elif what == "bucket":
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=sys.argv[4]).get("Contents", [])]
+    uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket=sys.argv[4]).get("Uploads", [])]
+    print(json.dumps({"keys": sorted(keys), "uploads": sorted(uploads)}))
 elif what == "mklt":
     r = ec2.create_launch_template(LaunchTemplateName=sys.argv[4], LaunchTemplateData={"ImageId": sys.argv[5], "InstanceType": "t3.micro"})
     print(json.dumps({"id": r["LaunchTemplate"]["LaunchTemplateId"]}))
@@ -498,6 +506,18 @@ pub fn object(endpoint: &str, region: &str, bucket: &str, key: &str) -> serde_js
 /// AMIs' name, tags and launch permissions.
 pub fn channel_state(endpoint: &str, region: &str, parameter: &str) -> serde_json::Value {
     python(endpoint, region, &["channel", parameter])
+}
+
+/// Starts a multipart upload and leaves it unfinished; returns its id.
+pub fn start_upload(endpoint: &str, region: &str, bucket: &str, key: &str) -> String {
+    python(endpoint, region, &["mpu", bucket, key])["id"].as_str().unwrap().to_string()
+}
+
+/// A bucket's object keys and unfinished uploads' keys, sorted.
+pub fn bucket_state(endpoint: &str, region: &str, bucket: &str) -> (Vec<String>, Vec<String>) {
+    let v = python(endpoint, region, &["bucket", bucket]);
+    let list = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    (list("keys"), list("uploads"))
 }
 
 /// Creates a launch template whose default version launches `ami`; returns its id.
