@@ -178,6 +178,18 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
     assert!(o.status.success(), "{}", show(&o));
     assert_eq!(*proxy.disabled.lock().unwrap(), [amis[5].clone()], "{}", show(&o));
     assert!(d.join("out/5/small.raw").exists());
+
+    // Auto-scaling: a group on a launch template version that is neither $Default nor $Latest
+    // keeps its AMI, and so does a launch configuration.
+    make_fleet(&endpoint, region, &amis[6], &amis[7], &amis[8]);
+    let o = cli(&["gc", "--name", "small", "--keep-last", "0", "--keep-days", "0", "--json"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let reasons = |v: &str| plan["decisions"].as_array().unwrap().iter().find(|x| x["version"] == v).unwrap()["reasons"].to_string();
+    assert!(reasons("1.0.6").contains("used by auto-scaling group web-asg (launch template "), "{plan:#}");
+    assert!(reasons("1.0.6").contains(" version 1)"), "{plan:#}");
+    assert!(reasons("1.0.8").contains("used by launch configuration old-lc"), "{plan:#}");
+    assert!(reasons("1.0.7").contains("launch template fleet"), "{plan:#}");
     assert_clean(d);
 }
 

@@ -4,10 +4,11 @@
 //! - launch template versions: `$Default` and `$Latest` (or every version, by rule), with
 //!   `resolve:ssm:NAME` image ids resolved through SSM;
 //! - SSM parameters whose value is an AMI id;
+//! - launch configurations (every one, used by a group or not), and the launch template
+//!   versions auto-scaling groups name (their own or through a mixed-instances policy), whatever
+//!   the version;
 //! - for the candidates: launch permissions (shared with other accounts, or public), the
 //!   `imgforge:keep=true` tag, and EC2's `lastLaunchedTime`.
-//!
-//! Auto-scaling groups and launch configurations are not read yet (see the README).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -54,6 +55,11 @@ pub async fn gather(cfg: &aws_config::SdkConfig, candidates: &BTreeSet<Ami>, all
             }
         }
         launch_templates(&ec2, region, all_lt_versions, &params, &mut refs).await?;
+        let asg = asg_in(cfg, region);
+        launch_configurations(&asg, region, &params, &mut refs).await?;
+        for (why, lt, version) in group_templates(&asg, region).await? {
+            template_version(&ec2, region, &lt, &version, &why, &params, &mut refs).await?;
+        }
         for (r, ami) in candidates.iter().filter(|(r, _)| r == region) {
             attributes(&ec2, r, ami, &mut refs).await?;
         }
@@ -63,6 +69,100 @@ pub async fn gather(cfg: &aws_config::SdkConfig, candidates: &BTreeSet<Ami>, all
         v.dedup();
     }
     Ok(refs)
+}
+
+fn asg_in(cfg: &aws_config::SdkConfig, region: &str) -> aws_sdk_autoscaling::Client {
+    let conf = aws_sdk_autoscaling::config::Builder::from(cfg).region(aws_config::Region::new(region.to_string())).build();
+    aws_sdk_autoscaling::Client::from_conf(conf)
+}
+
+/// An image id as a template or configuration names it: `resolve:ssm:NAME` through `params`.
+fn image_of(image: &str, params: &BTreeMap<String, String>) -> Option<String> {
+    match image.strip_prefix("resolve:ssm:") {
+        Some(p) => params.get(p.split(':').next().unwrap_or(p)).cloned(),
+        None => Some(image.to_string()),
+    }
+}
+
+async fn launch_configurations(
+    asg: &aws_sdk_autoscaling::Client,
+    region: &str,
+    params: &BTreeMap<String, String>,
+    refs: &mut Refs,
+) -> anyhow::Result<()> {
+    let mut token: Option<String> = None;
+    loop {
+        let out = retry(&Policy::NO_WARMUP, Instant::now(), &|| "DescribeLaunchConfigurations".to_string(), || {
+            asg.describe_launch_configurations().set_next_token(token.clone()).send()
+        })
+        .await
+        .map_err(fail("list launch configurations".into(), region))?;
+        for lc in out.launch_configurations() {
+            if let Some(ami) = lc.image_id().and_then(|i| image_of(i, params)) {
+                let why = format!("launch configuration {}", lc.launch_configuration_name().unwrap_or("?"));
+                refs.uses.entry((region.to_string(), ami)).or_default().push(why);
+            }
+        }
+        token = out.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// The launch template versions auto-scaling groups name: (why, template id or name, version).
+async fn group_templates(asg: &aws_sdk_autoscaling::Client, region: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = retry(&Policy::NO_WARMUP, Instant::now(), &|| "DescribeAutoScalingGroups".to_string(), || {
+            asg.describe_auto_scaling_groups().set_next_token(token.clone()).send()
+        })
+        .await
+        .map_err(fail("list auto-scaling groups".into(), region))?;
+        for g in page.auto_scaling_groups() {
+            let name = g.auto_scaling_group_name().unwrap_or("?");
+            let specs = g
+                .launch_template()
+                .into_iter()
+                .chain(g.mixed_instances_policy().and_then(|m| m.launch_template()).and_then(|t| t.launch_template_specification()));
+            for spec in specs {
+                let Some(lt) = spec.launch_template_id().or(spec.launch_template_name()) else { continue };
+                let shown = spec.launch_template_name().unwrap_or(lt);
+                let version = spec.version().unwrap_or("$Default").to_string();
+                out.push((format!("auto-scaling group {name} (launch template {shown} version {version})"), lt.to_string(), version));
+            }
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// One launch template version's image, as a reference.
+async fn template_version(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    lt: &str,
+    version: &str,
+    why: &str,
+    params: &BTreeMap<String, String>,
+    refs: &mut Refs,
+) -> anyhow::Result<()> {
+    let by_id = lt.starts_with("lt-");
+    let out = retry(&Policy::NO_WARMUP, Instant::now(), &|| format!("DescribeLaunchTemplateVersions {lt} {version}"), || {
+        let req = ec2.describe_launch_template_versions().versions(version);
+        if by_id { req.launch_template_id(lt) } else { req.launch_template_name(lt) }.send()
+    })
+    .await
+    .map_err(fail(format!("read version {version} of launch template {lt}"), region))?;
+    for v in out.launch_template_versions() {
+        if let Some(ami) = v.launch_template_data().and_then(|d| d.image_id()).and_then(|i| image_of(i, params)) {
+            refs.uses.entry((region.to_string(), ami)).or_default().push(why.to_string());
+        }
+    }
+    Ok(())
 }
 
 fn ssm_in(cfg: &aws_config::SdkConfig, region: &str) -> aws_sdk_ssm::Client {
@@ -196,13 +296,7 @@ async fn launch_templates(
                     _ => "",
                 };
                 let why = format!("launch template {name} ({id}) version {n}{which}");
-                let ami = match image.strip_prefix("resolve:ssm:") {
-                    Some(p) => match params.get(p.split(':').next().unwrap_or(p)) {
-                        Some(v) => v.clone(),
-                        None => continue,
-                    },
-                    None => image.to_string(),
-                };
+                let Some(ami) = image_of(image, params) else { continue };
                 refs.uses.entry((region.to_string(), ami)).or_default().push(why);
             }
             token = out.next_token().map(str::to_string);

@@ -449,6 +449,17 @@ elif what == "bucket":
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=sys.argv[4]).get("Contents", [])]
     uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket=sys.argv[4]).get("Uploads", [])]
     print(json.dumps({"keys": sorted(keys), "uploads": sorted(uploads)}))
+elif what == "fleet":
+    # A launch template whose version 1 (neither $Default nor $Latest) an auto-scaling group
+    # names, and a launch configuration.
+    group_ami, latest_ami, lc_ami = sys.argv[4], sys.argv[5], sys.argv[6]
+    ec2.create_launch_template(LaunchTemplateName="fleet", LaunchTemplateData={"ImageId": group_ami, "InstanceType": "t3.micro"})
+    ec2.create_launch_template_version(LaunchTemplateName="fleet", LaunchTemplateData={"ImageId": latest_ami, "InstanceType": "t3.micro"})
+    ec2.modify_launch_template(LaunchTemplateName="fleet", DefaultVersion="2")
+    asg = boto3.client("autoscaling", endpoint_url=endpoint, region_name=region)
+    asg.create_auto_scaling_group(AutoScalingGroupName="web-asg", LaunchTemplate={"LaunchTemplateName": "fleet", "Version": "1"}, MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=[region + "a"])
+    asg.create_launch_configuration(LaunchConfigurationName="old-lc", ImageId=lc_ami, InstanceType="t3.micro")
+    print("{}")
 elif what == "mklt":
     r = ec2.create_launch_template(LaunchTemplateName=sys.argv[4], LaunchTemplateData={"ImageId": sys.argv[5], "InstanceType": "t3.micro"})
     print(json.dumps({"id": r["LaunchTemplate"]["LaunchTemplateId"]}))
@@ -518,6 +529,12 @@ pub fn bucket_state(endpoint: &str, region: &str, bucket: &str) -> (Vec<String>,
     let v = python(endpoint, region, &["bucket", bucket]);
     let list = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
     (list("keys"), list("uploads"))
+}
+
+/// An auto-scaling group on version 1 of a launch template `fleet` (version 2, with
+/// `latest_ami`, is its $Default and $Latest), and a launch configuration `old-lc` of `lc_ami`.
+pub fn make_fleet(endpoint: &str, region: &str, group_ami: &str, latest_ami: &str, lc_ami: &str) {
+    python(endpoint, region, &["fleet", group_ami, latest_ami, lc_ami]);
 }
 
 /// Creates a launch template whose default version launches `ami`; returns its id.
