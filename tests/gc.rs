@@ -195,7 +195,8 @@ fn gc_retires_by_rule_and_never_an_image_in_use() {
 
 /// A publish killed with SIGKILL mid-upload leaves a pending snapshot that no AMI names: the
 /// plan lists it once the grace period is over (not before), `--apply` deletes it, and a second
-/// run finds nothing.
+/// run finds nothing. An AMI imgforge registered that no record holds is listed, and retired
+/// only with `--include-unrecorded`.
 #[test]
 fn gc_removes_the_snapshot_of_a_killed_publish() {
     if !have_moto("gc_removes_the_snapshot_of_a_killed_publish") {
@@ -233,10 +234,11 @@ fn gc_removes_the_snapshot_of_a_killed_publish() {
         child.wait().unwrap();
     }
     let db = d.join("registry.db");
+    let proxy = start_proxy(moto.port, Fault::None);
     let gc = |args: &[&str]| {
         let mut c = imgforge();
         c.arg("gc").args(args).arg("--registry").arg(&db);
-        aws_env(&mut c, &moto.url(), region);
+        aws_env(&mut c, &proxy.url(), region);
         let o = run(&mut c);
         assert!(o.status.success(), "{}", show(&o));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
@@ -261,6 +263,23 @@ fn gc_removes_the_snapshot_of_a_killed_publish() {
     assert!(done["leftovers"][0].as_str().unwrap().starts_with(&format!("deleted leftover snapshot {}", left[0])), "{done:#}");
     assert!(snapshots().is_empty());
     assert_eq!(gc(&["--json", "--grace", "0"])["leftovers"], serde_json::json!([]));
+
+    // An AMI imgforge registered that no record holds (a publish that died before recording, or
+    // another registry's): listed, left alone unless --include-unrecorded.
+    let ami = register_tagged_image(&moto.url(), region, "orphan-1.0.0");
+    let plan = gc(&["--json", "--grace", "0"]);
+    assert_eq!((plan["leftovers"][0]["kind"].as_str(), plan["leftovers"][0]["id"].as_str()), (Some("ami"), Some(ami.as_str())), "{plan:#}");
+    let done = gc(&["--json", "--grace", "0", "--apply"]);
+    assert!(done["leftovers"][0].as_str().unwrap().starts_with(&format!("left unrecorded {ami}")), "{done:#}");
+    let images = || state(&moto.url(), region)["images"].as_array().unwrap().len();
+    assert_eq!(images(), 1);
+    let done = gc(&["--json", "--grace", "0", "--apply", "--include-unrecorded"]);
+    assert!(done["leftovers"][0].as_str().unwrap().starts_with(&format!("deregistered {ami}")), "{done:#}");
+    assert_eq!(images(), 0);
+    // The snapshot the AMI names went with it (moto registers on a snapshot of its own making,
+    // so the one made here for it is not that one).
+    let named = done["leftovers"][1].as_str().unwrap().strip_prefix("deleted snapshot ").unwrap().to_string();
+    assert!(!snapshots().contains(&named), "{done:#}");
 }
 
 /// `--cache-max`: the least recently used upstream goes first; a parent raw a live child was

@@ -64,3 +64,15 @@ pub fn ec2_in(cfg: &aws_config::SdkConfig, region: &str) -> aws_sdk_ec2::Client 
     let conf = aws_sdk_ec2::config::Builder::from(cfg).region(aws_config::Region::new(region.to_string())).build();
     aws_sdk_ec2::Client::from_conf(conf)
 }
+
+/// An SSM client for `region`.
+pub fn ssm_in(cfg: &aws_config::SdkConfig, region: &str) -> aws_sdk_ssm::Client {
+    let conf = aws_sdk_ssm::config::Builder::from(cfg).region(aws_config::Region::new(region.to_string())).build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
+/// An EC2 Auto Scaling client for `region`.
+pub fn autoscaling_in(cfg: &aws_config::SdkConfig, region: &str) -> aws_sdk_autoscaling::Client {
+    let conf = aws_sdk_autoscaling::config::Builder::from(cfg).region(aws_config::Region::new(region.to_string())).build();
+    aws_sdk_autoscaling::Client::from_conf(conf)
+}

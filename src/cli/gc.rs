@@ -37,6 +37,10 @@ pub struct Args {
     /// Retire AMIs shared with other accounts too (their use there is invisible here).
     #[arg(long)]
     pub include_shared: bool,
+    /// With --apply: also retire AMIs imgforge registered that no record of this registry holds
+    /// (listed by every plan; guards still hold).
+    #[arg(long)]
+    pub include_unrecorded: bool,
     /// Print the plan and change nothing (the default).
     #[arg(long, conflicts_with = "apply")]
     pub plan: bool,
@@ -179,9 +183,18 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             } else {
                 refs::gather(cfg, &candidates, rules.all_launch_template_versions).await?
             };
-            let found = leftovers::find(cfg, &regions, &recorded, a.grace).await?;
+            let mut found = leftovers::find(cfg, &regions, &recorded, a.grace).await?;
+            let recorded_amis: BTreeSet<String> = records.iter().flat_map(|r| r.amis.values().cloned()).collect();
+            found.extend(leftovers::unrecorded_amis(cfg, &regions, &recorded_amis, a.grace).await?);
             anyhow::Ok((refs, found))
         })?,
+    };
+    let cleanup = Cleanup {
+        cfg: cfg.as_ref(),
+        rules: &rules,
+        stage: a.stage,
+        include_unrecorded: a.include_unrecorded,
+        endpoint_url: a.endpoint_url.as_deref(),
     };
     if let Some(p) = a.plan_file.as_ref().filter(|_| a.apply) {
         #[derive(serde::Deserialize)]
@@ -192,7 +205,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         let saved: Saved =
             serde_json::from_str(&text).with_context(|| format!("{} is not a plan written by `imgforge gc --json`", p.display()))?;
         let outcomes = apply::run(&mut *store, &saved.decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
-        let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found, &unfinished, a.endpoint_url.as_deref())?;
+        let mut removed = remove_leftovers(&rt, &cleanup, &found, &unfinished)?;
         removed.extend(evict(&evictions)?);
         for l in &locals {
             removed.push(local::remove(l)?);
@@ -205,7 +218,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         return print_plan(g, &rules, &decisions, &Leftovers { aws: &found, uploads: &unfinished, local: &locals }, &evictions);
     }
     let outcomes = apply::run(&mut *store, &decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
-    let mut removed = remove_leftovers(&rt, cfg.as_ref(), &found, &unfinished, a.endpoint_url.as_deref())?;
+    let mut removed = remove_leftovers(&rt, &cleanup, &found, &unfinished)?;
     removed.extend(evict(&evictions)?);
     for l in &locals {
         removed.push(local::remove(l)?);
@@ -226,23 +239,35 @@ fn evict(entries: &[cache::Entry]) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
-/// Removes the leftovers (each checked again first) and aborts the unfinished uploads; what was
-/// done.
+/// What `--apply` does to the leftovers.
+struct Cleanup<'a> {
+    cfg: Option<&'a aws_config::SdkConfig>,
+    rules: &'a Rules,
+    stage: Stage,
+    include_unrecorded: bool,
+    endpoint_url: Option<&'a str>,
+}
+
+/// Removes the leftovers (each checked again first), retires unrecorded AMIs when asked, and
+/// aborts the unfinished uploads; what was done.
 fn remove_leftovers(
     rt: &tokio::runtime::Runtime,
-    cfg: Option<&aws_config::SdkConfig>,
+    c: &Cleanup<'_>,
     found: &[Leftover],
     unfinished: &[crate::s3::Unfinished],
-    endpoint_url: Option<&str>,
 ) -> anyhow::Result<Vec<String>> {
-    let Some(cfg) = cfg else { return Ok(Vec::new()) };
+    let Some(cfg) = c.cfg else { return Ok(Vec::new()) };
     rt.block_on(async {
         let mut done = Vec::new();
         for l in found {
-            done.push(leftovers::remove(cfg, l).await?);
+            match l.kind {
+                "ami" if c.include_unrecorded => done.extend(apply::retire_unrecorded(cfg, l, c.rules, c.stage).await?),
+                "ami" => done.push(format!("left unrecorded {} in {} (--include-unrecorded retires it)", l.id, l.region)),
+                _ => done.push(leftovers::remove(cfg, l).await?),
+            }
         }
         for u in unfinished {
-            crate::s3::abort_upload(u, endpoint_url).await?;
+            crate::s3::abort_upload(u, c.endpoint_url).await?;
             done.push(format!("aborted the unfinished upload of s3://{}/{} ({})", u.bucket, u.key, u.upload_id));
         }
         Ok(done)

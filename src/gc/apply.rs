@@ -114,6 +114,28 @@ async fn retire(store: &mut dyn Store, d: &Decision, rules: &Rules, stage: Stage
     Ok(Outcome { record: r.id.clone(), image, result: "retired", details: done })
 }
 
+/// Retires an AMI imgforge registered that no record holds (`--include-unrecorded`), unless a
+/// guard holds now; what was done.
+pub async fn retire_unrecorded(
+    cfg: &aws_config::SdkConfig,
+    l: &super::leftovers::Leftover,
+    rules: &Rules,
+    stage: Stage,
+) -> anyhow::Result<Vec<String>> {
+    let key: Ami = (l.region.clone(), l.id.clone());
+    let refs = refs::gather(cfg, &BTreeSet::from([key.clone()]), rules.all_launch_template_versions).await?;
+    if !refs.exists.contains(&key) {
+        return Ok(vec![format!("{} in {} was already gone", l.id, l.region)]);
+    }
+    let as_record = crate::registry::Record { amis: BTreeMap::from([key.clone()]), ..crate::registry::Record::default() };
+    let why = plan::guards(&as_record, &[], &refs, rules, crate::stamp::unix_now());
+    if !why.is_empty() {
+        return Ok(why.into_iter().map(|w| format!("kept unrecorded {}: {w}", l.id)).collect());
+    }
+    let ec2 = Ec2 { client: crate::aws::client::ec2_in(cfg, &l.region), region: l.region.clone() };
+    act(&ec2, &l.id, None, stage).await
+}
+
 /// One AMI's stage.
 async fn act(ec2: &Ec2, ami: &str, recorded: Option<&String>, stage: Stage) -> anyhow::Result<Vec<String>> {
     let region = ec2.region.clone();

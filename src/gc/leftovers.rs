@@ -1,7 +1,11 @@
-//! Crash leftovers on AWS: snapshots a publish started (tagged with its ClientToken,
-//! `imgforge:publish-token`) that no AMI of ours names and no record holds — what a publish
-//! killed mid-upload leaves when nobody resumes it. Older than the grace period only, so a
-//! publish running now is never touched.
+//! Crash leftovers on AWS, older than the grace period only (a publish running now is never
+//! touched):
+//! - snapshots a publish started (tagged with its ClientToken, `imgforge:publish-token`) that no
+//!   AMI of ours names and no record holds — what a publish killed mid-upload leaves when nobody
+//!   resumes it;
+//! - AMIs tagged `BuiltBy=imgforge` that no record of this registry holds (registered by a
+//!   publish that died before recording, or by another registry: listed always, retired only
+//!   when asked, and then only if no guard holds).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -17,7 +21,7 @@ use crate::publish::snapshot::TOKEN_TAG;
 pub struct Leftover {
     /// Region.
     pub region: String,
-    /// `snapshot`.
+    /// `snapshot` or `ami`.
     pub kind: &'static str,
     /// Its id.
     pub id: String,
@@ -64,6 +68,50 @@ pub async fn find(
                 state: s.state().map_or("", |st| st.as_str()).to_string(),
                 started: crate::stamp::rfc3339(started),
                 why: "started by an imgforge publish that never registered an AMI on it (killed or failed)".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// AMIs tagged `BuiltBy=imgforge` that `recorded` does not hold, registered more than `grace`
+/// ago.
+pub async fn unrecorded_amis(
+    cfg: &aws_config::SdkConfig,
+    regions: &BTreeSet<String>,
+    recorded: &BTreeSet<String>,
+    grace: Duration,
+) -> anyhow::Result<Vec<Leftover>> {
+    let now = crate::stamp::unix_now();
+    let mut out = Vec::new();
+    for region in regions {
+        let ec2 = crate::aws::client::ec2_in(cfg, region);
+        let filter = aws_sdk_ec2::types::Filter::builder().name("tag:BuiltBy").values("imgforge").build();
+        let images = retry(&Policy::NO_WARMUP, Instant::now(), &|| "DescribeImages tag:BuiltBy=imgforge".to_string(), || {
+            ec2.describe_images().owners("self").filters(filter.clone()).send()
+        })
+        .await
+        .map_err(|f| anyhow!("Failed to list imgforge's AMIs in {region}: {f}"))?;
+        for i in images.images() {
+            let Some(id) = i.image_id() else { continue };
+            if recorded.contains(id) {
+                continue;
+            }
+            // EC2 writes `2026-01-02T03:04:05.000Z`.
+            let created = i.creation_date().and_then(|d| crate::stamp::parse_rfc3339(&format!("{}Z", d.get(..19)?))).unwrap_or(0);
+            if now.saturating_sub(created) < grace.as_secs() {
+                continue;
+            }
+            out.push(Leftover {
+                region: region.clone(),
+                kind: "ami",
+                id: id.to_string(),
+                state: i.state().map_or("", |st| st.as_str()).to_string(),
+                started: crate::stamp::rfc3339(created),
+                why: format!(
+                    "{} was registered by imgforge but no record of this registry holds it (a publish that died before recording, or another registry's)",
+                    i.name().unwrap_or("?")
+                ),
             });
         }
     }

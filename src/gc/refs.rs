@@ -45,7 +45,7 @@ pub async fn gather(cfg: &aws_config::SdkConfig, candidates: &BTreeSet<Ami>, all
     let mut refs = Refs::default();
     for region in regions {
         let ec2 = client::ec2_in(cfg, region);
-        let ssm = ssm_in(cfg, region);
+        let ssm = client::ssm_in(cfg, region);
         images(&ec2, region, &mut refs).await?;
         instances(&ec2, region, &mut refs).await?;
         let params = parameters(&ssm, region).await?;
@@ -55,7 +55,7 @@ pub async fn gather(cfg: &aws_config::SdkConfig, candidates: &BTreeSet<Ami>, all
             }
         }
         launch_templates(&ec2, region, all_lt_versions, &params, &mut refs).await?;
-        let asg = asg_in(cfg, region);
+        let asg = client::autoscaling_in(cfg, region);
         launch_configurations(&asg, region, &params, &mut refs).await?;
         for (why, lt, version) in group_templates(&asg, region).await? {
             template_version(&ec2, region, &lt, &version, &why, &params, &mut refs).await?;
@@ -69,11 +69,6 @@ pub async fn gather(cfg: &aws_config::SdkConfig, candidates: &BTreeSet<Ami>, all
         v.dedup();
     }
     Ok(refs)
-}
-
-fn asg_in(cfg: &aws_config::SdkConfig, region: &str) -> aws_sdk_autoscaling::Client {
-    let conf = aws_sdk_autoscaling::config::Builder::from(cfg).region(aws_config::Region::new(region.to_string())).build();
-    aws_sdk_autoscaling::Client::from_conf(conf)
 }
 
 /// An image id as a template or configuration names it: `resolve:ssm:NAME` through `params`.
@@ -163,11 +158,6 @@ async fn template_version(
         }
     }
     Ok(())
-}
-
-fn ssm_in(cfg: &aws_config::SdkConfig, region: &str) -> aws_sdk_ssm::Client {
-    let conf = aws_sdk_ssm::config::Builder::from(cfg).region(aws_config::Region::new(region.to_string())).build();
-    aws_sdk_ssm::Client::from_conf(conf)
 }
 
 fn fail(what: String, region: &str) -> impl FnOnce(crate::aws::retry::Failed) -> anyhow::Error {

@@ -259,7 +259,7 @@ async fn call(cfg: &aws_config::SdkConfig, ec2: &impl Fn(&str) -> Ec2, c: &Call)
         Call::CreateTags { region, image, tags } => ec2(region).create_tags(image, tags).await?,
         Call::DeleteTags { region, image, tags } => delete_tags(&ec2(region), image, tags).await?,
         Call::PutParameter { region, name, value } => {
-            let ssm = ssm_in(cfg, region);
+            let ssm = client::ssm_in(cfg, region);
             retry(&Policy::NO_WARMUP, Instant::now(), &|| format!("PutParameter {name} in {region}"), || {
                 ssm.put_parameter()
                     .name(name)
@@ -273,7 +273,7 @@ async fn call(cfg: &aws_config::SdkConfig, ec2: &impl Fn(&str) -> Ec2, c: &Call)
             .map_err(|f| anyhow::anyhow!("Failed to set the SSM parameter {name} to {value} in {region}: {f}"))?;
         }
         Call::GetParameter { region, name, expect } => {
-            let ssm = ssm_in(cfg, region);
+            let ssm = client::ssm_in(cfg, region);
             let out = retry(&Policy::NO_WARMUP, Instant::now(), &|| format!("GetParameter {name} in {region}"), || {
                 ssm.get_parameter().name(name).send()
             })
@@ -288,11 +288,6 @@ async fn call(cfg: &aws_config::SdkConfig, ec2: &impl Fn(&str) -> Ec2, c: &Call)
         }
     }
     Ok(())
-}
-
-fn ssm_in(cfg: &aws_config::SdkConfig, region: &str) -> aws_sdk_ssm::Client {
-    let conf = aws_sdk_ssm::config::Builder::from(cfg).region(aws_config::Region::new(region.to_string())).build();
-    aws_sdk_ssm::Client::from_conf(conf)
 }
 
 /// An AMI's name and description (a copy keeps both).

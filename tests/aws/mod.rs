@@ -460,6 +460,12 @@ elif what == "fleet":
     asg.create_auto_scaling_group(AutoScalingGroupName="web-asg", LaunchTemplate={"LaunchTemplateName": "fleet", "Version": "1"}, MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=[region + "a"])
     asg.create_launch_configuration(LaunchConfigurationName="old-lc", ImageId=lc_ami, InstanceType="t3.micro")
     print("{}")
+elif what == "register":
+    vol = ec2.create_volume(Size=1, AvailabilityZone=region + "a")["VolumeId"]
+    snap = ec2.create_snapshot(VolumeId=vol)["SnapshotId"]
+    img = ec2.register_image(Name=sys.argv[4], RootDeviceName="/dev/sda1", BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snap}}])["ImageId"]
+    ec2.create_tags(Resources=[img], Tags=[{"Key": "BuiltBy", "Value": "imgforge"}])
+    print(json.dumps({"id": img}))
 elif what == "mklt":
     r = ec2.create_launch_template(LaunchTemplateName=sys.argv[4], LaunchTemplateData={"ImageId": sys.argv[5], "InstanceType": "t3.micro"})
     print(json.dumps({"id": r["LaunchTemplate"]["LaunchTemplateId"]}))
@@ -535,6 +541,11 @@ pub fn bucket_state(endpoint: &str, region: &str, bucket: &str) -> (Vec<String>,
 /// `latest_ami`, is its $Default and $Latest), and a launch configuration `old-lc` of `lc_ami`.
 pub fn make_fleet(endpoint: &str, region: &str, group_ami: &str, latest_ami: &str, lc_ami: &str) {
     python(endpoint, region, &["fleet", group_ami, latest_ami, lc_ami]);
+}
+
+/// Registers an AMI tagged `BuiltBy=imgforge` (on a snapshot of a new volume); returns its id.
+pub fn register_tagged_image(endpoint: &str, region: &str, name: &str) -> String {
+    python(endpoint, region, &["register", name])["id"].as_str().unwrap().to_string()
 }
 
 /// Creates a launch template whose default version launches `ami`; returns its id.
