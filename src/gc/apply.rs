@@ -4,8 +4,9 @@
 //!
 //! Stages (EC2 Image Builder's ladder): `deprecate` (EnableImageDeprecation, now), `disable`
 //! (DisableImage: the AMI goes private and cannot be launched), `deregister` (DeregisterImage,
-//! then the AMI's snapshots — those the AMI names and those recorded at publish — the local
-//! outputs, their uploaded copies, and the record marked `deleted`, its history kept).
+//! then the AMI's snapshots — those the AMI names, the one recorded at publish, and those tagged
+//! with the record's id — the local outputs, their uploaded copies, and the record marked
+//! `deleted`, its history kept).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -94,7 +95,7 @@ async fn retire(store: &mut dyn Store, d: &Decision, rules: &Rules, stage: Stage
                 continue;
             }
             let ec2 = Ec2 { client: crate::aws::client::ec2_in(cfg, region), region: region.clone() };
-            done.extend(act(&ec2, ami, r.snapshots.get(region), stage).await?);
+            done.extend(act(&ec2, ami, r.snapshots.get(region), Some(&r.id), stage).await?);
         }
     }
     if stage == Stage::Deregister {
@@ -133,11 +134,12 @@ pub async fn retire_unrecorded(
         return Ok(why.into_iter().map(|w| format!("kept unrecorded {}: {w}", l.id)).collect());
     }
     let ec2 = Ec2 { client: crate::aws::client::ec2_in(cfg, &l.region), region: l.region.clone() };
-    act(&ec2, &l.id, None, stage).await
+    act(&ec2, &l.id, None, None, stage).await
 }
 
-/// One AMI's stage.
-async fn act(ec2: &Ec2, ami: &str, recorded: Option<&String>, stage: Stage) -> anyhow::Result<Vec<String>> {
+/// One AMI's stage. Deregistering also deletes its snapshots: those it names, the one recorded at
+/// publish, and those tagged with its record's id.
+async fn act(ec2: &Ec2, ami: &str, recorded: Option<&String>, record_id: Option<&str>, stage: Stage) -> anyhow::Result<Vec<String>> {
     let region = ec2.region.clone();
     let failed = |what: String| move |f: crate::aws::retry::Failed| anyhow!("Failed to {what} in {region}: {f}");
     match stage {
@@ -172,6 +174,9 @@ async fn act(ec2: &Ec2, ami: &str, recorded: Option<&String>, stage: Stage) -> a
                 .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
                 .collect();
             snaps.extend(recorded.cloned());
+            if let Some(id) = record_id {
+                snaps.extend(ec2.find_snapshots_by_tags(&[("RecordId", id)]).await?);
+            }
             ec2.deregister(ami).await?;
             let mut done = vec![format!("deregistered {ami} in {}", ec2.region)];
             for s in snaps {
