@@ -93,11 +93,7 @@ fn rules_of(a: &Args) -> anyhow::Result<Rules> {
         r.max_days = a.max_days;
     }
     r.include_shared |= a.include_shared;
-    if let Some(m) = r.max_days
-        && m < r.keep_days
-    {
-        anyhow::bail!("max_days = {m} is less than keep_days = {}", r.keep_days);
-    }
+    r.check()?;
     Ok(r)
 }
 

@@ -80,12 +80,18 @@ impl Rules {
             Some("all") => true,
             Some(other) => bail!("launch_template_versions = {other:?}: use \"default-and-latest\" or \"all\""),
         };
-        if let Some(m) = r.max_days
-            && m < r.keep_days
-        {
-            bail!("max_days = {m} is less than keep_days = {}: a record cannot be both too young and too old", r.keep_days);
-        }
+        r.check()?;
         Ok(r)
+    }
+
+    /// Rules that contradict each other are refused.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(m) = self.max_days
+            && m < self.keep_days
+        {
+            bail!("max_days = {m} is less than keep_days = {}: a record cannot be both too young and too old", self.keep_days);
+        }
+        Ok(())
     }
 }
 

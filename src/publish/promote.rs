@@ -225,12 +225,12 @@ async fn run(m: &Move<'_>, endpoint_url: Option<&str>) -> anyhow::Result<Done> {
     let mut to = m.to.clone();
     for c in copies(m) {
         let Call::CopyImage { region, source_region, source_image } = c else { continue };
-        let (name, description) = describe(&ec2(&source_region), &source_image).await?;
+        let source = describe(&ec2(&source_region), &source_image).await?;
         let token = format!("imgforge-promote-{}-{region}", m.to.record);
         let dst = ec2(&region);
-        let id = dst.copy_from(&source_region, &source_image, &name, &description, &token).await?;
+        let id = dst.copy_from(&source_region, &source_image, &source.name, &source.description, &token).await?;
         dst.wait_image(&id, COPY_WAIT).await?;
-        if let Some(snap) = snapshot_of(&dst, &id).await? {
+        if let Some(snap) = describe(&dst, &id).await?.snapshot {
             to.snapshots.insert(region.clone(), snap.clone());
             done.copied_snapshots.insert(region.clone(), snap);
         }
@@ -290,27 +290,25 @@ async fn call(cfg: &aws_config::SdkConfig, ec2: &impl Fn(&str) -> Ec2, c: &Call)
     Ok(())
 }
 
-/// An AMI's name and description (a copy keeps both).
-async fn describe(ec2: &Ec2, id: &str) -> anyhow::Result<(String, String)> {
+/// What a promotion reads of an AMI: its name and description (a copy keeps both) and the
+/// snapshot behind its root device.
+struct ImageInfo {
+    name: String,
+    description: String,
+    snapshot: Option<String>,
+}
+
+async fn describe(ec2: &Ec2, id: &str) -> anyhow::Result<ImageInfo> {
     let out =
         retry(&Policy::NO_WARMUP, Instant::now(), &|| format!("DescribeImages {id}"), || ec2.client.describe_images().image_ids(id).send())
             .await
             .map_err(|f| anyhow::anyhow!("Failed to describe {id} in {}: {f}", ec2.region))?;
     let Some(img) = out.images().first() else { bail!("AMI {id} is not in {} (deregistered?)", ec2.region) };
-    Ok((img.name().unwrap_or(id).to_string(), img.description().unwrap_or_default().to_string()))
-}
-
-/// The snapshot behind an AMI's root device.
-async fn snapshot_of(ec2: &Ec2, id: &str) -> anyhow::Result<Option<String>> {
-    let out =
-        retry(&Policy::NO_WARMUP, Instant::now(), &|| format!("DescribeImages {id}"), || ec2.client.describe_images().image_ids(id).send())
-            .await
-            .map_err(|f| anyhow::anyhow!("Failed to describe {id} in {}: {f}", ec2.region))?;
-    Ok(out
-        .images()
-        .first()
-        .and_then(|i| i.block_device_mappings().iter().find_map(|b| b.ebs().and_then(|e| e.snapshot_id())))
-        .map(str::to_string))
+    Ok(ImageInfo {
+        name: img.name().unwrap_or(id).to_string(),
+        description: img.description().unwrap_or_default().to_string(),
+        snapshot: img.block_device_mappings().iter().find_map(|b| b.ebs().and_then(|e| e.snapshot_id())).map(str::to_string),
+    })
 }
 
 async fn delete_tags(ec2: &Ec2, id: &str, tags: &BTreeMap<String, String>) -> anyhow::Result<()> {
