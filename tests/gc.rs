@@ -282,6 +282,81 @@ fn gc_removes_the_snapshot_of_a_killed_publish() {
     assert!(!snapshots().contains(&named), "{done:#}");
 }
 
+/// A publish killed after RegisterImage answered but before its AMI was tagged (an endpoint
+/// that dropped the TagSpecifications): the AMI carries no imgforge tag and no record holds it,
+/// but the upload ledger names it. `gc --dir` lists it as ours, `--apply` leaves it,
+/// `--include-unrecorded` deregisters it and removes the ledger.
+#[test]
+fn gc_finds_an_ami_registered_but_never_tagged() {
+    if !have_moto("gc_finds_an_ami_registered_but_never_tagged") {
+        return;
+    }
+    let dir = testdir("gc-untagged");
+    let d = dir.path();
+    let raw = d.join("untagged.raw");
+    std::fs::write(&raw, vec![7u8; 4 << 20]).unwrap();
+    let moto = start_moto(&d.join("moto.log"));
+    let region = "eu-north-1";
+    let ledger = d.join("untagged.raw.publish.jsonl");
+    {
+        let untagged = start_proxy(moto.port, Fault::Untagged);
+        let mut c = imgforge();
+        c.args(["publish", raw.to_str().unwrap()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        aws_env(&mut c, &untagged.url(), region);
+        let mut child = c.spawn().unwrap();
+        let t = std::time::Instant::now();
+        while !std::fs::read_to_string(&ledger).is_ok_and(|s| s.contains("\"kind\":\"image\"")) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(60), "the publish registered no AMI");
+            assert!(child.try_wait().unwrap().is_none(), "publish ended before it was killed");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Killed while CreateTags hangs.
+        while !untagged.actions("CreateTags").iter().any(|b| b.contains("ResourceId.1=ami-")) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(60), "the publish never tried to tag its AMI");
+            assert!(child.try_wait().unwrap().is_none(), "publish ended before it was killed");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let images = state(&moto.url(), region)["images"].as_array().unwrap().clone();
+    assert_eq!(images.len(), 1);
+    let ami = images[0]["ImageId"].as_str().unwrap().to_string();
+    assert!(tags(&images[0]).is_empty(), "the AMI was tagged: {:?}", images[0]);
+
+    let db = d.join("registry.db");
+    let proxy = start_proxy(moto.port, Fault::None);
+    let gc = |args: &[&str]| {
+        let mut c = imgforge();
+        c.arg("gc").args(args).arg("--registry").arg(&db).args(["--grace", "0", "--json"]);
+        aws_env(&mut c, &proxy.url(), region);
+        let o = run(&mut c);
+        assert!(o.status.success(), "{}", show(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let amis =
+        |plan: &serde_json::Value| plan["leftovers"].as_array().unwrap().iter().filter(|l| l["kind"] == "ami").cloned().collect::<Vec<_>>();
+    // Without the ledger's directory nothing says the untagged AMI is ours: not a candidate.
+    assert_eq!(amis(&gc(&[])), Vec::<serde_json::Value>::new());
+    let dir_arg = d.to_str().unwrap();
+    let plan = gc(&["--dir", dir_arg]);
+    let found = amis(&plan);
+    assert_eq!(found.len(), 1, "{plan:#}");
+    assert_eq!(found[0]["id"], ami.as_str());
+    assert!(found[0]["why"].as_str().unwrap().contains("never tagged"), "{plan:#}");
+    assert_eq!(found[0]["ledger"], ledger.to_str().unwrap());
+    let done = gc(&["--dir", dir_arg, "--apply"]);
+    let said: Vec<&str> = done["leftovers"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(said.iter().any(|s| s.starts_with(&format!("left unrecorded {ami}"))), "{done:#}");
+    assert_eq!(state(&moto.url(), region)["images"].as_array().unwrap().len(), 1);
+    let done = gc(&["--dir", dir_arg, "--apply", "--include-unrecorded"]);
+    let said: Vec<&str> = done["leftovers"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(said.iter().any(|s| s.starts_with(&format!("deregistered {ami}"))), "{done:#}");
+    assert!(state(&moto.url(), region)["images"].as_array().unwrap().is_empty());
+    assert!(!ledger.exists(), "the ledger of the retired AMI stayed: {done:#}");
+    assert_eq!(gc(&["--dir", dir_arg])["leftovers"], serde_json::json!([]));
+}
+
 /// `--cache-max`: the least recently used upstream goes first; a parent raw a live child was
 /// built on stays however old; the working files of dead builds go after the grace period,
 /// unless a process has them open; nothing changes without `--apply`. No AWS here.

@@ -70,6 +70,11 @@ pub struct Args {
     /// evicted least recently used first, except parent raws a live record was built on.
     #[arg(long, value_name = "GIB")]
     pub cache_max: Option<f64>,
+    /// Also look in this directory for working files of dead builds and upload ledgers of
+    /// unfinished publishes (repeatable; the directories of the records' outputs and the cache
+    /// are always looked in).
+    #[arg(long)]
+    pub dir: Vec<PathBuf>,
     /// The cache (default: $IMGFORGE_CACHE_DIR or /var/cache/imgforge).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -135,10 +140,15 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         .filter_map(|o| std::path::Path::new(&o.path).parent().map(std::path::Path::to_path_buf))
         .collect();
     work_dirs.extend([cache_dir.clone(), cache_dir.join("parents")]);
+    work_dirs.extend(a.dir.iter().cloned());
     let locals = local::find(&work_dirs, a.grace);
     let mut regions: BTreeSet<String> =
         records.iter().flat_map(|r| r.amis.keys().chain(r.snapshots.keys()).cloned()).chain(a.region.iter().cloned()).collect();
-    let recorded: BTreeSet<String> = records.iter().flat_map(|r| r.snapshots.values().cloned()).collect();
+    let known = leftovers::Known {
+        snapshots: records.iter().flat_map(|r| r.snapshots.values().cloned()).collect(),
+        amis: records.iter().flat_map(|r| r.amis.values().cloned()).collect(),
+        ledgers: leftovers::ledgers(&work_dirs),
+    };
     let rt = crate::aws::runtime()?;
     let cfg = rt.block_on(async {
         let home = regions.iter().next().map(String::as_str);
@@ -179,9 +189,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             } else {
                 refs::gather(cfg, &candidates, rules.all_launch_template_versions).await?
             };
-            let mut found = leftovers::find(cfg, &regions, &recorded, a.grace).await?;
-            let recorded_amis: BTreeSet<String> = records.iter().flat_map(|r| r.amis.values().cloned()).collect();
-            found.extend(leftovers::unrecorded_amis(cfg, &regions, &recorded_amis, a.grace).await?);
+            let found = leftovers::find(cfg, &regions, &known, a.grace).await?;
             anyhow::Ok((refs, found))
         })?,
     };

@@ -134,7 +134,14 @@ pub async fn retire_unrecorded(
         return Ok(why.into_iter().map(|w| format!("kept unrecorded {}: {w}", l.id)).collect());
     }
     let ec2 = Ec2 { client: crate::aws::client::ec2_in(cfg, &l.region), region: l.region.clone() };
-    act(&ec2, &l.id, None, None, stage).await
+    let mut done = act(&ec2, &l.id, None, None, stage).await?;
+    if stage == Stage::Deregister {
+        let forgot = super::leftovers::forget_ledger(l)?;
+        if let Some(s) = forgot.strip_prefix(" and its ") {
+            done.push(format!("removed {s}"));
+        }
+    }
+    Ok(done)
 }
 
 /// One AMI's stage. Deregistering also deletes its snapshots: those it names, the one recorded at

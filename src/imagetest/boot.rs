@@ -110,7 +110,7 @@ fn boot_and_check(
 ) -> anyhow::Result<()> {
     let case = |n: &str, seconds: f64, failure: Option<String>| Case { suite: name.to_string(), name: n.to_string(), seconds, failure };
     let mut accel = choose_accel()?;
-    let (vm, reached) = loop {
+    let (mut vm, reached) = loop {
         events.step("test", &format!("booting a copy of the image in qemu ({})", accel.name()));
         let mut vm = start(setup, accel)?;
         let deadline = vm.started + spec.timeout;
@@ -141,17 +141,34 @@ fn boot_and_check(
         return Ok(());
     }
     let login = &setup.login;
+    // cloud-init first: its ssh module may replace the host keys and restart sshd, so the
+    // system state and the suites are asked once it is done. Every question is retried while
+    // sshd drops connections (ssh's own exit 255), until the boot's deadline.
+    let mut checked = Vec::new();
+    if let Some(want) = &spec.cloud_init {
+        let t = Instant::now();
+        let left = deadline.saturating_duration_since(Instant::now()).as_secs().max(10);
+        let out = ssh_until(login, &format!("timeout {left} cloud-init status --wait"), deadline, "ask cloud-init for its status")?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let got = text.lines().rev().find_map(|l| l.trim().strip_prefix("status:")).map(str::trim).unwrap_or("");
+        let failure = match (out.status.code(), got) {
+            (Some(127), _) => Some("cloud-init is not installed in the image (set expect.cloud_init = false)".to_string()),
+            (_, g) if g == want => None,
+            (_, g) => Some(format!(
+                "cloud-init status is {g:?}, not {want:?}: {}",
+                super::tail(&(text.clone() + &String::from_utf8_lossy(&out.stderr)))
+            )),
+        };
+        checked.push(case("cloud-init", t.elapsed().as_secs_f64(), failure));
+    }
     if spec.system_running {
         let t = Instant::now();
         let left = deadline.saturating_duration_since(Instant::now()).as_secs().max(10);
-        let out = login
-            .command(&format!("timeout {left} systemctl is-system-running --wait"))
-            .run_any_status("ask systemd for the system state")?;
+        let out =
+            ssh_until(login, &format!("timeout {left} systemctl is-system-running --wait"), deadline, "ask systemd for the system state")?;
         let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let failed_units = || {
-            login
-                .command("systemctl list-units --failed --plain --no-legend --no-pager")
-                .run_any_status("list the failed units")
+            ssh_until(login, "systemctl list-units --failed --plain --no-legend --no-pager", deadline, "list the failed units")
                 .map(|o| {
                     String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.split_whitespace().next()).collect::<Vec<_>>().join(", ")
                 })
@@ -163,26 +180,19 @@ fn boot_and_check(
                 events.notice(&format!("the booted image is degraded: failed units {}", failed_units()));
                 None
             }
-            other => Some(format!("systemctl is-system-running says {other:?} (failed units: {})", failed_units())),
+            other => Some(format!(
+                "systemctl is-system-running says {other:?} (failed units: {}){}",
+                failed_units(),
+                if out.status.code() == Some(255) {
+                    format!("; ssh: {}", super::tail(&String::from_utf8_lossy(&out.stderr)))
+                } else {
+                    String::new()
+                }
+            )),
         };
         cases.push(case("system-running", t.elapsed().as_secs_f64(), failure));
     }
-    if let Some(want) = &spec.cloud_init {
-        let t = Instant::now();
-        let left = deadline.saturating_duration_since(Instant::now()).as_secs().max(10);
-        let out = login.command(&format!("timeout {left} cloud-init status --wait")).run_any_status("ask cloud-init for its status")?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let got = text.lines().rev().find_map(|l| l.trim().strip_prefix("status:")).map(str::trim).unwrap_or("");
-        let failure = match (out.status.code(), got) {
-            (Some(127), _) => Some("cloud-init is not installed in the image (set expect.cloud_init = false)".to_string()),
-            (_, g) if g == want => None,
-            (_, g) => Some(format!(
-                "cloud-init status is {g:?}, not {want:?}: {}",
-                super::tail(&(text.clone() + &String::from_utf8_lossy(&out.stderr)))
-            )),
-        };
-        cases.push(case("cloud-init", t.elapsed().as_secs_f64(), failure));
-    }
+    cases.append(&mut checked);
     for s in suites {
         type Runner = fn(&str, Target<'_>, &Path) -> anyhow::Result<Vec<Case>>;
         let (run, path): (Runner, &PathBuf) = match &s.kind {
@@ -191,6 +201,15 @@ fn boot_and_check(
             SuiteKind::Checks(_) | SuiteKind::Boot(_) => continue,
         };
         events.step("test", &format!("running the {} suite on the booted copy", s.name));
+        if let Err(why) = wait_ssh(login, &mut vm, deadline.max(Instant::now() + Duration::from_secs(60))) {
+            cases.push(Case {
+                suite: s.name.clone(),
+                name: "run".into(),
+                seconds: 0.0,
+                failure: Some(format!("{why}; serial console: {}", console_tail(&setup.serial))),
+            });
+            continue;
+        }
         let r = run(&s.name, Target::Ssh(login), path);
         match r {
             Ok(c) => cases.extend(c),
@@ -347,6 +366,18 @@ fn wait_ssh(login: &SshLogin, vm: &mut Vm, deadline: Instant) -> Result<f64, Str
         }
         if Instant::now() >= deadline {
             return Err(format!("sshd did not let root in with the seed's key within {}s", (deadline - vm.started).as_secs()));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// Runs `remote` over SSH, again every 3 s while ssh itself fails (exit 255: sshd refusing or
+/// dropping connections while it restarts) and the deadline has not passed.
+fn ssh_until(login: &SshLogin, remote: &str, deadline: Instant, what: &str) -> anyhow::Result<std::process::Output> {
+    loop {
+        let out = login.command(remote).stdin(Stdio::null()).run_any_status(what)?;
+        if out.status.code() != Some(255) || Instant::now() >= deadline {
+            return Ok(out);
         }
         std::thread::sleep(Duration::from_secs(3));
     }

@@ -178,6 +178,11 @@ impl<'a> Run<'a> {
         match self.ec2.register(r, &snapshot).await {
             Ok(ami) => {
                 tracing::info!("registered {ami} `{}` in {}", r.name, self.ec2.region);
+                // In the ledger before anything else: killed before tagging, the AMI is still
+                // known to be ours (the janitor reads ledgers).
+                if let Some(pending) = &self.pending {
+                    pending.ledger.image(&self.ec2.region, &ami)?;
+                }
                 self.ids.image = Some(ami.clone());
                 self.registered = Some(ami);
                 Ok(())

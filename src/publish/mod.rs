@@ -80,7 +80,6 @@ async fn publish(p: &Prepared, req: &Request, events: &Events) -> anyhow::Result
     run.home(&plan.home).await?;
     let ami = run.ids.get(Id::Image)?.to_string();
     let pending = run.pending.take().context("the publish plan made no snapshot")?;
-    pending.ledger.image(&region, &ami)?;
     let mut images = BTreeMap::from([(region.clone(), ami)]);
     images.extend(execute::copies(&cfg, &run.ids, &plan.copies).await?);
     let rec = record(p, &region, images, pending.id.clone(), false, stats(p, &run.outcome), run.outcome.bytes_sent, started);

@@ -147,6 +147,9 @@ pub enum Fault {
     Slow(u64),
     /// The first N PUTs answer "snapshot does not exist" (a new snapshot not visible yet).
     NotYet(u64),
+    /// An endpoint that drops RegisterImage's TagSpecifications, and whose CreateTags on an AMI
+    /// never answers (a publish killed before its AMI was tagged).
+    Untagged,
 }
 
 /// One request seen by the proxy.
@@ -347,6 +350,22 @@ fn serve(
     {
         return out.write_all(&a);
     }
+    let mut body = body;
+    let mut headers = headers;
+    if matches!(fault, Fault::Untagged) && method == "POST" {
+        if text.contains("Action=CreateTags&") && text.contains("ResourceId.1=ami-") {
+            faults.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_secs(600));
+            return Ok(());
+        }
+        if text.contains("Action=RegisterImage&") {
+            faults.fetch_add(1, Ordering::Relaxed);
+            let kept: Vec<&str> = text.split('&').filter(|kv| !kv.starts_with("TagSpecification")).collect();
+            body = kept.join("&").into_bytes();
+            headers.retain(|h| !h.to_ascii_lowercase().starts_with("content-length:"));
+            headers.push(format!("Content-Length: {}", body.len()));
+        }
+    }
     let is_put = method == "PUT" && path.contains("/blocks/");
     if is_put {
         let n = counter.fetch_add(1, Ordering::Relaxed);
@@ -389,7 +408,7 @@ fn serve(
                 ));
             }
             Fault::NotYet(_) => {}
-            Fault::None => {}
+            Fault::None | Fault::Untagged => {}
         }
     }
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
