@@ -165,6 +165,9 @@ pub struct Manifest {
     /// The AMI, once `imgforge publish` (or `build --publish`) made one from this image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsRecord>,
+    /// The recipe variables this image was built with (`[vars]`, `[matrix]`, `--var`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
     /// Fields this imgforge does not know, kept as they were.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -370,6 +373,9 @@ mod tests {
     "bytes_sent": 524288,
     "parent_snapshot": null,
     "seconds": 3.5
+  },
+  "vars": {
+    "node": "web-1"
   },
   "zz_from_a_newer_imgforge": {
     "kept": [

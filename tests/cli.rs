@@ -35,6 +35,36 @@ fn assert_recipe_error(text: &str, line: usize, needle: &str) {
     assert!(out.contains("hint: "), "expected a hint: {out}");
 }
 
+/// `${node}` from `[vars]`, then IMGFORGE_VAR_NODE, then `--var`; an unknown variable and an
+/// undeclared `--var` exit 2 naming the file (and the line).
+#[test]
+fn variables_take_defaults_environment_and_command_line() {
+    let dir = testdir("vars");
+    std::fs::write(dir.path().join("up.img"), b"disk").unwrap();
+    std::fs::write(dir.path().join("SHA256SUMS"), b"").unwrap();
+    let text = "[vars]\nnode = \"web\"\n\n[image]\nname = \"app-${node}\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"up.img\"\nchecksums = \"SHA256SUMS\"\n";
+    let r = recipe(dir.path(), text);
+    let name = |extra: &[&str], env: Option<&str>| {
+        let mut c = imgforge();
+        c.args(["--json", "validate"]).arg(&r).args(extra);
+        if let Some(v) = env {
+            c.env("IMGFORGE_VAR_NODE", v);
+        }
+        let o = run(&mut c);
+        assert!(o.status.success(), "{}", show(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["name"].as_str().unwrap().to_string(), v["vars"]["node"].as_str().unwrap().to_string())
+    };
+    assert_eq!(name(&[], None), ("app-web".to_string(), "web".to_string()));
+    assert_eq!(name(&[], Some("db")).0, "app-db");
+    assert_eq!(name(&["--var", "node=cache"], Some("db")).0, "app-cache");
+    let o = run(imgforge().arg("validate").arg(&r).args(["--var", "zone=a"]));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("recipe.toml: --var zone: the recipe declares no variable `zone`"), "{}", show(&o));
+    assert_recipe_error(&HEAD.replace("\"base\"", "\"base-${nod}\""), 2, "unknown variable `nod`");
+    assert_recipe_error(&format!("[vars]\nunused = \"x\"\n{HEAD}"), 2, "variable `unused` is declared but used nowhere");
+}
+
 #[test]
 fn unknown_key_exits_2_with_line() {
     assert_recipe_error(&format!("{HEAD}colour = \"blue\"\n"), 8, "unknown field `colour`");

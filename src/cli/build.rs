@@ -7,13 +7,15 @@ use anyhow::Context;
 use super::Global;
 use crate::pipeline::build::{OnError, Options};
 use crate::progress::Events;
-use crate::recipe::plan::{Overrides, load_plan};
+use crate::recipe::plan::load_plan;
 
 /// Arguments of `imgforge build`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The recipe (TOML).
     pub recipe: PathBuf,
+    #[command(flatten)]
+    pub vars: super::RecipeVars,
     /// Output directory (overrides [output] dir).
     #[arg(long, short = 'o')]
     pub output_dir: Option<PathBuf>,
@@ -53,7 +55,7 @@ pub struct Args {
 
 /// Runs a build.
 pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
-    let plan = load_plan(&a.recipe, &Overrides { output_dir: a.output_dir.clone() })?;
+    let plan = load_plan(&a.recipe, &a.vars.overrides(a.output_dir.clone()))?;
     if a.publish && plan.aws.is_none() {
         return Err(anyhow::Error::new(super::UsageError(format!(
             "{}: --publish needs an [aws] section in the recipe (at least `region`, or an empty [aws] to use the AWS config's)",

@@ -17,6 +17,8 @@ use crate::registry::{Query, Store};
 pub struct ExplainArgs {
     /// The recipe (TOML).
     pub recipe: PathBuf,
+    #[command(flatten)]
+    pub vars: super::RecipeVars,
     /// The registry (default: $IMGFORGE_REGISTRY or /var/lib/imgforge/registry.db).
     #[arg(long)]
     pub registry: Option<String>,
@@ -44,7 +46,7 @@ fn key_now(plan: &BuildPlan, store: &dyn Store) -> anyhow::Result<layer::LayerKe
 
 /// Runs `imgforge explain`: input by input, why a build would (or would not) rebuild.
 pub fn explain(g: &Global, a: &ExplainArgs) -> anyhow::Result<()> {
-    let plan = load_plan(&a.recipe, &Overrides::default())?;
+    let plan = load_plan(&a.recipe, &a.vars.overrides(None))?;
     let store = crate::registry::open(a.registry.as_deref())?;
     let key = key_now(&plan, &*store)?;
     let last = crate::registry::resolve(&*store, &plan.name)?;

@@ -39,6 +39,29 @@ pub struct Global {
     pub log_format: LogFormat,
 }
 
+/// Recipe variables and the matrix image, for every command that loads a recipe.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RecipeVars {
+    /// Set a recipe variable (repeatable); overrides `[vars]`, the `[matrix]` entry and
+    /// IMGFORGE_VAR_NAME.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = crate::recipe::vars::parse_assignment)]
+    pub var: Vec<(String, String)>,
+    /// The image of a `[matrix]` recipe to take (its name, as `imgforge plan` lists it).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+}
+
+impl RecipeVars {
+    /// The recipe overrides these make, with `output_dir`.
+    pub fn overrides(&self, output_dir: Option<std::path::PathBuf>) -> crate::recipe::plan::Overrides {
+        crate::recipe::plan::Overrides {
+            output_dir,
+            vars: crate::recipe::expand::Inputs { cli: self.var.clone(), lenient: false },
+            node: self.node.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "imgforge", version, about = "Bake immutable machine images on a build host")]
 struct Cli {

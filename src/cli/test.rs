@@ -17,6 +17,8 @@ pub struct Args {
     /// The recipe whose [[test]] suites to run (default: the recipe the record was built from).
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    #[command(flatten)]
+    pub vars: super::RecipeVars,
     /// Which suites: `offline` (against the read-only disk) or `boot` (a throwaway boot, over
     /// SSH); repeat it for both (the default).
     #[arg(long, value_enum)]
@@ -46,7 +48,12 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         ))));
     };
     let recipe = a.recipe.clone().unwrap_or_else(|| PathBuf::from(&record.recipe));
-    let plan = crate::recipe::plan::load_plan(&recipe, &crate::recipe::plan::Overrides::default())
+    // A [matrix] recipe: the image of the record's name.
+    let mut overrides = a.vars.overrides(None);
+    if overrides.node.is_none() && record.recipe == recipe.display().to_string() {
+        overrides.node = Some(record.name.clone());
+    }
+    let plan = crate::recipe::plan::load_plan(&recipe, &overrides)
         .with_context(|| format!("Failed to load the recipe of {} {} ({})", record.name, record.version, recipe.display()))?;
     if plan.tests.is_empty() {
         return Err(anyhow::Error::new(super::UsageError(format!("{} has no [[test]] suites", recipe.display()))));

@@ -497,6 +497,7 @@ fn finish(
         record: None,
         layer_key: Some(layer.key.key.clone()),
         aws: None,
+        vars: plan.vars.clone(),
         extra: Default::default(),
     };
     let path = plan.output_dir.join(format!("{}.manifest.json", plan.name));

@@ -34,6 +34,12 @@ pub struct Recipe {
     pub test: Vec<toml::Spanned<toml::Table>>,
     /// `[gc]`: the janitor's rules for this image (`imgforge gc --config RECIPE`).
     pub gc: Option<Spanned<crate::gc::rules::GcSection>>,
+    /// `[vars]`: variables and their defaults (read by `expand.rs` before this is parsed).
+    #[serde(rename = "vars")]
+    pub _vars: Option<serde::de::IgnoredAny>,
+    /// `[matrix]` or `matrix = "nodes.yaml"`: one image per entry (read by `expand.rs`).
+    #[serde(rename = "matrix")]
+    pub _matrix: Option<serde::de::IgnoredAny>,
 }
 
 /// `[image]`

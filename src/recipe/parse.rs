@@ -71,7 +71,8 @@ fn key_span(text: &str, within: Range<usize>, message: &str) -> Option<Range<usi
     None
 }
 
-fn toml_error(src: Src<'_>, e: &toml::de::Error) -> RecipeError {
+/// A TOML parse error as a recipe error at its line.
+pub fn toml_error(src: Src<'_>, e: &toml::de::Error) -> RecipeError {
     let line = e.span().map(|s| line_of(src.text, s.start));
     let (message, hint) = explain(e.message());
     let err = RecipeError::new(src.path, line, message);
@@ -96,16 +97,6 @@ fn explain(message: &str) -> (String, Option<String>) {
         None
     };
     (msg, hint)
-}
-
-/// Reads and parses a recipe file; a missing file is a recipe error too.
-pub fn load(path: &Path) -> Result<(String, Recipe), RecipeError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        RecipeError::new(path, None, format!("cannot read the recipe: {e}"))
-            .hint("check the path; recipes are TOML files such as recipes/base.toml")
-    })?;
-    let recipe = parse(Src { path, text: &text })?;
-    Ok((text, recipe))
 }
 
 /// The directory relative paths in a recipe are resolved against.

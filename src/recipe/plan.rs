@@ -59,6 +59,10 @@ pub struct BuildPlan {
     pub seal: crate::seal::SealPlan,
     /// Image tests run after the outputs are written (`[[test]]`).
     pub tests: Vec<crate::imagetest::plan::Suite>,
+    /// The variables the recipe used, with their values (`[vars]`, `[matrix]`, `--var`).
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// The `[matrix]` entry this image is (0-based).
+    pub entry: Option<usize>,
 }
 
 /// What a build starts from.
@@ -75,12 +79,63 @@ pub enum Origin {
 pub struct Overrides {
     /// `--output-dir`.
     pub output_dir: Option<PathBuf>,
+    /// `--var NAME=VALUE`, and whether one the recipe does not declare is left alone.
+    pub vars: super::expand::Inputs,
+    /// `--node NAME`: the image of a `[matrix]` recipe to take.
+    pub node: Option<String>,
 }
 
-/// Loads, parses and validates a recipe file.
+/// Loads, parses and validates a recipe file that defines one image (or, with a `[matrix]`,
+/// the one `overrides.node` names).
 pub fn load_plan(path: &Path, overrides: &Overrides) -> Result<BuildPlan, RecipeError> {
-    let (text, recipe) = super::parse::load(path)?;
-    plan(Src { path, text: &text }, recipe, overrides)
+    let mut plans = load_plans(path, overrides)?;
+    let names = || plans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+    match (&overrides.node, plans.len()) {
+        (Some(n), _) => match plans.iter().position(|p| &p.name == n) {
+            Some(i) => Ok(plans.swap_remove(i)),
+            None => {
+                Err(RecipeError::new(path, None, format!("--node {n}: the recipe defines no image of that name (it defines {})", names()))
+                    .hint("`imgforge plan RECIPE` lists the images a recipe defines"))
+            }
+        },
+        (None, 1) => Ok(plans.swap_remove(0)),
+        (None, n) => Err(RecipeError::new(path, None, format!("the recipe's [matrix] defines {n} images ({}): choose one", names()))
+            .hint("pass --node NAME, or build them all with `imgforge bake RECIPE`")),
+    }
+}
+
+/// Loads, parses and validates every image a recipe file defines (one per `[matrix]` entry).
+pub fn load_plans(path: &Path, overrides: &Overrides) -> Result<Vec<BuildPlan>, RecipeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        RecipeError::new(path, None, format!("cannot read the recipe: {e}"))
+            .hint("check the path; recipes are TOML files such as recipes/base.toml")
+    })?;
+    let src = Src { path, text: &text };
+    let env = |k: &str| std::env::var(k).ok();
+    let variants = super::expand::variants(src, &recipe_dir(path), &overrides.vars, &env)?;
+    let mut plans: Vec<BuildPlan> = Vec::with_capacity(variants.len());
+    for v in variants {
+        let vsrc = Src { path, text: &v.text };
+        let recipe = super::parse::parse(vsrc)?;
+        let mut p = plan(vsrc, recipe, overrides)?;
+        p.vars = v.vars.into_iter().map(|(k, (value, _))| (k, value)).collect();
+        p.entry = v.entry;
+        if let Some(twin) = plans.iter().find(|q| q.name == p.name) {
+            return Err(RecipeError::new(
+                path,
+                None,
+                format!(
+                    "matrix entries {} and {} both make an image named {}",
+                    twin.entry.map_or(0, |i| i + 1),
+                    p.entry.map_or(0, |i| i + 1),
+                    p.name
+                ),
+            )
+            .hint("put a matrix variable in [image] name (name = \"app-${node}\")"));
+        }
+        plans.push(p);
+    }
+    Ok(plans)
 }
 
 /// Validates a parsed recipe into a plan.
@@ -125,6 +180,8 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
 
         seal: super::seal::seal_plan(src, &r.seal)?,
         tests,
+        vars: std::collections::BTreeMap::new(),
+        entry: None,
     })
 }
 
@@ -140,6 +197,9 @@ fn meaning_digest(text: &str) -> String {
     // what a promotion does on AWS or the janitor's rules.
     t.remove("test");
     t.remove("gc");
+    // Variables are in the values they were substituted into.
+    t.remove("vars");
+    t.remove("matrix");
     if let Some(toml::Value::Table(a)) = t.get_mut("aws") {
         a.remove("promote");
     }
