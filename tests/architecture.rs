@@ -10,7 +10,7 @@ use std::path::Path;
 /// Layers from the top; a module may import from its own layer and the ones after it.
 const LAYERS: &[(&str, &[&str])] = &[
     ("command line", &["cli"]),
-    ("pipelines", &["pipeline"]),
+    ("pipelines", &["pipeline", "bakery"]),
     ("configuration", &["recipe"]),
     ("domains", &["source", "provision", "seal", "stamp", "export", "publish", "s3", "manifest", "registry", "imagetest", "gc"]),
     ("the image", &["image", "disk", "chroot"]),

@@ -79,20 +79,8 @@ pub fn stream(
 /// its own process group (a stop request kills the group) and dies with imgforge
 /// (`PR_SET_PDEATHSIG`): it works in our private mount namespace and would keep it, and the
 /// image's loop devices, alive.
-pub fn spawn_host(mut cmd: std::process::Command, stdout: Stdio, stderr: Stdio) -> std::io::Result<Child> {
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    #[allow(unsafe_code)]
-    // SAFETY: the closure makes one async-signal-safe syscall and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    cmd.stdout(stdout).stderr(stderr).spawn()
+pub fn spawn_host(cmd: std::process::Command, stdout: Stdio, stderr: Stdio) -> std::io::Result<Child> {
+    crate::host::command::spawn_tied(cmd, stdout, stderr, libc::SIGKILL)
 }
 
 fn stream_lines(read: OwnedFd, label: &str, events: &Events, on_line: &mut dyn FnMut(&str)) -> VecDeque<String> {

@@ -22,6 +22,15 @@ pub enum Outcome<'a> {
     Export(&'a Exported),
     /// `imgforge build` with nothing to build: the registry record that is up to date.
     UpToDate(&'a crate::registry::Record),
+    /// `imgforge bake`: every image's outcome.
+    Bake(&'a Baked),
+}
+
+/// The result of `imgforge bake`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Baked {
+    /// Each image of the plan, in plan order.
+    pub nodes: Vec<crate::bakery::bake::Done>,
 }
 
 /// The result of `imgforge export`.

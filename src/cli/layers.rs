@@ -7,10 +7,9 @@ use anyhow::Context;
 
 use super::Global;
 use crate::pipeline::layer;
-use crate::pipeline::parent::{self, Resolved};
-use crate::recipe::BuildPlan;
+use crate::pipeline::parent;
 use crate::recipe::plan::{Origin, Overrides, load_plan};
-use crate::registry::{Query, Store};
+use crate::registry::Query;
 
 /// Arguments of `imgforge explain`.
 #[derive(Debug, clap::Args)]
@@ -35,30 +34,12 @@ pub struct OutdatedArgs {
     pub registry: Option<String>,
 }
 
-/// The key of `plan` now (its parent resolved in `store`).
-fn key_now(plan: &BuildPlan, store: &dyn Store) -> anyhow::Result<layer::LayerKey> {
-    let (p, upstream): (Option<Resolved>, _) = match &plan.source {
-        Origin::Upstream(s) => (None, Some(s)),
-        Origin::Parent(q) => (Some(parent::resolve(store, q)?), None),
-    };
-    layer::compute(plan, p.as_ref(), upstream)
-}
-
 /// Runs `imgforge explain`: input by input, why a build would (or would not) rebuild.
 pub fn explain(g: &Global, a: &ExplainArgs) -> anyhow::Result<()> {
     let plan = load_plan(&a.recipe, &a.vars.overrides(None))?;
     let store = crate::registry::open(a.registry.as_deref())?;
-    let key = key_now(&plan, &*store)?;
-    let last = crate::registry::resolve(&*store, &plan.name)?;
-    let reasons = match &last {
-        None => vec![format!("no image named {} is registered: the first build builds it", plan.name)],
-        Some(r) if r.layer_key.as_deref() == Some(key.key.as_str()) => {
-            let gone: Vec<&str> = r.outputs.iter().filter(|o| !o.in_place()).map(|o| o.path.as_str()).collect();
-            gone.iter().map(|p| format!("output {p} is gone or was written over")).collect()
-        }
-        Some(r) if r.layer_inputs.is_empty() => vec![format!("{} {} ({}) has no layer key recorded", r.name, r.version, r.id)],
-        Some(r) => layer::explain(&r.layer_inputs, &key.inputs),
-    };
+    let key = layer::key_now(&plan, &*store)?;
+    let (last, reasons) = layer::why_build(&*store, &plan.name, &key)?;
     if g.json {
         let v = serde_json::json!({
             "schema": 1, "name": plan.name, "layer_key": key.key, "up_to_date": reasons.is_empty(),

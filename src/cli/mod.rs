@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 the build (or command) failed, 2 bad usage or a bad recipe.
 
+mod bake;
 mod build;
 mod channel;
 mod docs;
@@ -11,6 +12,7 @@ mod gc;
 mod image;
 mod inspect;
 mod layers;
+mod plan;
 mod publish;
 mod registry;
 mod sandbox_exec;
@@ -101,6 +103,11 @@ enum Command {
     Channels(channel::ChannelsArgs),
     /// The janitor: plan (the default) or --apply the retirement of old images, never one in use.
     Gc(gc::Args),
+    /// The images a set of recipes defines, as a DAG in levels: layer keys, what needs a build,
+    /// GitHub Actions matrices.
+    Plan(plan::Args),
+    /// Build every image of a plan on this host, --jobs at once, parents first.
+    Bake(bake::Args),
     /// Say, input by input, why a build of the recipe would rebuild (or that it is up to date).
     Explain(layers::ExplainArgs),
     /// List the images and recipes whose parent query now finds a newer parent.
@@ -137,6 +144,8 @@ pub fn main() -> ExitCode {
         Command::Registry(a) => registry::run(a),
         Command::Test(a) => test::run(&cli.global, a),
         Command::Gc(a) => gc::run(&cli.global, a),
+        Command::Plan(a) => plan::run(&cli.global, a),
+        Command::Bake(a) => bake::run(&cli.global, a),
         Command::Promote(a) => channel::promote(&cli.global, a),
         Command::Rollback(a) => channel::rollback(&cli.global, a),
         Command::Revoke(a) => channel::revoke(&cli.global, a),

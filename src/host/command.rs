@@ -102,6 +102,30 @@ pub fn tail(stderr: &[u8]) -> String {
     if text.is_empty() { String::new() } else { format!(": {text}") }
 }
 
+/// Spawns `cmd` leading its own process group, with `signal` sent to it when imgforge dies
+/// (`PR_SET_PDEATHSIG`): SIGKILL for a helper working in our namespace, SIGTERM for a child
+/// imgforge that cleans up after itself.
+pub fn spawn_tied(
+    mut cmd: std::process::Command,
+    stdout: std::process::Stdio,
+    stderr: std::process::Stdio,
+    signal: libc::c_int,
+) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[allow(unsafe_code)]
+    // SAFETY: the closure makes one async-signal-safe syscall and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    cmd.stdout(stdout).stderr(stderr).spawn()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

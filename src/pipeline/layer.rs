@@ -107,6 +107,30 @@ fn hash_tree(base: &Path, path: &Path, skip: &[PathBuf], inputs: &mut BTreeMap<S
     Ok(())
 }
 
+/// The key of `plan` now: its parent resolved in `store`, or its upstream's expected digest.
+pub fn key_now(plan: &BuildPlan, store: &dyn crate::registry::Store) -> anyhow::Result<LayerKey> {
+    match &plan.source {
+        crate::recipe::plan::Origin::Upstream(s) => compute(plan, None, Some(s)),
+        crate::recipe::plan::Origin::Parent(q) => compute(plan, Some(&super::parent::resolve(store, q)?), None),
+    }
+}
+
+/// Why a build of `name` with `key` would build (empty: it is up to date), and the newest
+/// record of that name it was compared with.
+pub fn why_build(store: &dyn crate::registry::Store, name: &str, key: &LayerKey) -> anyhow::Result<(Option<Record>, Vec<String>)> {
+    let last = crate::registry::resolve(store, name)?;
+    let reasons = match &last {
+        None => vec![format!("no image named {name} is registered: the first build builds it")],
+        Some(r) if r.layer_key.as_deref() == Some(key.key.as_str()) => {
+            let gone: Vec<&str> = r.outputs.iter().filter(|o| !o.in_place()).map(|o| o.path.as_str()).collect();
+            gone.iter().map(|p| format!("output {p} is gone or was written over")).collect()
+        }
+        Some(r) if r.layer_inputs.is_empty() => vec![format!("{} {} ({}) has no layer key recorded", r.name, r.version, r.id)],
+        Some(r) => explain(&r.layer_inputs, &key.inputs),
+    };
+    Ok((last, reasons))
+}
+
 /// The newest record named like `plan` with this key whose outputs are all still in place.
 pub fn up_to_date(store: &dyn crate::registry::Store, name: &str, key: &str) -> anyhow::Result<Option<Record>> {
     let q = crate::registry::Query { name: Some(name.to_string()), ..Default::default() };
