@@ -487,7 +487,9 @@ fn build_publish_records_the_ami_in_the_manifest() {
     let r = recipe(dir.path(), &text);
     let mut c = imgforge();
     let db = dir.path().join("registry.db");
+    let props = dir.path().join("build.properties");
     c.arg("build").arg(&r).arg("--output-dir").arg(dir.path().join("out")).arg("--publish").arg("--registry").arg(&db);
+    c.arg("--properties").arg(&props);
     aws_env(&mut c, &moto.url(), region);
     let o = run(&mut c);
     assert_clean(dir.path());
@@ -504,6 +506,11 @@ fn build_publish_records_the_ami_in_the_manifest() {
     assert_eq!(aws["boot_mode"], "legacy-bios", "an MBR image without ESP");
     let ami = aws["images"][region].as_str().unwrap();
     assert_eq!(found_ami, ami);
+    // The properties artifact CI passes downstream, with the AMI the publish made.
+    let props = std::fs::read_to_string(&props).unwrap();
+    assert!(props.contains(&format!("\nAMI_ID_SA_EAST_1={ami}\n")), "{props}");
+    assert!(props.contains(&format!("\nRECORD_ID={}\n", m["record"].as_str().unwrap())), "{props}");
+    assert!(props.contains("\nIMAGE_NAME=small\nIMAGE_STATUS=candidate\nIMAGE_VERSION=1.0.0\n"), "{props}");
     let st = one_of_each(&moto.url(), region);
     assert_eq!(st["images"][0]["ImageId"], ami);
     let t = tags(&st["images"][0]);

@@ -51,6 +51,10 @@ pub struct Args {
     /// Where to write the tests' JUnit report (default: OUTPUT_DIR/NAME.tests.xml).
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Write a Java-properties file for CI (`IMAGE_NAME`, `IMAGE_VERSION`, `RECORD_ID`,
+    /// `LAYER_KEY`, `MANIFEST`, `RAW`, `AMI_ID_<REGION>`…), after the publish and upload.
+    #[arg(long)]
+    pub properties: Option<PathBuf>,
 }
 
 /// Runs a build.
@@ -96,7 +100,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             if let (true, Some(settings)) = (a.publish, plan.aws.clone()) {
                 publish(g, a, &events, std::path::PathBuf::from(&r.manifest), settings)?;
             }
-            return Ok(());
+            return write_properties(a, Some(&r.id));
         }
     };
     for o in &manifest.outputs {
@@ -123,7 +127,16 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             &events,
         )?;
     }
-    Ok(())
+    write_properties(a, manifest.record.as_deref())
+}
+
+/// `--properties`: the record as CI reads it (read back from the registry, so the AMIs a
+/// publish added are there).
+fn write_properties(a: &Args, record: Option<&str>) -> anyhow::Result<()> {
+    let (Some(path), Some(id)) = (&a.properties, record) else { return Ok(()) };
+    let store = crate::registry::open(a.registry.as_deref())?;
+    let r = store.get(id)?.with_context(|| format!("record {id} is not in the registry"))?;
+    crate::bakery::properties::write(path, &crate::bakery::properties::of_record("", &r))
 }
 
 /// `--publish`: the build's manifest to AMIs, the ids into the registry record.
