@@ -1,15 +1,20 @@
 //! Many images from one repository on the real binary: a base recipe and an app recipe over a
 //! 3-entry matrix make a 2-level plan of 4 images; `bake --jobs 2` builds them, a second bake
 //! builds nothing, a change to the base rebuilds all 4, and a failed base leaves its children
-//! unstarted. GitHub matrices, JUnit and the properties artifact are read back (small upstream,
-//! as root).
+//! unstarted. GitHub matrices, JUnit and the properties artifact are read back. Two builders
+//! of one layer sharing a PostgreSQL registry and an S3 store: one builds, the other reuses its
+//! record; the builder killed, the other takes its lease over (small upstream, as root).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod aws;
+#[path = "../src/registry/pgserver.rs"]
+mod pgserver;
 mod util;
 
 use std::path::Path;
 use std::process::Output;
 
+use aws::*;
 use util::*;
 
 fn repo_with_recipes(dir: &Path) {
@@ -131,4 +136,123 @@ fn bake_builds_a_two_level_plan_once_and_again_when_the_base_changes() {
     let xml = std::fs::read_to_string(d.join("failed.xml")).unwrap();
     assert!(xml.contains(r#"failures="1""#) && xml.contains(r#"skipped="3""#), "{xml}");
     assert_eq!(records(&db), 8);
+}
+
+/// Two builds of one recipe into different output directories (two hosts, as far as the
+/// registry can tell) sharing a PostgreSQL registry and an S3 store, started at once.
+fn race(d: &Path, db: &str, moto: &str, recipe: &Path, kill_builder: bool) -> (Output, Output, bool) {
+    let start = |out: &str| {
+        let mut c = imgforge();
+        c.arg("build").arg(recipe).arg("-o").arg(d.join(out)).args(["--registry", db, "--lease-period", "1"]);
+        aws_env(&mut c, moto, "eu-west-1");
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let mut a = start("host-a");
+    let mut b = start("host-b");
+    let mut killed = false;
+    if kill_builder {
+        // The builder is the pid in the lease row; killed while its provisioner sleeps.
+        let mut pg = postgres::Client::connect(db, postgres::NoTls).unwrap();
+        let t = std::time::Instant::now();
+        let pid = loop {
+            let rows = pg.query("SELECT data FROM leases", &[]).unwrap();
+            if let Some(r) = rows.first() {
+                let v: serde_json::Value = serde_json::from_str(r.get::<_, &str>(0)).unwrap();
+                break v["pid"].as_u64().unwrap() as u32;
+            }
+            assert!(t.elapsed().as_secs() < 60, "no build took the lease");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let victim = if a.id() == pid { &mut a } else { &mut b };
+        assert_eq!(victim.id(), pid);
+        victim.kill().unwrap(); // SIGKILL
+        killed = true;
+    }
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_clean(d);
+    (oa, ob, killed)
+}
+
+fn pg_count(db: &str, sql: &str) -> i64 {
+    postgres::Client::connect(db, postgres::NoTls).unwrap().query_one(sql, &[]).unwrap().get(0)
+}
+
+#[test]
+fn one_builder_per_layer_across_hosts_and_a_silent_builder_is_taken_over() {
+    let test = "one_builder_per_layer_across_hosts_and_a_silent_builder_is_taken_over";
+    if !have_root(test) || !have_moto(test) {
+        return;
+    }
+    let Some(server) = pgserver::PgServer::start(test) else { return };
+    let db = server.database("leases");
+    let dir = testdir("bakery-lease");
+    let d = dir.path();
+    let moto = start_moto(&d.join("moto.log"));
+    make_bucket(&moto.url(), "eu-west-1", "builds");
+    let recipe = d.join("shared.toml");
+    let write = |marker: &str| {
+        std::fs::write(
+            &recipe,
+            small_head(small_upstream(), "small-mbr.qcow2").replace("name = \"small\"", "name = \"shared\"")
+                + &format!("[[provision]]\ntype = \"shell\"\ninline = [\"sleep 4\", \"echo {marker} > /etc/marker\"]\n\n[output]\nupload = \"s3://builds/shared\"\n"),
+        )
+        .unwrap();
+    };
+
+    // Started at once: exactly one builds, the other waits for its record and reuses it.
+    write("one");
+    let (a, b, _) = race(d, &db, &moto.url(), &recipe, false);
+    assert!(a.status.success() && b.status.success(), "{}\n{}", show(&a), show(&b));
+    let reused = [&a, &b].iter().filter(|o| String::from_utf8_lossy(&o.stdout).starts_with("up to date: shared 1.0.0")).count();
+    assert_eq!(reused, 1, "{}\n{}", show(&a), show(&b));
+    let waited = [&a, &b].iter().any(|o| String::from_utf8_lossy(&o.stderr).contains("is building this layer; waiting for its record"));
+    assert!(waited, "{}\n{}", show(&a), show(&b));
+    assert_eq!(pg_count(&db, "SELECT count(*) FROM records"), 1);
+    assert_eq!(pg_count(&db, "SELECT count(*) FROM leases"), 0, "the lease was given back");
+
+    // --no-wait while a builder holds the layer: exit 3, naming it.
+    write("two");
+    let mut holder = imgforge();
+    holder.arg("build").arg(&recipe).arg("-o").arg(d.join("host-a")).args(["--registry", &db, "--lease-period", "1"]);
+    aws_env(&mut holder, &moto.url(), "eu-west-1");
+    let mut holder = holder.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t = std::time::Instant::now();
+    while pg_count(&db, "SELECT count(*) FROM leases") == 0 {
+        assert!(t.elapsed().as_secs() < 60, "the build took no lease");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut c = imgforge();
+    c.arg("build").arg(&recipe).arg("-o").arg(d.join("host-b")).args(["--registry", &db, "--no-wait"]);
+    aws_env(&mut c, &moto.url(), "eu-west-1");
+    let o = run(&mut c);
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "is being built by {} pid {}",
+            nix::unistd::gethostname().unwrap().to_string_lossy(),
+            holder.id()
+        )),
+        "{}",
+        show(&o)
+    );
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(pg_count(&db, "SELECT count(*) FROM records"), 2);
+
+    // The builder killed mid-build: the other takes its lease over once it is silent for three
+    // periods, builds, and records once; the takeover is logged for the janitor.
+    write("three");
+    let (a, b, killed) = race(d, &db, &moto.url(), &recipe, true);
+    assert!(killed);
+    let survivor = if a.status.success() { &a } else { &b };
+    assert!(survivor.status.success(), "{}\n{}", show(&a), show(&b));
+    assert!(String::from_utf8_lossy(&survivor.stderr).contains("took over the lease on shared's layer"), "{}", show(survivor));
+    assert_eq!(pg_count(&db, "SELECT count(*) FROM records"), 3, "no duplicate record");
+    assert_eq!(pg_count(&db, "SELECT count(*) FROM lease_log"), 1);
+    assert_eq!(pg_count(&db, "SELECT count(*) FROM leases"), 0);
+    // The janitor's plan shows the takeover.
+    let o = run(imgforge().args(["gc", "--registry", &db, "--json"]).env("AWS_EC2_METADATA_DISABLED", "true"));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(plan["lease_takeovers"].as_array().map(Vec::len), Some(1), "{}", show(&o));
 }

@@ -51,6 +51,14 @@ pub struct Args {
     /// Where to write the tests' JUnit report (default: OUTPUT_DIR/NAME.tests.xml).
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// When another build holds this layer (same layer key, a shared registry), exit 3 naming
+    /// it instead of waiting for its record.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds between the heartbeats of this build's lease on its layer key; a builder silent
+    /// for three periods loses it to the next build of that layer.
+    #[arg(long, value_name = "SECS", default_value_t = 30, env = "IMGFORGE_LEASE_PERIOD", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_period: u64,
     /// Write a Java-properties file for CI (`IMAGE_NAME`, `IMAGE_VERSION`, `RECORD_ID`,
     /// `LAYER_KEY`, `MANIFEST`, `RAW`, `AMI_ID_<REGION>`…), after the publish and upload.
     #[arg(long)]
@@ -82,6 +90,8 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
         endpoint_url: a.endpoint_url.clone(),
         no_test: a.no_test,
         junit: a.junit.clone(),
+        lease_period: std::time::Duration::from_secs(a.lease_period),
+        no_wait: a.no_wait,
     };
     let manifest = match crate::pipeline::build::run(&plan, &opts, &events)? {
         crate::pipeline::build::Outcome::Built(m) => m,

@@ -219,7 +219,9 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
     let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let decisions = plan::decide(&records, &wanted, &marks, &refs, &rules, crate::stamp::unix_now());
     if !a.apply {
-        return print_plan(g, &rules, &decisions, &Leftovers { aws: &found, uploads: &unfinished, local: &locals }, &evictions);
+        let (leases, takeovers) = (store.leases()?, store.lease_takeovers()?);
+        let left = Leftovers { aws: &found, uploads: &unfinished, local: &locals, leases: &leases, takeovers: &takeovers };
+        return print_plan(g, &rules, &decisions, &left, &evictions);
     }
     let outcomes = apply::run(&mut *store, &decisions, &rules, a.stage, a.endpoint_url.as_deref())?;
     let mut removed = remove_leftovers(&rt, &cleanup, &found, &unfinished)?;
@@ -300,6 +302,10 @@ struct Leftovers<'a> {
     aws: &'a [Leftover],
     uploads: &'a [crate::s3::Unfinished],
     local: &'a [Local],
+    /// Build leases held now, with the seconds since their heartbeat.
+    leases: &'a [(crate::registry::lease::Lease, u64)],
+    /// Leases taken over from builders that went silent (builds that died).
+    takeovers: &'a [crate::registry::lease::Takeover],
 }
 
 fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], left: &Leftovers<'_>, evictions: &[cache::Entry]) -> anyhow::Result<()> {
@@ -318,6 +324,8 @@ fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], left: &Leftover
             "unfinished_uploads": uploads_left,
             "local_leftovers": locals,
             "cache_evictions": evictions,
+            "leases": left.leases.iter().map(|(l, age)| serde_json::json!({ "lease": l, "heartbeat_age": age })).collect::<Vec<_>>(),
+            "lease_takeovers": left.takeovers,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -346,6 +354,26 @@ fn print_plan(g: &Global, rules: &Rules, decisions: &[Decision], left: &Leftover
     }
     for u in uploads_left {
         println!("LEFTOVER upload s3://{}/{} ({}, started {})", u.bucket, u.key, u.upload_id, crate::stamp::rfc3339(u.initiated));
+    }
+    for (l, age) in left.leases {
+        let silent = *age > crate::registry::lease::MISSED * l.period;
+        println!(
+            "LEASE {} {} held by {} (heartbeat {age} s ago{})",
+            l.name,
+            l.layer_key,
+            l.who(),
+            if silent { "; silent: the next build of this layer takes it over" } else { "" }
+        );
+    }
+    for t in left.takeovers {
+        println!(
+            "TAKEOVER {} {}: {} was silent {} s, taken over by {} (its working files are swept as LEFTOVER files)",
+            t.previous.name,
+            t.previous.layer_key,
+            t.previous.who(),
+            t.silent,
+            t.by.who()
+        );
     }
     for l in locals {
         let mib = l.bytes as f64 / f64::from(1u32 << 20);

@@ -128,6 +128,8 @@ pub use crate::error::UsageError;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for failures.
 pub const EXIT_FAILED: u8 = 1;
+/// Exit code of `build --no-wait` when another builder holds the layer.
+pub const EXIT_BUSY: u8 = 3;
 
 /// Parses arguments, runs, prints an error once, returns the exit code.
 pub fn main() -> ExitCode {
@@ -182,5 +184,11 @@ pub fn render(e: &anyhow::Error) -> String {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<RecipeError>() || c.is::<UsageError>()) { EXIT_USAGE } else { EXIT_FAILED }
+    if e.chain().any(|c| c.is::<crate::pipeline::lease::Busy>()) {
+        EXIT_BUSY
+    } else if e.chain().any(|c| c.is::<RecipeError>() || c.is::<UsageError>()) {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILED
+    }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -56,6 +56,10 @@ pub struct Options {
     pub no_test: bool,
     /// Where the JUnit report goes (default `<output dir>/<name>.tests.xml`).
     pub junit: Option<PathBuf>,
+    /// Seconds between the lease's heartbeats (a silent holder loses it after three).
+    pub lease_period: Duration,
+    /// Another builder holds the layer: exit 3 instead of waiting for its record.
+    pub no_wait: bool,
 }
 
 /// Step timings, in order.
@@ -100,6 +104,23 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
     {
         return Ok(Outcome::UpToDate(Box::new(r)));
     }
+    // One builder per layer key: the lease is held until the record is written.
+    let _lease = if opts.seal_dry_run {
+        None
+    } else {
+        let ask = super::lease::Ask {
+            spec: opts.registry.as_deref(),
+            name: &plan.name,
+            key: &key.key,
+            period: opts.lease_period,
+            no_wait: opts.no_wait,
+            reuse: !opts.rebuild,
+        };
+        match super::lease::take(&mut *store, &ask, events)? {
+            super::lease::Take::Build(held) => Some(held),
+            super::lease::Take::Reuse(r) => return Ok(Outcome::UpToDate(r)),
+        }
+    };
     let source = match (&parent, upstream) {
         (Some(p), _) => p.source_plan(&opts.cache_dir, opts.endpoint_url.as_deref(), events)?,
         (None, Some(u)) => u.clone(),

@@ -122,7 +122,7 @@ pub fn why_build(store: &dyn crate::registry::Store, name: &str, key: &LayerKey)
     let reasons = match &last {
         None => vec![format!("no image named {name} is registered: the first build builds it")],
         Some(r) if r.layer_key.as_deref() == Some(key.key.as_str()) => {
-            let gone: Vec<&str> = r.outputs.iter().filter(|o| !o.in_place()).map(|o| o.path.as_str()).collect();
+            let gone: Vec<&str> = r.outputs.iter().filter(|o| !o.reachable()).map(|o| o.path.as_str()).collect();
             gone.iter().map(|p| format!("output {p} is gone or was written over")).collect()
         }
         Some(r) if r.layer_inputs.is_empty() => vec![format!("{} {} ({}) has no layer key recorded", r.name, r.version, r.id)],
@@ -131,14 +131,15 @@ pub fn why_build(store: &dyn crate::registry::Store, name: &str, key: &LayerKey)
     Ok((last, reasons))
 }
 
-/// The newest record named like `plan` with this key whose outputs are all still in place.
+/// The newest record named like `plan` with this key whose outputs are all still in place, here
+/// or in the S3 store.
 pub fn up_to_date(store: &dyn crate::registry::Store, name: &str, key: &str) -> anyhow::Result<Option<Record>> {
     let q = crate::registry::Query { name: Some(name.to_string()), ..Default::default() };
     for r in store.find(&q)? {
         if r.layer_key.as_deref() == Some(key)
             && r.status != "revoked"
             && r.status != "deleted"
-            && r.outputs.iter().all(crate::registry::record::Output::in_place)
+            && r.outputs.iter().all(crate::registry::record::Output::reachable)
         {
             return Ok(Some(r));
         }

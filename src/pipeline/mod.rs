@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod layer;
+pub mod lease;
 pub mod parent;
 pub mod seal;
 

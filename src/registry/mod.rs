@@ -10,6 +10,7 @@ pub mod api;
 pub mod channel;
 pub mod debversion;
 pub mod json;
+pub mod lease;
 pub mod packages;
 pub mod page;
 pub mod postgres;
@@ -49,6 +50,17 @@ pub trait Store: Send {
     fn channel_append(&mut self, e: &ChannelEntry) -> anyhow::Result<()>;
     /// A channel's log, oldest first; `channel` `None`: every channel of the image.
     fn channel_log(&self, name: &str, channel: Option<&str>) -> anyhow::Result<Vec<ChannelEntry>>;
+    /// Takes the lease on `want.layer_key` for `want.holder`, or says who holds it (see
+    /// [`lease::decide`]); one transaction, the database's clock.
+    fn lease_acquire(&mut self, want: &lease::Lease) -> anyhow::Result<lease::Acquire>;
+    /// Renews `holder`'s lease on `layer_key`; `false` when it is no longer the holder's.
+    fn lease_heartbeat(&mut self, layer_key: &str, holder: &str) -> anyhow::Result<bool>;
+    /// Gives the lease back (nothing when `holder` no longer holds it).
+    fn lease_release(&mut self, layer_key: &str, holder: &str) -> anyhow::Result<()>;
+    /// The leases held now, each with the seconds since its heartbeat.
+    fn leases(&self) -> anyhow::Result<Vec<(lease::Lease, u64)>>;
+    /// Every takeover, oldest first.
+    fn lease_takeovers(&self) -> anyhow::Result<Vec<lease::Takeover>>;
     /// Adds what a publish made (AMI ids and snapshot ids, region → id) to a record; `false`
     /// when there is no such record.
     fn add_published(&mut self, id: &str, published: &Published) -> anyhow::Result<bool> {

@@ -20,6 +20,9 @@ const MIGRATION_LOCK: i64 = 0x696d_6766;
 /// How long to wait for the server when the URL does not say (`connect_timeout=`).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The database's clock, in seconds.
+const NOW: &str = "CAST(extract(epoch FROM clock_timestamp()) AS BIGINT)";
+
 /// PostgreSQL's numbered placeholder.
 fn ph(n: usize) -> String {
     format!("${n}")
@@ -148,6 +151,72 @@ impl Store for Postgres {
         tx.execute("UPDATE records SET data = $2, status = $3 WHERE id = $1", &[&id, &sql::encode(&r)?, &r.status])?;
         tx.commit()?;
         Ok(true)
+    }
+
+    fn lease_acquire(&mut self, want: &super::lease::Lease) -> anyhow::Result<super::lease::Acquire> {
+        use super::lease::{Acquire, decide};
+        let data = serde_json::to_string(want)?;
+        let mut c = self.client()?;
+        let mut tx = c.transaction()?;
+        // A new key: inserted, or left to whoever inserted it first (then read below, locked).
+        let inserted = tx.execute(
+            &format!(
+                "INSERT INTO leases (layer_key, holder, heartbeat, data) VALUES ($1, $2, {NOW}, $3) ON CONFLICT (layer_key) DO NOTHING"
+            ),
+            &[&want.layer_key, &want.holder, &data],
+        )?;
+        if inserted == 1 {
+            tx.commit()?;
+            return Ok(Acquire::Acquired);
+        }
+        let row =
+            tx.query_opt(&format!("SELECT data, {NOW} - heartbeat FROM leases WHERE layer_key = $1 FOR UPDATE"), &[&want.layer_key])?;
+        let found = match row {
+            Some(r) => {
+                Some((serde_json::from_str::<super::lease::Lease>(r.get::<_, &str>(0))?, u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            }
+            None => None,
+        };
+        let decision = decide(found, want);
+        if !matches!(decision, Acquire::Held { .. }) {
+            tx.execute(
+                &format!(
+                    "INSERT INTO leases (layer_key, holder, heartbeat, data) VALUES ($1, $2, {NOW}, $3) ON CONFLICT (layer_key) DO UPDATE SET holder = $2, heartbeat = {NOW}, data = $3"
+                ),
+                &[&want.layer_key, &want.holder, &data],
+            )?;
+        }
+        if let Acquire::TakenOver { previous, silent } = &decision {
+            let t = super::lease::Takeover { id: super::record::new_id(), previous: previous.clone(), by: want.clone(), silent: *silent };
+            tx.execute(
+                "INSERT INTO lease_log (id, layer_key, data) VALUES ($1, $2, $3)",
+                &[&t.id, &want.layer_key, &serde_json::to_string(&t)?],
+            )?;
+        }
+        tx.commit()?;
+        Ok(decision)
+    }
+
+    fn lease_heartbeat(&mut self, layer_key: &str, holder: &str) -> anyhow::Result<bool> {
+        let n = self
+            .client()?
+            .execute(&format!("UPDATE leases SET heartbeat = {NOW} WHERE layer_key = $1 AND holder = $2"), &[&layer_key, &holder])?;
+        Ok(n == 1)
+    }
+
+    fn lease_release(&mut self, layer_key: &str, holder: &str) -> anyhow::Result<()> {
+        self.client()?.execute("DELETE FROM leases WHERE layer_key = $1 AND holder = $2", &[&layer_key, &holder])?;
+        Ok(())
+    }
+
+    fn leases(&self) -> anyhow::Result<Vec<(super::lease::Lease, u64)>> {
+        let rows = self.client()?.query(&format!("SELECT data, {NOW} - heartbeat FROM leases ORDER BY layer_key"), &[])?;
+        rows.iter().map(|r| Ok((serde_json::from_str(r.get::<_, &str>(0))?, u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))).collect()
+    }
+
+    fn lease_takeovers(&self) -> anyhow::Result<Vec<super::lease::Takeover>> {
+        let rows = self.client()?.query("SELECT data FROM lease_log ORDER BY id", &[])?;
+        rows.iter().map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?)).collect()
     }
 
     fn channel_append(&mut self, e: &super::ChannelEntry) -> anyhow::Result<()> {

@@ -57,9 +57,16 @@ impl Output {
     /// Whether the output is still in place: a local file of the recorded size and identity
     /// (an S3 URL counts as in place).
     pub fn in_place(&self) -> bool {
-        if self.path.starts_with("s3://") {
-            return true;
-        }
+        self.path.starts_with("s3://") || self.here()
+    }
+
+    /// In place here, or uploaded to the S3 store (`[output] upload`): what a build on another
+    /// host can reuse.
+    pub fn reachable(&self) -> bool {
+        self.url.is_some() || self.in_place()
+    }
+
+    fn here(&self) -> bool {
         let path = std::path::Path::new(&self.path);
         let size_ok = std::fs::metadata(path).is_ok_and(|m| m.len() == self.size);
         size_ok && (self.file_id.is_none() || Self::file_id_of(path) == self.file_id)

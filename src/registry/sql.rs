@@ -37,6 +37,19 @@ pub const MIGRATIONS: &[&str] = &[
         data TEXT NOT NULL
     );
     CREATE INDEX channel_log_name ON channel_log(name, channel, id);",
+    // Build leases (`lease.rs`): one row per layer key being built, its heartbeat in the
+    // database's clock (seconds); takeovers of silent holders are logged.
+    "CREATE TABLE leases (
+        layer_key TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        heartbeat BIGINT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE lease_log (
+        id TEXT PRIMARY KEY,
+        layer_key TEXT NOT NULL,
+        data TEXT NOT NULL
+    );",
 ];
 
 /// A placeholder for the n-th (1-based) argument.

@@ -21,6 +21,9 @@ fn ph(n: usize) -> String {
 const NETWORK_FS: &[(i64, &str)] =
     &[(0x6969, "NFS"), (0x517B, "SMB"), (0xFF53_4D42, "CIFS"), (0xFE53_4D42, "SMB2"), (0x00C3_6400, "Ceph"), (0x0102_1997, "9p")];
 
+/// The database's clock, in seconds.
+const NOW: &str = "CAST(strftime('%s', 'now') AS INTEGER)";
+
 /// A registry in a SQLite file.
 #[derive(Debug)]
 pub struct Sqlite {
@@ -122,6 +125,65 @@ impl Store for Sqlite {
         tx.execute("UPDATE records SET data = ?2, status = ?3 WHERE id = ?1", params![id, sql::encode(&r)?, r.status])?;
         tx.commit()?;
         Ok(true)
+    }
+
+    fn lease_acquire(&mut self, want: &super::lease::Lease) -> anyhow::Result<super::lease::Acquire> {
+        use super::lease::{Acquire, decide};
+        let data = serde_json::to_string(want)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: Option<(String, i64)> = tx
+            .query_row(&format!("SELECT data, {NOW} - heartbeat FROM leases WHERE layer_key = ?1"), params![want.layer_key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let found = found.map(|(d, age)| serde_json::from_str(&d).map(|l| (l, u64::try_from(age).unwrap_or(0)))).transpose()?;
+        let decision = decide(found, want);
+        match &decision {
+            Acquire::Held { .. } => {}
+            Acquire::Acquired | Acquire::TakenOver { .. } => {
+                tx.execute(
+                    &format!("INSERT OR REPLACE INTO leases (layer_key, holder, heartbeat, data) VALUES (?1, ?2, {NOW}, ?3)"),
+                    params![want.layer_key, want.holder, data],
+                )?;
+            }
+        }
+        if let Acquire::TakenOver { previous, silent } = &decision {
+            let t = super::lease::Takeover { id: super::record::new_id(), previous: previous.clone(), by: want.clone(), silent: *silent };
+            tx.execute(
+                "INSERT INTO lease_log (id, layer_key, data) VALUES (?1, ?2, ?3)",
+                params![t.id, want.layer_key, serde_json::to_string(&t)?],
+            )?;
+        }
+        tx.commit()?;
+        Ok(decision)
+    }
+
+    fn lease_heartbeat(&mut self, layer_key: &str, holder: &str) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .execute(&format!("UPDATE leases SET heartbeat = {NOW} WHERE layer_key = ?1 AND holder = ?2"), params![layer_key, holder])?;
+        Ok(n == 1)
+    }
+
+    fn lease_release(&mut self, layer_key: &str, holder: &str) -> anyhow::Result<()> {
+        self.conn.execute("DELETE FROM leases WHERE layer_key = ?1 AND holder = ?2", params![layer_key, holder])?;
+        Ok(())
+    }
+
+    fn leases(&self) -> anyhow::Result<Vec<(super::lease::Lease, u64)>> {
+        let mut st = self.conn.prepare(&format!("SELECT data, {NOW} - heartbeat FROM leases ORDER BY layer_key"))?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        rows.map(|row| {
+            let (d, age) = row?;
+            Ok((serde_json::from_str(&d)?, u64::try_from(age).unwrap_or(0)))
+        })
+        .collect()
+    }
+
+    fn lease_takeovers(&self) -> anyhow::Result<Vec<super::lease::Takeover>> {
+        let mut st = self.conn.prepare("SELECT data FROM lease_log ORDER BY id")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|d| Ok(serde_json::from_str(&d?)?)).collect()
     }
 
     fn channel_append(&mut self, e: &super::ChannelEntry) -> anyhow::Result<()> {

@@ -69,6 +69,41 @@ pub fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
     assert_eq!(resolve(&*s, "app").unwrap().unwrap().id, app.id);
     assert!(resolve(&*s, "nothing").unwrap().is_none());
     channels_and_revocation(&mut *s, &foundation, &base);
+    leases(&mut *s);
+}
+
+/// One holder per layer key: a live holder keeps it, a second asker is told who holds it, only
+/// the holder renews or releases it, a silent holder loses it and the takeover is logged.
+fn leases(s: &mut dyn Store) {
+    use lease::Acquire;
+    // Period 0: silent after a second (real periods are 1 s and more).
+    let a = lease::Lease { period: 0, ..lease::mine("sha256:k1", "base", 1) };
+    let b = lease::mine("sha256:k1", "base", 60);
+    assert_eq!(s.lease_acquire(&a).unwrap(), Acquire::Acquired);
+    assert_eq!(s.lease_acquire(&a).unwrap(), Acquire::Acquired, "asking again is harmless");
+    assert!(s.lease_heartbeat("sha256:k1", &a.holder).unwrap());
+    let other = lease::mine("sha256:k2", "app", 60);
+    assert_eq!(s.lease_acquire(&other).unwrap(), Acquire::Acquired, "another key is free");
+    let held = s.leases().unwrap();
+    assert_eq!(held.iter().map(|(l, _)| l.layer_key.as_str()).collect::<Vec<_>>(), ["sha256:k1", "sha256:k2"]);
+    match s.lease_acquire(&lease::mine("sha256:k2", "app", 60)).unwrap() {
+        Acquire::Held { lease, age } => assert_eq!((lease, age < 5), (other.clone(), true)),
+        x => panic!("{x:?}"),
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(!s.lease_heartbeat("sha256:k1", &b.holder).unwrap(), "only the holder renews");
+    match s.lease_acquire(&b).unwrap() {
+        Acquire::TakenOver { previous, silent } => assert_eq!((previous, silent >= 1), (a.clone(), true)),
+        x => panic!("{x:?}"),
+    }
+    assert!(!s.lease_heartbeat("sha256:k1", &a.holder).unwrap(), "the silent holder lost it");
+    let log = s.lease_takeovers().unwrap();
+    assert_eq!((log.len(), &log[0].previous.holder, &log[0].by.holder), (1, &a.holder, &b.holder));
+    s.lease_release("sha256:k1", &a.holder).unwrap();
+    assert_eq!(s.leases().unwrap().len(), 2, "a former holder cannot release it");
+    s.lease_release("sha256:k1", &b.holder).unwrap();
+    s.lease_release("sha256:k2", &other.holder).unwrap();
+    assert!(s.leases().unwrap().is_empty());
 }
 
 /// Promotion needs a passing verdict for the record's raw; the channel keeps its history;
