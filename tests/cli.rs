@@ -65,6 +65,47 @@ fn variables_take_defaults_environment_and_command_line() {
     assert_recipe_error(&format!("[vars]\nunused = \"x\"\n{HEAD}"), 2, "variable `unused` is declared but used nowhere");
 }
 
+/// `${git.commit}` and `${git.tag}` come from the recipe's repository; a YAML matrix file makes
+/// one image per node, each validated.
+#[test]
+fn git_variables_and_a_yaml_matrix() {
+    let dir = testdir("vars-git");
+    let d = dir.path();
+    std::fs::write(d.join("up.img"), b"disk").unwrap();
+    std::fs::write(d.join("SHA256SUMS"), b"").unwrap();
+    std::fs::write(d.join("nodes.yaml"), "nodes:\n  - { node: web-1, role: web, groups: [sg-1, sg-2] }\n  - { node: db-1, role: db }\n")
+        .unwrap();
+    let text = "matrix = \"nodes.yaml\"\n\n[vars]\ngroups = \"none\"\n\n[image]\nname = \"${node}\"\nversion = \"1.0.0\"\ndescription = \"${role} at ${git.commit} ${git.tag}\"\nlabels = { groups = \"${groups}\" }\n\n[source]\nurl = \"up.img\"\nchecksums = \"SHA256SUMS\"\n";
+    let r = recipe(d, text);
+    let git = |args: &[&str]| {
+        let o = run(std::process::Command::new("git")
+            .args(args)
+            .current_dir(d)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid"));
+        assert!(o.status.success(), "{}", show(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "recipes"]);
+    git(&["tag", "v1.0.0"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let o = run(imgforge().args(["--json", "validate"]).arg(&r));
+    assert!(o.status.success(), "{}", show(&o));
+    let docs: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(docs.iter().map(|v| v["name"].as_str().unwrap()).collect::<Vec<_>>(), ["web-1", "db-1"]);
+    assert_eq!(docs[0]["vars"]["git.commit"], head.as_str());
+    assert_eq!(docs[0]["vars"]["git.tag"], "v1.0.0");
+    assert_eq!(docs[0]["vars"]["groups"], "sg-1,sg-2");
+    assert_eq!(docs[1]["vars"]["groups"], "none", "the [vars] default where an entry says nothing");
+    // One image of the matrix: --node.
+    let o = run(imgforge().args(["--json", "validate"]).arg(&r).args(["--node", "db-1"]));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1, "{}", show(&o));
+}
+
 #[test]
 fn unknown_key_exits_2_with_line() {
     assert_recipe_error(&format!("{HEAD}colour = \"blue\"\n"), 8, "unknown field `colour`");
