@@ -276,3 +276,78 @@ inline = [
     eprintln!("raw-scan step: {secs:.3} s over {} bytes of data", raw_scan["bytes"]);
     assert!(secs > 0.0, "{manifest}");
 }
+
+/// `[system]` and `[[user]]` without a shell step, on the cloud-like image: time zone, locale
+/// (generated), first-boot host name, users with groups, shells, a uid, keys (kept by the seal as
+/// the recipe's), a random password shown once and found nowhere else, a given hash, root
+/// locked; the recipe's provisioners already see the users.
+#[test]
+fn accounts_and_system_settings_without_a_shell_step() {
+    if !have_root("accounts_and_system_settings_without_a_shell_step") {
+        return;
+    }
+    let dir = testdir("accounts");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("keys")).unwrap();
+    let ci_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0v9m2Jx0lR7zGZ0h1v0gS8pQ0q3m3f3wqz1m3lNq ci@example";
+    std::fs::write(d.join("keys/ci.pub"), format!("{ci_key}\n")).unwrap();
+    let ops_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvTq3cXQ4u0B3C8o3dD2t9vY0i8j3kq7K2sG0m1W2x3 ops@example";
+    let hash = "$6$imgforge$Tr0NmlHTYxQk3kd3e7G3TQ.DzQ3cEo2ZxEyG5dYmhY5ZVe1Q7cG1bK5Nw3Wdm0p5Xl1H0GZ.PSxWyq4f8t5Uv/";
+    let text = cloud_head("acct", "1.0.0")
+        + &format!(
+            "[system]\ntimezone = \"Europe/Oslo\"\nlocale = \"nb_NO.UTF-8\"\nhostname = \"web-first\"\n\n\
+             [[user]]\nname = \"deploy\"\ngroups = [\"sudo\", \"adm\"]\nshell = \"/bin/bash\"\nauthorized_keys = [\"{ops_key}\", \"keys/ci.pub\"]\npassword = \"random\"\n\n\
+             [[user]]\nname = \"svc\"\nuid = 1500\npassword = \"{hash}\"\n\n\
+             [[user]]\nname = \"debian\"\ngroups = [\"users\"]\n\n\
+             [[provision]]\ntype = \"shell\"\ninline = [\"id deploy > /etc/deploy-id\", \"test -f /home/deploy/.bashrc\"]\n"
+        );
+    let r = recipe(d, &text);
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(d.join("out")).arg("--registry").arg(d.join("registry.db")).arg("--no-test"));
+    assert_clean(d);
+    assert!(o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let shown: Vec<&str> = err.lines().filter(|l| l.contains("deploy's password in this image is ")).collect();
+    assert_eq!(shown.len(), 1, "{err}");
+    let clear = shown[0].split("in this image is ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    assert_eq!(clear.len(), 20);
+
+    let m = RoMount::open(&d.join("out/acct.raw"), 1);
+    assert_eq!(std::fs::read_link(m.path("/etc/localtime")).unwrap(), Path::new("/usr/share/zoneinfo/Europe/Oslo"));
+    assert_eq!(m.read("/etc/timezone"), "Europe/Oslo\n");
+    assert_eq!(m.read("/etc/default/locale"), "LANG=nb_NO.UTF-8\n");
+    let archive = std::fs::read(m.path("/usr/lib/locale/locale-archive")).unwrap();
+    assert!(archive.windows(11).any(|w| w == b"nb_NO.utf8\0"), "nb_NO was not generated");
+    assert_eq!(m.read("/etc/hostname"), "web-first\n");
+    let passwd = m.read("/etc/passwd");
+    let line = |db: &str, name: &str| {
+        db.lines().find(|l| l.split(':').next() == Some(name)).unwrap_or_else(|| panic!("{name} in {db}")).to_string()
+    };
+    assert!(line(&passwd, "deploy").ends_with(":/home/deploy:/bin/bash"), "{passwd}");
+    assert_eq!(line(&passwd, "svc").split(':').nth(2), Some("1500"));
+    let group = m.read("/etc/group");
+    assert!(line(&group, "sudo").split(':').nth(3).unwrap().split(',').any(|u| u == "deploy"), "{group}");
+    assert!(line(&group, "users").split(':').nth(3).unwrap().split(',').any(|u| u == "debian"), "{group}");
+    assert!(m.read("/etc/deploy-id").starts_with("uid="), "the provisioner saw the user");
+    let shadow = m.read("/etc/shadow");
+    let field = |name: &str| line(&shadow, name).split(':').nth(1).unwrap().to_string();
+    assert!(sha_crypt::sha512_check(&clear, &field("deploy")).is_ok(), "the printed password is deploy's");
+    assert_eq!(field("svc"), hash);
+    assert!(field("root").starts_with('!') || field("root").starts_with('*'), "root is locked");
+    use std::os::unix::fs::MetadataExt;
+    let st = std::fs::metadata(m.path("/etc/shadow")).unwrap();
+    assert_eq!((st.uid(), st.mode() & 0o777), (0, 0o640), "shadow keeps its owner and mode");
+    let keys = m.read("/home/deploy/.ssh/authorized_keys");
+    assert_eq!(keys, format!("{ops_key}\n{ci_key}\n"), "the recipe's keys survive the seal");
+    let meta = std::fs::metadata(m.path("/home/deploy/.ssh/authorized_keys")).unwrap();
+    let uid: u32 = line(&passwd, "deploy").split(':').nth(2).unwrap().parse().unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o600));
+    drop(m);
+    // The clear password is nowhere but that one line: not in the manifest, the seal report,
+    // the registry.
+    for e in std::fs::read_dir(d.join("out")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "json") {
+            assert!(!std::fs::read_to_string(e.path()).unwrap().contains(&clear), "{}", e.path().display());
+        }
+    }
+    assert!(!std::fs::read(d.join("registry.db")).unwrap().windows(clear.len()).any(|w| w == clear.as_bytes()));
+}

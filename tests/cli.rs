@@ -107,6 +107,19 @@ fn git_variables_and_a_yaml_matrix() {
 }
 
 #[test]
+fn clear_text_passwords_and_bad_accounts_are_refused_with_lines() {
+    assert_recipe_error(&format!("{HEAD}\n[[user]]\nname = \"deploy\"\npassword = \"hunter2\"\n"), 11, "never a clear-text password");
+    assert_recipe_error(&format!("{HEAD}\n[system]\nroot_password = \"secret\"\n"), 10, "[system] root_password");
+    assert_recipe_error(&format!("{HEAD}\n[system]\ntimezone = \"../../etc/passwd\"\n"), 10, "is not a zone name");
+    assert_recipe_error(&format!("{HEAD}\n[[user]]\nname = \"Bad Name\"\n"), 10, "is not a user name");
+    assert_recipe_error(
+        &format!("{HEAD}\n[[user]]\nname = \"ops\"\nauthorized_keys = [\"nokey.pub\"]\n"),
+        11,
+        "neither a public key line nor a readable file",
+    );
+}
+
+#[test]
 fn unknown_key_exits_2_with_line() {
     assert_recipe_error(&format!("{HEAD}colour = \"blue\"\n"), 8, "unknown field `colour`");
 }

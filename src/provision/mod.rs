@@ -2,6 +2,7 @@
 //! file and overlay (copied by imgforge through the in-root resolver), and the
 //! configuration-management tools: ansible (on the host, chroot connection), salt and puppet
 //! (chrooted, their inputs copied to the build's tmpfs /run for the run only).
+pub mod accounts;
 pub mod ansible;
 pub mod copy;
 pub mod owner;
@@ -50,7 +51,7 @@ pub struct Summary {
 pub fn host_inputs(step: &Step) -> Vec<&Path> {
     match step {
         Step::Shell { script: Script::File(p), .. } => vec![p],
-        Step::Shell { .. } => vec![],
+        Step::Shell { .. } | Step::Accounts(_) => vec![],
         Step::File { source, .. } | Step::Overlay { source, .. } => vec![source],
         Step::Ansible(a) => {
             let mut v: Vec<&Path> = vec![&a.playbook];
@@ -75,7 +76,7 @@ pub fn image_paths(step: &Step, n: usize) -> Vec<String> {
         Step::Ansible(_) => vec![ansible::remote_tmp()],
         Step::Salt(s) => salt::image_paths(s, n),
         Step::Puppet(_) => vec![puppet::run_dir(n)],
-        Step::Shell { .. } | Step::File { .. } | Step::Overlay { .. } => vec![],
+        Step::Shell { .. } | Step::File { .. } | Step::Overlay { .. } | Step::Accounts(_) => vec![],
     }
 }
 
@@ -130,6 +131,7 @@ fn run_plain(step: &Step, n: usize, label: &str, root: &Root, events: &Events) -
             let ids = owner::resolve(root, owner.as_deref())?;
             copy::copy_in(root, source, Path::new("/"), &copy::Attrs { mode: None, ids })
         }
+        Step::Accounts(p) => accounts::run(root, label, p, events),
         Step::Ansible(_) | Step::Salt(_) | Step::Puppet(_) => Ok(()),
     }
 }

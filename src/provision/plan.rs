@@ -13,6 +13,49 @@ pub enum Script {
     File(PathBuf),
 }
 
+/// A password for an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Password {
+    /// No password login (the default).
+    Locked,
+    /// A random password, printed once on the terminal (never logged, never in a file).
+    Random,
+    /// A crypt(3) hash, set as is.
+    Hash(String),
+    /// Leave it as the image has it (root only).
+    Keep,
+}
+
+/// One `[[user]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPlan {
+    /// Login name.
+    pub name: String,
+    /// Supplementary groups.
+    pub groups: Vec<String>,
+    /// Login shell.
+    pub shell: Option<String>,
+    /// Fixed uid.
+    pub uid: Option<u32>,
+    /// authorized_keys lines.
+    pub keys: Vec<String>,
+    /// Its password.
+    pub password: Password,
+}
+
+/// `[system]` and `[[user]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountsPlan {
+    /// Time zone.
+    pub timezone: Option<String>,
+    /// Locale (LANG).
+    pub locale: Option<String>,
+    /// root's password.
+    pub root_password: Password,
+    /// Users to create (or update).
+    pub users: Vec<UserPlan>,
+}
+
 /// One provisioning step.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -38,6 +81,8 @@ pub enum Step {
         /// Owner "user:group".
         owner: Option<String>,
     },
+    /// `[system]` and `[[user]]`: time zone, locale, root password, users.
+    Accounts(AccountsPlan),
     /// Copy a tree over `/`.
     Overlay {
         /// Host tree.

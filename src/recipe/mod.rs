@@ -1,4 +1,5 @@
 //! Recipes: TOML model, parsing with file:line errors, and the validated build plan.
+pub mod accounts;
 pub mod aws;
 pub mod error;
 pub mod expand;

@@ -34,6 +34,11 @@ pub struct Recipe {
     pub test: Vec<toml::Spanned<toml::Table>>,
     /// `[gc]`: the janitor's rules for this image (`imgforge gc --config RECIPE`).
     pub gc: Option<Spanned<crate::gc::rules::GcSection>>,
+    /// `[system]`: time zone, locale, first-boot host name, root password.
+    pub system: Option<super::accounts::System>,
+    /// `[[user]]`: users to create.
+    #[serde(default)]
+    pub user: Vec<super::accounts::User>,
     /// `[vars]`: variables and their defaults (read by `expand.rs` before this is parsed).
     #[serde(rename = "vars")]
     pub _vars: Option<serde::de::IgnoredAny>,

@@ -145,7 +145,14 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
     let version = r.image.version.as_ref().map(|v| check_version(src, v)).transpose()?;
     let source = origin(src, &dir, &r.source)?;
     let disk_size = r.disk.size.as_ref().map(|s| disk_size(src, s)).transpose()?;
-    let steps = r.provision.iter().enumerate().map(|(i, t)| named_step(src, &dir, t, i, &name)).collect::<Result<_, _>>()?;
+    let mut steps: Vec<NamedStep> = Vec::new();
+    // `[system]` and `[[user]]` first: the recipe's provisioners can use the users.
+    if let Some(a) = super::accounts::plan(src, &dir, r.system.as_ref(), &r.user)? {
+        steps.push(NamedStep { label: "accounts".into(), kind: "accounts", step: Step::Accounts(a) });
+    }
+    for (i, t) in r.provision.iter().enumerate() {
+        steps.push(named_step(src, &dir, t, i, &name)?);
+    }
     let tests = super::test::plan(src, &dir, &r.test)?;
     let output_dir = match (&overrides.output_dir, &r.output.dir) {
         (Some(d), _) => d.clone(),
@@ -178,7 +185,22 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         upload: r.output.upload.as_ref().map(|u| crate::s3::parse_url(u.get_ref()).map_err(|e| src.at(u.span(), e))).transpose()?,
         aws: r.aws.as_ref().map(|a| super::aws::plan(src, a)).transpose()?,
 
-        seal: super::seal::seal_plan(src, &r.seal)?,
+        seal: {
+            let mut seal = super::seal::seal_plan(src, &r.seal)?;
+            // `[system] hostname`: the name the image boots with, written by the seal.
+            if let Some(h) = r.system.as_ref().and_then(|s| s.hostname.as_ref()) {
+                let v = h.get_ref();
+                let ok = !v.is_empty() && v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if !ok {
+                    return Err(src.at(h.span(), format!("[system] hostname `{v}` is not a valid host name")));
+                }
+                if r.seal.hostname.name.is_some() {
+                    return Err(src.at(h.span(), "[system] hostname and [seal.hostname] name both say the name: keep one"));
+                }
+                seal.hostname = v.clone();
+            }
+            seal
+        },
         tests,
         vars: std::collections::BTreeMap::new(),
         entry: None,
