@@ -299,8 +299,10 @@ fn accounts_and_system_settings_without_a_shell_step() {
              [[user]]\nname = \"deploy\"\ngroups = [\"sudo\", \"adm\"]\nshell = \"/bin/bash\"\nauthorized_keys = [\"{ops_key}\", \"keys/ci.pub\"]\npassword = \"random\"\n\n\
              [[user]]\nname = \"svc\"\nuid = 1500\npassword = \"{hash}\"\n\n\
              [[user]]\nname = \"debian\"\ngroups = [\"users\"]\n\n\
-             [[provision]]\ntype = \"shell\"\ninline = [\"id deploy > /etc/deploy-id\", \"test -f /home/deploy/.bashrc\"]\n"
+             [[provision]]\ntype = \"shell\"\ninline = [\"id deploy > /etc/deploy-id\", \"test -f /home/deploy/.bashrc\"]\n\n\
+             [[firstboot]]\nname = \"grow data\"\ninline = [\"echo one >> /var/lib/fb\"]\n\n[[firstboot]]\nscript = \"fb.py\"\n"
         );
+    std::fs::write(d.join("fb.py"), "#!/usr/bin/python3\nopen('/var/lib/fb', 'a').write('two\\n')\n").unwrap();
     let r = recipe(d, &text);
     let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(d.join("out")).arg("--registry").arg(d.join("registry.db")).arg("--no-test"));
     assert_clean(d);
@@ -318,6 +320,15 @@ fn accounts_and_system_settings_without_a_shell_step() {
     let archive = std::fs::read(m.path("/usr/lib/locale/locale-archive")).unwrap();
     assert!(archive.windows(11).any(|w| w == b"nb_NO.utf8\0"), "nb_NO was not generated");
     assert_eq!(m.read("/etc/hostname"), "web-first\n");
+    // First-boot scripts: installed in order behind an enabled oneshot unit, not run by the build.
+    assert_eq!(m.read("/usr/local/lib/imgforge-firstboot/scripts/01-grow-data"), "#!/bin/sh -e\necho one >> /var/lib/fb\n");
+    assert!(m.read("/usr/local/lib/imgforge-firstboot/scripts/02-firstboot-2").starts_with("#!/usr/bin/python3\n"));
+    assert_eq!(
+        std::fs::read_link(m.path("/etc/systemd/system/multi-user.target.wants/imgforge-firstboot.service")).unwrap(),
+        Path::new("/etc/systemd/system/imgforge-firstboot.service")
+    );
+    assert!(m.read("/etc/systemd/system/imgforge-firstboot.service").contains("ExecStart=/usr/local/lib/imgforge-firstboot/run"));
+    assert!(!m.path("/var/lib/fb").exists(), "the build ran a first-boot script");
     let passwd = m.read("/etc/passwd");
     let line = |db: &str, name: &str| {
         db.lines().find(|l| l.split(':').next() == Some(name)).unwrap_or_else(|| panic!("{name} in {db}")).to_string()

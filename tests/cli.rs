@@ -173,13 +173,19 @@ fn seal_list_names_every_operation_with_its_default() {
     let o = run(imgforge().args(["seal", "--list"]));
     assert!(o.status.success(), "{}", show(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for (name, default) in
-        [("ssh-hostkeys", "on"), ("machine-id", "on"), ("net-hwaddr", "on"), ("fs-uuids", "off"), ("user-accounts", "off")]
-    {
+    for (name, default) in [
+        ("ssh-hostkeys", "on"),
+        ("machine-id", "on"),
+        ("net-hwaddr", "on"),
+        ("fs-uuids", "off"),
+        ("user-accounts", "off"),
+        ("cron-spool", "on"),
+        ("firewall-rules", "off"),
+    ] {
         let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing: {out}"));
         assert_eq!(line.split_whitespace().nth(1), Some(default), "{line}");
     }
-    assert_eq!(out.lines().count(), 21, "{out}");
+    assert_eq!(out.lines().count(), 30, "{out}");
 }
 
 /// `validate` reads the pinned signing key: a file that is no OpenPGP key fails validation

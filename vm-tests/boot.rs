@@ -37,6 +37,17 @@ def test_issue_carries_the_mark(host):
 def test_sshd_installed(host):
     assert host.package("openssh-server").is_installed
 
+def test_firstboot_ran_once_in_order_and_removed_itself(host):
+    unit = host.file("/etc/systemd/system/imgforge-firstboot.service")
+    if host.backend.NAME == "ssh":
+        assert not unit.exists
+        assert not host.file("/usr/local/lib/imgforge-firstboot").exists
+        assert host.file("/var/lib/firstboot-marks").content_string == "first-boot-1\nfirst-boot-2\n"
+        log = host.check_output("journalctl -b -u imgforge-firstboot.service --no-pager -o cat")
+        assert "imgforge-firstboot: 02-second done" in log, log
+    else:
+        assert unit.exists
+        assert not host.file("/var/lib/firstboot-marks").exists
 def test_machine_id(host):
     machine_id = host.file("/etc/machine-id").content_string.strip()
     if host.backend.NAME == "ssh":
@@ -65,7 +76,9 @@ end
 /// the boot-stage testinfra and ServerSpec suites over SSH). Both reach a login prompt whose
 /// banner carries the provisioner's mark, get a DHCP address, run sshd, and have machine ids
 /// and SSH host keys of their own, unlike each other and unlike the upstream image. The
-/// services were started live-server style during the build and deferred to first boot. One
+/// services were started live-server style during the build and deferred to first boot; the
+/// recipe's `[[firstboot]]` scripts ran once, in order, logged to the journal, and their unit
+/// removed itself (checked offline and booted by the testinfra suite). One
 /// round of two boots: a round is one to three minutes under TCG.
 #[test]
 fn sealed_image_boots_as_distinct_machines_and_passes_its_boot_tests() {
@@ -83,7 +96,7 @@ fn sealed_image_boots_as_distinct_machines_and_passes_its_boot_tests() {
     std::fs::create_dir_all(d.join("spec/booted")).unwrap();
     std::fs::write(d.join("spec/booted/ssh_spec.rb"), SERVERSPEC).unwrap();
     let text = cloud_head("sealed", "1")
-        + "[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\nname = \"live-server style\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\", \"systemctl enable --now report-identity.service\", \"service ssh restart\"]\n[output]\nformats = [\"vmdk\"]\n[seal]\nenable = [\"fs-uuids\"]\n\n"
+        + "[[provision]]\ntype = \"file\"\nsource = \"report-identity\"\ndestination = \"/usr/local/sbin/report-identity\"\nmode = \"0755\"\n\n[[provision]]\ntype = \"file\"\nsource = \"report.service\"\ndestination = \"/etc/systemd/system/report-identity.service\"\nmode = \"0644\"\n\n[[provision]]\ntype = \"shell\"\nname = \"live-server style\"\ninline = [\"echo booted-from-imgforge >> /etc/issue\", \"systemctl enable --now report-identity.service\", \"service ssh restart\"]\n[[firstboot]]\ninline = [\"echo first-boot-1 >> /var/lib/firstboot-marks\"]\n\n[[firstboot]]\nname = \"second\"\ninline = [\"echo first-boot-2 >> /var/lib/firstboot-marks\"]\n\n[output]\nformats = [\"vmdk\"]\n[seal]\nenable = [\"fs-uuids\"]\n\n"
         + "[[test]]\ntype = \"testinfra\"\nname = \"infra-offline\"\ntests = \"tests/image\"\n\n[[test]]\ntype = \"testinfra\"\nname = \"infra-booted\"\ntests = \"tests/image\"\nstage = \"boot\"\n\n[[test]]\ntype = \"serverspec\"\nname = \"spec-booted\"\nspecs = \"spec/booted\"\nstage = \"boot\"\n\n[[test]]\ntype = \"boot\"\ntimeout = \"15m\"\n";
     let r = recipe(d, &text);
     let db = d.join("registry.db");
@@ -142,6 +155,8 @@ fn sealed_image_boots_as_distinct_machines_and_passes_its_boot_tests() {
         r#"<testcase name="test_booted.test_issue_carries_the_mark" classname="sealed.infra-offline""#,
         r#"<testcase name="test_booted.test_machine_id" classname="sealed.infra-offline""#,
         r#"<testcase name="test_booted.test_machine_id" classname="sealed.infra-booted""#,
+        r#"<testcase name="test_booted.test_firstboot_ran_once_in_order_and_removed_itself" classname="sealed.infra-offline""#,
+        r#"<testcase name="test_booted.test_firstboot_ran_once_in_order_and_removed_itself" classname="sealed.infra-booted""#,
         r#"<testcase name="ssh_spec.Port &quot;22&quot; is expected to be listening" classname="sealed.spec-booted""#,
         r#"<testcase name="ssh_spec.Service &quot;ssh&quot; is expected to be running" classname="sealed.spec-booted""#,
     ] {
@@ -155,7 +170,7 @@ fn sealed_image_boots_as_distinct_machines_and_passes_its_boot_tests() {
     assert_eq!(status, "tested", "{rec}");
     assert_eq!(rec["tests"][0]["stage"], "offline+boot", "{rec}");
     assert_eq!(rec["tests"][0]["sha256"], raw_sha.as_str(), "{rec}");
-    assert_eq!(rec["tests"][0]["passed"], 12, "{rec}");
+    assert_eq!(rec["tests"][0]["passed"], 14, "{rec}");
     // The boot was a throwaway view: the raw is unchanged; nothing of the VM is left.
     let sha = run(std::process::Command::new("sha256sum").arg(d.join("out/sealed.raw")));
     assert!(String::from_utf8_lossy(&sha.stdout).starts_with(&raw_sha), "the boot test wrote to the image");

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod ansible;
 pub mod copy;
+pub mod firstboot;
 pub mod owner;
 pub mod plan;
 pub mod puppet;
@@ -51,7 +52,7 @@ pub struct Summary {
 pub fn host_inputs(step: &Step) -> Vec<&Path> {
     match step {
         Step::Shell { script: Script::File(p), .. } => vec![p],
-        Step::Shell { .. } | Step::Accounts(_) => vec![],
+        Step::Shell { .. } | Step::Accounts(_) | Step::Firstboot(_) => vec![],
         Step::File { source, .. } | Step::Overlay { source, .. } => vec![source],
         Step::Ansible(a) => {
             let mut v: Vec<&Path> = vec![&a.playbook];
@@ -76,7 +77,7 @@ pub fn image_paths(step: &Step, n: usize) -> Vec<String> {
         Step::Ansible(_) => vec![ansible::remote_tmp()],
         Step::Salt(s) => salt::image_paths(s, n),
         Step::Puppet(_) => vec![puppet::run_dir(n)],
-        Step::Shell { .. } | Step::File { .. } | Step::Overlay { .. } | Step::Accounts(_) => vec![],
+        Step::Shell { .. } | Step::File { .. } | Step::Overlay { .. } | Step::Accounts(_) | Step::Firstboot(_) => vec![],
     }
 }
 
@@ -132,6 +133,7 @@ fn run_plain(step: &Step, n: usize, label: &str, root: &Root, events: &Events) -
             copy::copy_in(root, source, Path::new("/"), &copy::Attrs { mode: None, ids })
         }
         Step::Accounts(p) => accounts::run(root, label, p, events),
+        Step::Firstboot(p) => firstboot::install(root, label, p, events),
         Step::Ansible(_) | Step::Salt(_) | Step::Puppet(_) => Ok(()),
     }
 }

@@ -56,6 +56,13 @@ pub struct AccountsPlan {
     pub users: Vec<UserPlan>,
 }
 
+/// `[[firstboot]]`: the scripts, in order, each with a file-name-safe name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstbootPlan {
+    /// (name, script bytes).
+    pub scripts: Vec<(String, Vec<u8>)>,
+}
+
 /// One provisioning step.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -83,6 +90,8 @@ pub enum Step {
     },
     /// `[system]` and `[[user]]`: time zone, locale, root password, users.
     Accounts(AccountsPlan),
+    /// `[[firstboot]]`: a oneshot unit running scripts once on first boot.
+    Firstboot(FirstbootPlan),
     /// Copy a tree over `/`.
     Overlay {
         /// Host tree.

@@ -1,6 +1,8 @@
 //! `[system]` and `[[user]]`: the image's time zone, locale, first-boot host name, root password
 //! and users, set without a shell step. Checked here into a provisioning step
 //! (`provision::accounts`) that runs before the recipe's provisioners, so they can use the users.
+//! Also `[[firstboot]]`: scripts for the image's first boot (`provision::firstboot`), installed
+//! after the provisioners.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +12,7 @@ use toml::Spanned;
 
 use super::error::RecipeError;
 use super::parse::Src;
-use crate::provision::plan::{AccountsPlan, Password, UserPlan};
+use crate::provision::plan::{AccountsPlan, FirstbootPlan, Password, UserPlan};
 
 /// `[system]`
 #[derive(Debug, Default, Deserialize)]
@@ -166,4 +168,44 @@ fn looks_like_key(l: &str) -> bool {
     l.split_whitespace()
         .any(|w| w.starts_with("ssh-") || w.starts_with("ecdsa-sha2-") || w.starts_with("sk-ssh-") || w.starts_with("sk-ecdsa-"))
         && l.split_whitespace().any(|w| w.starts_with("AAAA"))
+}
+
+/// `[[firstboot]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firstboot {
+    /// A label (default `firstboot-N`).
+    pub name: Option<String>,
+    /// Lines run by `/bin/sh -e` …
+    pub inline: Option<Vec<String>>,
+    /// … or a script file (relative to the recipe; run directly when it has a `#!` line).
+    pub script: Option<Spanned<String>>,
+}
+
+/// The first-boot step, or `None` without `[[firstboot]]`.
+pub fn firstboot(src: Src<'_>, dir: &Path, entries: &[Spanned<Firstboot>]) -> Result<Option<FirstbootPlan>, RecipeError> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let mut scripts = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let f = e.get_ref();
+        let name: String = f
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("firstboot-{}", i + 1))
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .collect();
+        let body = match (&f.inline, &f.script) {
+            (Some(lines), None) => (lines.join("\n") + "\n").into_bytes(),
+            (None, Some(p)) => std::fs::read(dir.join(p.get_ref())).map_err(|err| {
+                src.at(p.span(), format!("[[firstboot]] #{}: cannot read {}: {err}", i + 1, dir.join(p.get_ref()).display()))
+                    .hint("paths are relative to the recipe's directory")
+            })?,
+            _ => return Err(src.at(e.span(), format!("[[firstboot]] #{}: give exactly one of `inline` and `script`", i + 1))),
+        };
+        scripts.push((name, body));
+    }
+    Ok(Some(FirstbootPlan { scripts }))
 }

@@ -39,6 +39,9 @@ pub struct Recipe {
     /// `[[user]]`: users to create.
     #[serde(default)]
     pub user: Vec<super::accounts::User>,
+    /// `[[firstboot]]`: scripts run once on the image's first boot.
+    #[serde(default)]
+    pub firstboot: Vec<Spanned<super::accounts::Firstboot>>,
     /// `[vars]`: variables and their defaults (read by `expand.rs` before this is parsed).
     #[serde(rename = "vars")]
     pub _vars: Option<serde::de::IgnoredAny>,

@@ -153,6 +153,10 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
     for (i, t) in r.provision.iter().enumerate() {
         steps.push(named_step(src, &dir, t, i, &name)?);
     }
+    // `[[firstboot]]` last: nothing of the build runs them.
+    if let Some(f) = super::accounts::firstboot(src, &dir, &r.firstboot)? {
+        steps.push(NamedStep { label: "firstboot".into(), kind: "firstboot", step: Step::Firstboot(f) });
+    }
     let tests = super::test::plan(src, &dir, &r.test)?;
     let output_dir = match (&overrides.output_dir, &r.output.dir) {
         (Some(d), _) => d.clone(),

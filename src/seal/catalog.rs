@@ -46,13 +46,31 @@ pub enum Op {
     Utmp,
     /// Backup copies of account and package files.
     BackupFiles,
+    /// Users' crontabs and at jobs.
+    CronSpool,
+    /// PAM runtime data.
+    PamData,
+    /// Process accounting logs.
+    PacctLog,
+    /// SSSD caches.
+    SssdDbLog,
+    /// The Kerberos host keytab.
+    KerberosHostkeytab,
+    /// RPM database environment files.
+    RpmDb,
+    /// yum/dnf instance uuids.
+    YumUuid,
+    /// blkid device caches.
+    BlkidTab,
+    /// Firewall rules a previous instance saved.
+    FirewallRules,
     /// Filesystem UUIDs.
     FsUuids,
 }
 
 impl Op {
     /// Every operation, in run order.
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 30] = [
         Op::CloudInit,
         Op::CaCertificates,
         Op::CloudAgents,
@@ -73,6 +91,15 @@ impl Op {
         Op::CrashData,
         Op::Utmp,
         Op::BackupFiles,
+        Op::CronSpool,
+        Op::PamData,
+        Op::PacctLog,
+        Op::SssdDbLog,
+        Op::KerberosHostkeytab,
+        Op::RpmDb,
+        Op::YumUuid,
+        Op::BlkidTab,
+        Op::FirewallRules,
         Op::FsUuids,
     ];
 
@@ -99,6 +126,15 @@ impl Op {
             Op::CrashData => "crash-data",
             Op::Utmp => "utmp",
             Op::BackupFiles => "backup-files",
+            Op::CronSpool => "cron-spool",
+            Op::PamData => "pam-data",
+            Op::PacctLog => "pacct-log",
+            Op::SssdDbLog => "sssd-db-log",
+            Op::KerberosHostkeytab => "kerberos-hostkeytab",
+            Op::RpmDb => "rpm-db",
+            Op::YumUuid => "yum-uuid",
+            Op::BlkidTab => "blkid-tab",
+            Op::FirewallRules => "firewall-rules",
             Op::FsUuids => "fs-uuids",
         }
     }
@@ -136,6 +172,17 @@ impl Op {
             Op::BackupFiles => {
                 "/etc/passwd-, shadow-, group-, gshadow-, subuid-, subgid- and *.dpkg-old/-dist, *.rpmsave/-new, *.ucf-old/-dist, *~ under /etc"
             }
+            Op::CronSpool => "users' crontabs and at jobs in /var/spool (spool directories and at's .SEQ kept; /etc/cron.d untouched)",
+            Op::PamData => "pam_mount, pam_timestamp and faillock runtime data; /var/log/tallylog emptied",
+            Op::PacctLog => "process accounting: /var/account/pacct and /var/log/account/pacct emptied, rotated ones removed",
+            Op::SssdDbLog => "SSSD cache databases and memory caches (/var/lib/sss/db, mc) and its logs",
+            Op::KerberosHostkeytab => "/etc/krb5.keytab, the host's Kerberos identity",
+            Op::RpmDb => "the RPM database's Berkeley DB environment files (/var/lib/rpm/__db.*), rebuilt on use",
+            Op::YumUuid => "the instance uuid yum and dnf send to mirrors (/var/lib/yum/uuid, /var/lib/dnf/uuid)",
+            Op::BlkidTab => "blkid device caches (blkid.tab in /run, /var/run, /etc/blkid, /etc, /dev)",
+            Op::FirewallRules => {
+                "rules a previous instance saved: /etc/sysconfig/iptables, ip6tables, /etc/iptables/rules.v4/v6, firewalld local services and zones"
+            }
             Op::FsUuids => {
                 "new ext2/3/4 UUIDs with fstab, GRUB, kernel command lines and ESP configs updated; refuses if another file names them"
             }
@@ -144,7 +191,7 @@ impl Op {
 
     /// Whether it runs unless disabled.
     pub fn default_on(self) -> bool {
-        !matches!(self, Op::FsUuids | Op::UserAccounts | Op::CaCertificates)
+        !matches!(self, Op::FsUuids | Op::UserAccounts | Op::CaCertificates | Op::FirewallRules)
     }
 
     /// The operation called `name`.

@@ -9,6 +9,7 @@ pub mod cloud;
 pub mod fsuuid;
 pub mod homes;
 pub mod identity;
+pub mod instance;
 pub mod inventory;
 pub mod leftovers;
 pub mod netconf;
@@ -76,6 +77,15 @@ fn run_op(op: Op, r: &mut Run) -> anyhow::Result<()> {
         Op::CrashData => leftovers::crash_data(r),
         Op::Utmp => leftovers::utmp(r),
         Op::BackupFiles => leftovers::backup_files(r),
+        Op::CronSpool => instance::cron_spool(r),
+        Op::PamData => instance::pam_data(r),
+        Op::PacctLog => instance::pacct_log(r),
+        Op::SssdDbLog => instance::sssd_db_log(r),
+        Op::KerberosHostkeytab => instance::kerberos_hostkeytab(r),
+        Op::RpmDb => instance::rpm_db(r),
+        Op::YumUuid => instance::yum_uuid(r),
+        Op::BlkidTab => instance::blkid_tab(r),
+        Op::FirewallRules => instance::firewall_rules(r),
         Op::FsUuids => fsuuid::fs_uuids(r),
     }
 }

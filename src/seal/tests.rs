@@ -457,6 +457,88 @@ fn crash_data() {
 }
 
 #[test]
+fn instance_state_of_the_rest_of_the_catalogue() {
+    check(
+        Op::CronSpool,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/spool/cron/crontabs/debian", "* * * * * x");
+            put(d, "/var/spool/cron/atjobs/a0001", "job");
+            put(d, "/var/spool/cron/atjobs/.SEQ", "1");
+            put(d, "/var/spool/cron/root", "* * * * * rhel-style");
+            put(d, "/etc/cron.d/shipped", "* * * * * root x");
+        },
+        &[
+            ("/var/spool", false),
+            ("/var/spool/cron", false),
+            ("/var/spool/cron/crontabs", false),
+            ("/var/spool/cron/atjobs", false),
+            ("/var/spool/cron/atjobs/.SEQ", false),
+            ("/etc/cron.d", false),
+            ("/etc/cron.d/shipped", false),
+        ],
+    );
+    check(
+        Op::PamData,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/run/faillock/debian", "x");
+            put(d, "/var/log/tallylog", "tally");
+        },
+        &[("/var/run", false), ("/var/run/faillock", false), ("/var/log/tallylog", true)],
+    );
+    check(
+        Op::PacctLog,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/log/account/pacct", "acct");
+            put(d, "/var/log/account/pacct.1.gz", "old");
+        },
+        &[("/var/log/account", false), ("/var/log/account/pacct", true)],
+    );
+    check(
+        Op::SssdDbLog,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/lib/sss/db/cache_example.com.ldb", "cache");
+            put(d, "/var/lib/sss/mc/passwd", "mc");
+        },
+        &[("/var/lib/sss", false), ("/var/lib/sss/db", false), ("/var/lib/sss/mc", false)],
+    );
+    check(Op::KerberosHostkeytab, SealPlan::default(), |d| put(d, "/etc/krb5.keytab", "keytab"), &[]);
+    check(
+        Op::RpmDb,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/lib/rpm/__db.001", "env");
+            put(d, "/var/lib/rpm/Packages", "db");
+        },
+        &[("/var/lib/rpm", false), ("/var/lib/rpm/Packages", false)],
+    );
+    check(
+        Op::YumUuid,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/lib/yum/uuid", "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
+            put(d, "/var/lib/dnf/uuid", "6ba7b810-9dad-11d1-80b4-00c04fd430c8");
+        },
+        &[("/var/lib/yum", false), ("/var/lib/dnf", false)],
+    );
+    check(Op::BlkidTab, SealPlan::default(), |d| put(d, "/etc/blkid/blkid.tab", "<device>"), &[("/etc/blkid", false)]);
+    check(
+        Op::FirewallRules,
+        SealPlan::default(),
+        |d| {
+            put(d, "/etc/iptables/rules.v4", "*filter");
+            put(d, "/etc/firewalld/zones/public.xml", "<zone/>");
+            put(d, "/etc/firewalld/firewalld.conf", "DefaultZone=public");
+        },
+        &[("/etc/iptables", false), ("/etc/firewalld", false), ("/etc/firewalld/zones", false), ("/etc/firewalld/firewalld.conf", false)],
+    );
+    assert!(!Op::FirewallRules.default_on(), "saved rules are usually the image's configuration");
+}
+
+#[test]
 fn utmp_emptied() {
     check(
         Op::Utmp,
