@@ -185,7 +185,7 @@ fn seal_list_names_every_operation_with_its_default() {
         let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing: {out}"));
         assert_eq!(line.split_whitespace().nth(1), Some(default), "{line}");
     }
-    assert_eq!(out.lines().count(), 30, "{out}");
+    assert_eq!(out.lines().count(), 40, "{out}");
 }
 
 /// `validate` reads the pinned signing key: a file that is no OpenPGP key fails validation

@@ -64,13 +64,33 @@ pub enum Op {
     BlkidTab,
     /// Firewall rules a previous instance saved.
     FirewallRules,
+    /// Mailboxes.
+    MailSpool,
+    /// A DHCP server's leases.
+    DhcpServerState,
+    /// Dovecot's data.
+    DovecotData,
+    /// Samba's databases.
+    SambaDbLog,
+    /// The RHN system id.
+    RhnSystemid,
+    /// subscription-manager's identity.
+    RhSubscriptionManager,
+    /// The FreeIPA client enrolment.
+    IpaClient,
+    /// A Kerberos KDC's data.
+    KerberosData,
+    /// LVM's devices file.
+    LvmSystemDevices,
+    /// NetworkManager connection profiles.
+    NetNmconn,
     /// Filesystem UUIDs.
     FsUuids,
 }
 
 impl Op {
     /// Every operation, in run order.
-    pub const ALL: [Op; 30] = [
+    pub const ALL: [Op; 40] = [
         Op::CloudInit,
         Op::CaCertificates,
         Op::CloudAgents,
@@ -100,6 +120,16 @@ impl Op {
         Op::YumUuid,
         Op::BlkidTab,
         Op::FirewallRules,
+        Op::MailSpool,
+        Op::DhcpServerState,
+        Op::DovecotData,
+        Op::SambaDbLog,
+        Op::RhnSystemid,
+        Op::RhSubscriptionManager,
+        Op::IpaClient,
+        Op::KerberosData,
+        Op::LvmSystemDevices,
+        Op::NetNmconn,
         Op::FsUuids,
     ];
 
@@ -135,6 +165,16 @@ impl Op {
             Op::YumUuid => "yum-uuid",
             Op::BlkidTab => "blkid-tab",
             Op::FirewallRules => "firewall-rules",
+            Op::MailSpool => "mail-spool",
+            Op::DhcpServerState => "dhcp-server-state",
+            Op::DovecotData => "dovecot-data",
+            Op::SambaDbLog => "samba-db-log",
+            Op::RhnSystemid => "rhn-systemid",
+            Op::RhSubscriptionManager => "rh-subscription-manager",
+            Op::IpaClient => "ipa-client",
+            Op::KerberosData => "kerberos-data",
+            Op::LvmSystemDevices => "lvm-system-devices",
+            Op::NetNmconn => "net-nmconn",
             Op::FsUuids => "fs-uuids",
         }
     }
@@ -183,6 +223,18 @@ impl Op {
             Op::FirewallRules => {
                 "rules a previous instance saved: /etc/sysconfig/iptables, ip6tables, /etc/iptables/rules.v4/v6, firewalld local services and zones"
             }
+            Op::MailSpool => "mailboxes in /var/mail and /var/spool/mail",
+            Op::DhcpServerState => "ISC dhcpd leases emptied (dhcpd.leases, dhcpd6.leases), their backups and /var/lib/dhcpd state removed",
+            Op::DovecotData => "Dovecot's instance data (/var/lib/dovecot)",
+            Op::SambaDbLog => "Samba's databases and caches (/var/lib/samba, /var/cache/samba; secrets.tdb among them) and logs",
+            Op::RhnSystemid => "the RHN Classic system id (/etc/sysconfig/rhn/systemid, osad-auth.conf)",
+            Op::RhSubscriptionManager => {
+                "subscription-manager's consumer identity and entitlements (/etc/pki/consumer, entitlement, /var/lib/rhsm)"
+            }
+            Op::IpaClient => "the FreeIPA client enrolment: /etc/ipa/ca.crt, default.conf, nssdb, /var/lib/ipa-client state",
+            Op::KerberosData => "a Kerberos KDC's database and stash (/var/kerberos/krb5kdc, /var/lib/krb5kdc; kdc.conf, kadm5.acl kept)",
+            Op::LvmSystemDevices => "LVM's devices file (/etc/lvm/devices/system.devices), naming the disks of the machine it was made on",
+            Op::NetNmconn => "every NetworkManager connection profile (/etc/NetworkManager/system-connections)",
             Op::FsUuids => {
                 "new ext2/3/4 UUIDs with fstab, GRUB, kernel command lines and ESP configs updated; refuses if another file names them"
             }
@@ -191,7 +243,7 @@ impl Op {
 
     /// Whether it runs unless disabled.
     pub fn default_on(self) -> bool {
-        !matches!(self, Op::FsUuids | Op::UserAccounts | Op::CaCertificates | Op::FirewallRules)
+        !matches!(self, Op::FsUuids | Op::UserAccounts | Op::CaCertificates | Op::FirewallRules | Op::KerberosData | Op::NetNmconn)
     }
 
     /// The operation called `name`.

@@ -106,3 +106,109 @@ pub fn firewall_rules(r: &mut Run) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `mail-spool`: mailboxes in /var/mail and /var/spool/mail (the spools kept).
+pub fn mail_spool(r: &mut Run) -> anyhow::Result<()> {
+    for d in ["/var/mail", "/var/spool/mail"] {
+        r.s.clear_dir(d, |_| false, "mailbox")?;
+    }
+    Ok(())
+}
+
+/// `dhcp-server-state`: a DHCP server's leases: ISC dhcpd's lease files emptied (dhcpd will
+/// not start without them), their backups and Red Hat's /var/lib/dhcpd contents removed.
+pub fn dhcp_server_state(r: &mut Run) -> anyhow::Result<()> {
+    for name in r.s.list("/var/lib/dhcp")? {
+        let p = format!("/var/lib/dhcp/{name}");
+        if name == "dhcpd.leases" || name == "dhcpd6.leases" {
+            r.s.truncate(&p, "DHCP server leases")?;
+        } else if name.starts_with("dhcpd.leases") || name.starts_with("dhcpd6.leases") {
+            r.s.remove(&p, "DHCP server leases backup")?;
+        }
+    }
+    for name in r.s.list("/var/lib/dhcpd")? {
+        let p = format!("/var/lib/dhcpd/{name}");
+        if name.ends_with(".leases") {
+            r.s.truncate(&p, "DHCP server leases")?;
+        } else {
+            r.s.remove(&p, "DHCP server state")?;
+        }
+    }
+    Ok(())
+}
+
+/// `dovecot-data`: Dovecot's instance data.
+pub fn dovecot_data(r: &mut Run) -> anyhow::Result<()> {
+    r.s.clear_dir("/var/lib/dovecot", |_| false, "Dovecot data")?;
+    Ok(())
+}
+
+/// `samba-db-log`: Samba's databases (the machine account in secrets.tdb among them) and
+/// caches; its logs go with `logfiles`.
+pub fn samba_db_log(r: &mut Run) -> anyhow::Result<()> {
+    for d in ["/var/lib/samba", "/var/cache/samba"] {
+        for name in r.s.list(d)? {
+            let p = format!("{d}/{name}");
+            match r.s.kind_of(&p)? {
+                Some(super::scrub::Kind::Dir) => r.s.clear_dir(&p, |_| false, "Samba database")?,
+                Some(_) => {
+                    r.s.remove(&p, "Samba database")?;
+                }
+                None => {}
+            }
+        }
+    }
+    r.s.clear_dir("/var/log/samba", |_| false, "Samba log")?;
+    Ok(())
+}
+
+/// `rhn-systemid`: the RHN Classic system id.
+pub fn rhn_systemid(r: &mut Run) -> anyhow::Result<()> {
+    for p in ["/etc/sysconfig/rhn/systemid", "/etc/sysconfig/rhn/osad-auth.conf"] {
+        r.s.remove(p, "RHN system id")?;
+    }
+    Ok(())
+}
+
+/// `rh-subscription-manager`: the consumer identity and entitlements of subscription-manager.
+pub fn rh_subscription_manager(r: &mut Run) -> anyhow::Result<()> {
+    for d in ["/etc/pki/consumer", "/etc/pki/entitlement", "/var/lib/rhsm/cache", "/var/lib/rhsm/facts", "/var/lib/rhsm/packages"] {
+        r.s.clear_dir(d, |_| false, "subscription-manager identity")?;
+    }
+    Ok(())
+}
+
+/// `ipa-client`: the FreeIPA client enrolment (its CA, configuration, NSS database, saved
+/// state); `kerberos-hostkeytab` takes the keytab.
+pub fn ipa_client(r: &mut Run) -> anyhow::Result<()> {
+    for p in ["/etc/ipa/ca.crt", "/etc/ipa/default.conf"] {
+        r.s.remove(p, "IPA client enrolment")?;
+    }
+    for d in ["/etc/ipa/nssdb", "/var/lib/ipa-client/sysrestore", "/var/lib/ipa-client/pki"] {
+        r.s.clear_dir(d, |_| false, "IPA client enrolment")?;
+    }
+    Ok(())
+}
+
+/// `kerberos-data` (off by default, as in virt-sysprep): a KDC's database and stash, its
+/// configuration (`kdc.conf`, `kadm5.acl`) kept.
+pub fn kerberos_data(r: &mut Run) -> anyhow::Result<()> {
+    for d in ["/var/kerberos/krb5kdc", "/var/lib/krb5kdc"] {
+        r.s.clear_dir(d, |n| n == "kdc.conf" || n == "kadm5.acl", "Kerberos KDC data")?;
+    }
+    Ok(())
+}
+
+/// `lvm-system-devices`: LVM's devices file, which names the disks of the machine it was
+/// made on.
+pub fn lvm_system_devices(r: &mut Run) -> anyhow::Result<()> {
+    r.s.remove("/etc/lvm/devices/system.devices", "LVM devices file")?;
+    Ok(())
+}
+
+/// `net-nmconn` (off by default, as in virt-sysprep: it removes the image's own network
+/// configuration too): every NetworkManager connection profile.
+pub fn net_nmconn(r: &mut Run) -> anyhow::Result<()> {
+    r.s.clear_dir("/etc/NetworkManager/system-connections", |_| false, "NetworkManager connection")?;
+    Ok(())
+}

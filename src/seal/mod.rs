@@ -86,6 +86,16 @@ fn run_op(op: Op, r: &mut Run) -> anyhow::Result<()> {
         Op::YumUuid => instance::yum_uuid(r),
         Op::BlkidTab => instance::blkid_tab(r),
         Op::FirewallRules => instance::firewall_rules(r),
+        Op::MailSpool => instance::mail_spool(r),
+        Op::DhcpServerState => instance::dhcp_server_state(r),
+        Op::DovecotData => instance::dovecot_data(r),
+        Op::SambaDbLog => instance::samba_db_log(r),
+        Op::RhnSystemid => instance::rhn_systemid(r),
+        Op::RhSubscriptionManager => instance::rh_subscription_manager(r),
+        Op::IpaClient => instance::ipa_client(r),
+        Op::KerberosData => instance::kerberos_data(r),
+        Op::LvmSystemDevices => instance::lvm_system_devices(r),
+        Op::NetNmconn => instance::net_nmconn(r),
         Op::FsUuids => fsuuid::fs_uuids(r),
     }
 }

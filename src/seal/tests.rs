@@ -539,6 +539,77 @@ fn instance_state_of_the_rest_of_the_catalogue() {
 }
 
 #[test]
+fn service_identities_of_the_rest_of_the_catalogue() {
+    check(Op::MailSpool, SealPlan::default(), |d| put(d, "/var/mail/debian", "From x"), &[("/var/mail", false)]);
+    check(
+        Op::DhcpServerState,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/lib/dhcp/dhcpd.leases", "lease 10.0.0.5 {}");
+            put(d, "/var/lib/dhcp/dhcpd.leases~", "lease 10.0.0.4 {}");
+            put(d, "/var/lib/dhcp/dhclient.eth0.leases", "client");
+        },
+        &[("/var/lib/dhcp", false), ("/var/lib/dhcp/dhcpd.leases", true), ("/var/lib/dhcp/dhclient.eth0.leases", false)],
+    );
+    check(Op::DovecotData, SealPlan::default(), |d| put(d, "/var/lib/dovecot/instances", "x"), &[("/var/lib/dovecot", false)]);
+    check(
+        Op::SambaDbLog,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/lib/samba/private/secrets.tdb", "machine account");
+            put(d, "/var/cache/samba/gencache.tdb", "cache");
+        },
+        &[("/var/lib/samba", false), ("/var/lib/samba/private", false), ("/var/cache", false), ("/var/cache/samba", false)],
+    );
+    check(
+        Op::RhSubscriptionManager,
+        SealPlan::default(),
+        |d| {
+            put(d, "/etc/pki/consumer/cert.pem", "consumer");
+            put(d, "/etc/pki/entitlement/1.pem", "entitlement");
+        },
+        &[("/etc/pki", false), ("/etc/pki/consumer", false), ("/etc/pki/entitlement", false)],
+    );
+    check(
+        Op::RhnSystemid,
+        SealPlan::default(),
+        |d| put(d, "/etc/sysconfig/rhn/systemid", "<id/>"),
+        &[("/etc/sysconfig", false), ("/etc/sysconfig/rhn", false)],
+    );
+    check(
+        Op::IpaClient,
+        SealPlan::default(),
+        |d| {
+            put(d, "/etc/ipa/default.conf", "[global]");
+            put(d, "/var/lib/ipa-client/sysrestore/sysrestore.state", "x");
+        },
+        &[("/etc/ipa", false), ("/var/lib/ipa-client", false), ("/var/lib/ipa-client/sysrestore", false)],
+    );
+    check(
+        Op::KerberosData,
+        SealPlan::default(),
+        |d| {
+            put(d, "/var/kerberos/krb5kdc/principal", "db");
+            put(d, "/var/kerberos/krb5kdc/kdc.conf", "conf");
+        },
+        &[("/var/kerberos", false), ("/var/kerberos/krb5kdc", false), ("/var/kerberos/krb5kdc/kdc.conf", false)],
+    );
+    check(
+        Op::LvmSystemDevices,
+        SealPlan::default(),
+        |d| put(d, "/etc/lvm/devices/system.devices", "IDTYPE=wwid"),
+        &[("/etc/lvm", false), ("/etc/lvm/devices", false)],
+    );
+    check(
+        Op::NetNmconn,
+        SealPlan::default(),
+        |d| put(d, "/etc/NetworkManager/system-connections/Wired.nmconnection", "[connection]"),
+        &[("/etc/NetworkManager", false), ("/etc/NetworkManager/system-connections", false)],
+    );
+    assert!(!Op::KerberosData.default_on() && !Op::NetNmconn.default_on());
+}
+
+#[test]
 fn utmp_emptied() {
     check(
         Op::Utmp,
