@@ -136,6 +136,9 @@ pub struct Manifest {
     pub architecture: Option<String>,
     /// Cloud drivers in every kernel of the image (absent when it has no kernel modules).
     pub drivers: Option<crate::image::drivers::Drivers>,
+    /// The image's SELinux mode and how its files were labelled; absent when SELinux is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<crate::image::selinux::SelinuxReport>,
     /// Outputs.
     pub outputs: Vec<OutputFile>,
     /// Provisioners with their durations.
@@ -277,6 +280,13 @@ mod tests {
     "kernels": 1,
     "ena": true,
     "nvme": true
+  },
+  "selinux": {
+    "mode": "enforcing",
+    "policy": "targeted",
+    "relabel": "setfiles",
+    "detail": "/ /boot (31200 labels written)",
+    "seconds": 2.5
   },
   "outputs": [
     {

@@ -362,3 +362,58 @@ fn accounts_and_system_settings_without_a_shell_step() {
     }
     assert!(!std::fs::read(d.join("registry.db")).unwrap().windows(clear.len()).any(|w| w == clear.as_bytes()));
 }
+
+/// `getfattr -n security.selinux --only-values` on a path of a mounted image.
+fn selinux_label(path: &Path) -> String {
+    let o = run(std::process::Command::new("getfattr").args(["-h", "-n", "security.selinux", "--only-values"]).arg(path));
+    assert!(o.status.success(), "{}: {}", path.display(), show(&o));
+    String::from_utf8_lossy(&o.stdout).trim_end_matches('\0').to_string()
+}
+
+#[test]
+fn selinux_image_gets_its_policys_labels() {
+    if !have_root("selinux_image_gets_its_policys_labels") {
+        return;
+    }
+    let dir = testdir("selinux");
+    let d = dir.path();
+    std::fs::write(d.join("tool"), "#!/bin/sh\necho tool\n").unwrap();
+    // Debian's SELinux: the policy is built at install (postinst); the config is written as
+    // selinux-activate would leave it (permissive).
+    let text = cloud_head("sel", "1.0.0")
+        + "[[provision]]\ntype = \"shell\"\nname = \"selinux\"\ninline = [\"apt-get update -qq\", \
+           \"apt-get install -y -qq --no-install-recommends selinux-basics selinux-policy-default >/dev/null\", \
+           \"printf 'SELINUX=permissive\\\\nSELINUXTYPE=default\\\\n' > /etc/selinux/config\"]\n\n\
+           [[provision]]\ntype = \"file\"\nsource = \"tool\"\ndestination = \"/usr/local/bin/tool\"\nmode = \"0755\"\n\n\
+           [[provision]]\ntype = \"shell\"\ninline = [\"mkdir -p /etc/app\", \"echo port=80 > /etc/app/app.conf\", \"ln -s app.conf /etc/app/current\"]\n";
+    let r = recipe(d, &text);
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(d.join("out")).arg("--registry").arg(d.join("registry.db")).arg("--no-test"));
+    assert_clean(d);
+    assert!(o.status.success(), "{}", show(&o));
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("out/sel.manifest.json")).unwrap()).unwrap();
+    let sel = &manifest["selinux"];
+    assert_eq!(
+        (sel["mode"].as_str(), sel["policy"].as_str(), sel["relabel"].as_str()),
+        (Some("permissive"), Some("default"), Some("setfiles")),
+        "{sel}"
+    );
+
+    let m = RoMount::open(&d.join("out/sel.raw"), 1);
+    assert!(!m.path("/.autorelabel").exists(), "labelled by the build, nothing left to the first boot");
+    for (path, ty) in [
+        ("/etc/app/app.conf", "etc_t"),
+        ("/etc/app/current", "etc_t"),
+        ("/usr/local/bin/tool", "bin_t"),
+        ("/etc/shadow", "shadow_t"),
+        ("/usr/sbin/sshd", "sshd_exec_t"),
+        ("/home", "home_root_t"),
+    ] {
+        let label = selinux_label(&m.path(path));
+        assert!(label.starts_with("system_u:object_r:") && label.contains(&format!(":{ty}:")), "{path}: {label}");
+    }
+    drop(m);
+    // /boot is its own filesystem: labelled too.
+    let boot = RoMount::open(&d.join("out/sel.raw"), 16);
+    let label = selinux_label(&boot.path("/"));
+    assert!(label.contains(":boot_t:"), "/boot: {label}");
+}

@@ -280,13 +280,15 @@ fn two_builds_at_once_from_one_upstream() {
 /// Starts a build whose provisioner blocks, waits until it runs, sends `sig`, and checks the
 /// host is clean afterwards and the next build succeeds.
 fn interrupt_mid_build(name: &str, sig: nix::sys::signal::Signal) {
+    interrupt_build_of(name, sig, small_upstream(), "small-mbr.raw");
+}
+
+fn interrupt_build_of(name: &str, sig: nix::sys::signal::Signal, up: &Path, image: &str) {
     use std::io::{BufRead, BufReader};
-    let up = small_upstream();
     let dir = testdir(name);
     let r = recipe(
         dir.path(),
-        &(small_head(up, "small-mbr.raw")
-            + "[[provision]]\ntype = \"shell\"\nname = \"slow\"\ninline = [\"echo started\", \"sleep 1004\"]\n"),
+        &(small_head(up, image) + "[[provision]]\ntype = \"shell\"\nname = \"slow\"\ninline = [\"echo started\", \"sleep 1004\"]\n"),
     );
     let mut child =
         imgforge().arg("build").arg(&r).arg("-o").arg(dir.path().join("out")).stderr(std::process::Stdio::piped()).spawn().unwrap();
@@ -309,7 +311,8 @@ fn interrupt_mid_build(name: &str, sig: nix::sys::signal::Signal) {
     assert!(no_process_matching("sleep 1004"), "the provisioner survived {sig}");
     let out: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
     assert!(out.is_empty(), "output dir not empty after {sig}: {out:?}");
-    let o = build(dir.path(), &small_head(up, "small-mbr.raw"));
+    assert!(no_device_mapper_volumes(), "a device-mapper volume was left");
+    let o = build(dir.path(), &small_head(up, image));
     assert!(o.status.success(), "next build after {sig}: {}", show(&o));
     let stale: Vec<_> = std::fs::read_dir("/tmp")
         .unwrap()
@@ -323,6 +326,18 @@ fn interrupt_mid_build(name: &str, sig: nix::sys::signal::Signal) {
 fn sigterm_mid_build_cleans_up() {
     if have_root("sigterm_mid_build_cleans_up") {
         interrupt_mid_build("sigterm", nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// Nothing in /dev/mapper but its control node (imgforge never activates an image's LVM).
+fn no_device_mapper_volumes() -> bool {
+    std::fs::read_dir("/dev/mapper").map_or(true, |d| d.flatten().all(|e| e.file_name() == "control"))
+}
+
+#[test]
+fn kill_9_mid_lvm_build_leaves_nothing() {
+    if have_root("kill_9_mid_lvm_build_leaves_nothing") {
+        interrupt_build_of("kill9-lvm", nix::sys::signal::Signal::SIGKILL, lvm_upstream(), "small-lvm.raw");
     }
 }
 
@@ -544,4 +559,153 @@ fn clearsigned_checksums_are_verified() {
     let o = build(dir.path(), &head(&dir.path().join("plain")));
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not clearsigned"), "{}", show(&o));
+}
+
+#[test]
+fn selinux_without_setfiles_plants_autorelabel() {
+    if !have_root("selinux_without_setfiles_plants_autorelabel") {
+        return;
+    }
+    let dir = testdir("selinux-autorelabel");
+    std::fs::write(dir.path().join("config"), "# enforcing, but the image has no setfiles\nSELINUX=enforcing\nSELINUXTYPE=targeted\n")
+        .unwrap();
+    let text = small_head(small_upstream(), "small-mbr.raw")
+        + "[[provision]]\ntype = \"file\"\nsource = \"config\"\ndestination = \"/etc/selinux/config\"\n";
+    let o = build(dir.path(), &text);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("SELinux (enforcing): the image has no setfiles"), "{}", show(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/small.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["selinux"]["relabel"], "autorelabel", "{}", manifest["selinux"]);
+    assert_eq!(manifest["selinux"]["mode"], "enforcing");
+    let m = RoMount::open(&dir.path().join("out/small.raw"), 1);
+    assert!(m.path("/.autorelabel").is_file(), "the first boot must relabel");
+    drop(m);
+    // Without a config (the plain small image) nothing is said and nothing planted.
+    let plain = testdir("selinux-off");
+    let o = build(plain.path(), &small_head(small_upstream(), "small-mbr.raw"));
+    assert!(o.status.success(), "{}", show(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plain.path().join("out/small.manifest.json")).unwrap()).unwrap();
+    assert!(manifest.get("selinux").is_none(), "{manifest}");
+}
+
+/// `blkid -p` of the filesystem at `start` of `raw`: (TYPE, UUID).
+fn blkid_at(raw: &Path, start: u64, size: u64) -> (String, String) {
+    let o = run(std::process::Command::new("blkid")
+        .args(["-p", "-o", "export", "--offset", &start.to_string(), "--size", &size.to_string()])
+        .arg(raw));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or("").to_string();
+    (get("TYPE"), get("UUID"))
+}
+
+#[test]
+fn xfs_root_grows_mounts_beside_its_twin_and_seals() {
+    if !have_root("xfs_root_grows_mounts_beside_its_twin_and_seals") {
+        return;
+    }
+    let up = xfs_upstream();
+    let upstream = up.join("small-xfs.raw");
+    let (_, up_start, up_size) = sfdisk_parts(&upstream)[0];
+    assert_eq!(blkid_at(&upstream, up_start, up_size).0, "xfs");
+    let dir = testdir("xfs-root");
+    let text = small_head(up, "small-xfs.raw")
+        + "[disk]\nsize = \"1GiB\"\n\n[seal]\nenable = [\"fs-uuids\"]\n\n\
+           [[provision]]\ntype = \"shell\"\ninline = [\"echo xfs > /etc/built-on\", \"df -k / | tail -n 1 > /etc/df\"]\n";
+    // The upstream's root mounted on the host: the build's mount meets the same XFS UUID, which
+    // the kernel refuses without `nouuid`.
+    let twin = RoMount::open(&upstream, 1);
+    let o = build(dir.path(), &text);
+    drop(twin);
+    assert!(o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("mounting partition 1 (xfs) as /"), "{err}");
+    let raw = dir.path().join("out/small.raw");
+    let (n, start, size) = sfdisk_parts(&raw)[0];
+    assert_eq!(n, 1);
+    assert!(size > 1000 << 20, "partition 1 not grown: {size}");
+    // fs-uuids gave the XFS a new UUID, and fstab follows it.
+    let (ty, uuid) = blkid_at(&raw, start, size);
+    assert_eq!(ty, "xfs");
+    assert!(!uuid.is_empty() && uuid != "6c1f5d6e-2f5a-4c39-9a55-0e0a5bd1c0de", "{uuid}");
+    // A consistent filesystem after grow, provisioning, seal, trim and the UUID change.
+    let dev = attach_ro(&raw, start, size);
+    let repair = run(std::process::Command::new("xfs_repair").args(["-n", &dev]));
+    let _ = std::process::Command::new("losetup").args(["-d", &dev]).status();
+    assert!(repair.status.success(), "{}", show(&repair));
+    let m = RoMount::at(&raw, start, size);
+    assert_eq!(m.read("/etc/built-on"), "xfs\n");
+    // The provisioner saw the grown filesystem: xfs_growfs ran before it.
+    let df = m.read("/etc/df");
+    let total_kb: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(total_kb > 900 * 1024, "{df}");
+    assert_eq!(m.read("/etc/fstab"), format!("UUID={uuid} / xfs defaults,noatime 1 1\n"));
+    assert_eq!(std::fs::metadata(m.path("/etc/machine-id")).unwrap().len(), 0);
+    assert!(!m.path("/etc/ssh/ssh_host_rsa_key").exists());
+    drop(m);
+    let seal = std::fs::read_to_string(dir.path().join("out/small.seal.json")).unwrap();
+    assert!(seal.contains("/: synced and trimmed"), "{seal}");
+}
+
+#[test]
+fn lvm_root_used_without_activation() {
+    if !have_root("lvm_root_used_without_activation") {
+        return;
+    }
+    let up = lvm_upstream();
+    let upstream = up.join("small-lvm.raw");
+    let ids = |raw: &Path| {
+        host_lvm(raw, 2, &["pvs", "--noheadings", "-o", "pv_uuid,vg_name,vg_uuid", "{dev}"])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let before = ids(&upstream);
+    assert_eq!(before[1], "rhel");
+    let dir = testdir("lvm-root");
+    let text = small_head(up, "small-lvm.raw")
+        + "[[provision]]\ntype = \"shell\"\ninline = [\"echo lvm > /etc/built-on\", \"echo boot > /boot/built-on\"]\n";
+    let o = build(dir.path(), &text);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(no_device_mapper_volumes());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("mounting logical volume rhel/root (xfs) as /"), "{err}");
+    let raw = dir.path().join("out/small.raw");
+    // Where host LVM says the root volume is, the build's files are.
+    let (start, size) = lv_range(&raw, 2, "rhel/root");
+    let m = RoMount::at(&raw, start, size);
+    assert_eq!(m.read("/etc/built-on"), "lvm\n");
+    assert_eq!(std::fs::metadata(m.path("/etc/machine-id")).unwrap().len(), 0);
+    drop(m);
+    let boot = RoMount::open(&raw, 1);
+    assert_eq!(boot.read("/built-on"), "boot\n", "/boot (partition 1, from fstab) was mounted for provisioning");
+    drop(boot);
+    // lvm-uuids: new PV and VG UUIDs, the names kept; host LVM reads the metadata cleanly.
+    let after = ids(&raw);
+    assert_eq!(after[1], "rhel");
+    assert_ne!(after[0], before[0], "PV UUID unchanged");
+    assert_ne!(after[2], before[2], "VG UUID unchanged");
+    host_lvm(&raw, 2, &["vgck", "rhel"]);
+    let lvs = host_lvm(&raw, 2, &["lvs", "--noheadings", "-o", "lv_name", "rhel"]);
+    assert_eq!(lvs.split_whitespace().collect::<Vec<_>>(), ["root", "swap"]);
+    let seal = std::fs::read_to_string(dir.path().join("out/small.seal.json")).unwrap();
+    assert!(seal.contains(&after[0]) && seal.contains(&after[2]), "{seal}");
+
+    // What cannot be done is refused with what was found.
+    let grow = build(dir.path(), &(small_head(up, "small-lvm.raw") + "[disk]\nsize = \"1GiB\"\n"));
+    assert!(!grow.status.success());
+    assert!(String::from_utf8_lossy(&grow.stderr).contains("the root is the logical volume rhel/root"), "{}", show(&grow));
+    let wrong = build(dir.path(), &(small_head(up, "small-lvm.raw") + "[disk]\nroot = { lvm = \"rhel/home\" }\n"));
+    assert!(!wrong.status.success());
+    let e = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        e.contains("[disk] root lvm = \"rhel/home\": nothing on the disk matches it")
+            && e.contains("lvm rhel/root:xfs")
+            && e.contains("lvm rhel/swap:swap"),
+        "{e}"
+    );
+    let swap = build(dir.path(), &(small_head(up, "small-lvm.raw") + "[disk]\nroot = { lvm = \"rhel/swap\" }\n"));
+    assert!(String::from_utf8_lossy(&swap.stderr).contains("holds swap, not a Linux root filesystem"), "{}", show(&swap));
+    assert!(no_device_mapper_volumes());
 }

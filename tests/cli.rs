@@ -140,6 +140,17 @@ fn bad_size_exits_2_with_line() {
 }
 
 #[test]
+fn bad_disk_root_exits_2_with_line() {
+    assert_recipe_error(&format!("{HEAD}\n[disk]\nroot = {{ lvm = \"root\" }}\n"), 10, "is not \"VG/LV\"");
+    assert_recipe_error(
+        &format!("{HEAD}\n[disk]\nroot = {{ label = \"a\", uuid = \"b\" }}\n"),
+        10,
+        "exactly one of lvm, label, uuid, partition",
+    );
+    assert_recipe_error(&format!("{HEAD}\n[disk]\nroot = {{ label = \"a\" }}\nroot_partition = 2\n"), 10, "not both");
+}
+
+#[test]
 fn missing_script_in_provisioner_exits_2() {
     assert_recipe_error(&format!("{HEAD}\n[[provision]]\ntype = \"shell\"\nscript = \"setup.sh\"\n"), 9, "script not found: setup.sh");
 }
@@ -181,11 +192,12 @@ fn seal_list_names_every_operation_with_its_default() {
         ("user-accounts", "off"),
         ("cron-spool", "on"),
         ("firewall-rules", "off"),
+        ("lvm-uuids", "on"),
     ] {
         let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing: {out}"));
         assert_eq!(line.split_whitespace().nth(1), Some(default), "{line}");
     }
-    assert_eq!(out.lines().count(), 40, "{out}");
+    assert_eq!(out.lines().count(), 41, "{out}");
 }
 
 /// `validate` reads the pinned signing key: a file that is no OpenPGP key fails validation

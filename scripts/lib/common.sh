@@ -12,7 +12,8 @@
 # (write_fs_into_partition), checksum files (write_sums) and throwaway OpenPGP
 # keys/signatures (make_keys_and_sign).
 #
-# Nothing in here mounts anything or attaches loop devices.
+# Nothing in here mounts anything or attaches loop devices (make-small-image
+# --variant lvm attaches one itself, for LVM's tools).
 
 # Guard against double sourcing.
 if [[ -n "${IMGFORGE_COMMON_SH:-}" ]]; then

@@ -8,7 +8,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -274,6 +274,36 @@ impl Root {
         let (dir, name) = self.parent(path)?;
         nix::unistd::symlinkat(target, dir.as_fd(), name.as_os_str()).map_err(err("create symlink", path))
     }
+
+    /// Sets the extended attribute `name` of `path` itself: resolved within the root, a final
+    /// symlink labelled rather than followed (an `O_PATH | O_NOFOLLOW` descriptor, reached
+    /// through `/proc/self/fd`).
+    pub fn set_xattr(&self, path: &Path, name: &str, value: &[u8]) -> Result<()> {
+        let fd = if relative(path).as_os_str().is_empty() {
+            self.open_in(path, OFlag::O_PATH, 0)?
+        } else {
+            let (dir, leaf) = self.parent(path)?;
+            openat2(dir.as_fd(), leaf.as_os_str(), how(OFlag::O_PATH | OFlag::O_NOFOLLOW, 0)).map_err(err("open", path))?
+        };
+        let proc = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| ResolveError {
+            op: "set attribute",
+            path: path.to_path_buf(),
+            source: Errno::EINVAL,
+        })?;
+        let cname = std::ffi::CString::new(name).map_err(|_| ResolveError {
+            op: "set attribute",
+            path: path.to_path_buf(),
+            source: Errno::EINVAL,
+        })?;
+        #[allow(unsafe_code)]
+        // SAFETY: both strings are NUL-terminated and outlive the call; `value` is a valid slice.
+        let rc = unsafe { libc::setxattr(proc.as_ptr(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if rc != 0 {
+            return Err(err("set attribute", path)(Errno::last()));
+        }
+        drop(fd);
+        Ok(())
+    }
 }
 
 fn io_err(op: &'static str, path: &Path, e: &std::io::Error) -> ResolveError {
@@ -285,6 +315,39 @@ fn io_err(op: &'static str, path: &Path, e: &std::io::Error) -> ResolveError {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[allow(unsafe_code)]
+    fn lget(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        let mut buf = [0u8; 256];
+        // SAFETY: valid C strings and buffer.
+        let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        (len >= 0).then(|| buf[..len as usize].to_vec())
+    }
+
+    #[test]
+    fn set_xattr_labels_the_link_never_its_target() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return;
+        }
+        let img = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let host_file = outside.path().join("passwd");
+        std::fs::write(&host_file, b"host").unwrap();
+        std::fs::create_dir(img.path().join("etc")).unwrap();
+        std::fs::write(img.path().join("etc/app.conf"), b"x").unwrap();
+        symlink(&host_file, img.path().join("etc/link")).unwrap();
+        let root = Root::open(img.path()).unwrap();
+        root.set_xattr(Path::new("/etc/app.conf"), "trusted.imgforge", b"etc_t\0").unwrap();
+        root.set_xattr(Path::new("/etc/link"), "trusted.imgforge", b"link_t\0").unwrap();
+        root.set_xattr(Path::new("/"), "trusted.imgforge", b"root_t\0").unwrap();
+        assert_eq!(lget(&img.path().join("etc/app.conf"), "trusted.imgforge").unwrap(), b"etc_t\0");
+        assert_eq!(lget(&img.path().join("etc/link"), "trusted.imgforge").unwrap(), b"link_t\0");
+        assert_eq!(lget(img.path(), "trusted.imgforge").unwrap(), b"root_t\0");
+        assert_eq!(lget(&host_file, "trusted.imgforge"), None, "followed the symlink out of the root");
+        assert!(root.set_xattr(Path::new("/etc/missing"), "trusted.imgforge", b"x").is_err());
+    }
 
     #[test]
     fn reads_only_regular_files_and_never_blocks() {

@@ -88,7 +88,7 @@ pub fn run(g: &Global, a: &Args) -> anyhow::Result<()> {
             names.join(" or ")
         ))));
     }
-    let run = crate::imagetest::run_and_report(&subject, path, plan.root_partition, &plan.tests, &stages, &junit, &events)?;
+    let run = crate::imagetest::run_and_report(&subject, path, plan.root.as_ref(), &plan.tests, &stages, &junit, &events)?;
     crate::imagetest::record(&mut *store, &record.id, &run)?;
     println!("tested: {} {} {}", record.name, record.version, record.id);
     Ok(())

@@ -4,7 +4,8 @@
 /// What a partition holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FsInfo {
-    /// "ext4", "xfs", "vfat", "btrfs", "swap" or "" when unknown.
+    /// "ext4", "xfs", "vfat", "btrfs", "swap", "LVM2_member" (a physical volume) or "" when
+    /// unknown.
     pub fstype: String,
     /// Filesystem label ("" if none).
     pub label: String,
@@ -55,7 +56,23 @@ pub fn probe(b: &[u8]) -> FsInfo {
     if cut(b, 4086, 10) == b"SWAPSPACE2" {
         return FsInfo { fstype: "swap".into(), label: text(cut(b, 1024 + 28, 16)), uuid: uuid(cut(b, 1024 + 12, 16)) };
     }
+    if let Some(info) = probe_lvm(b) {
+        return info;
+    }
     probe_fat(b).unwrap_or_default()
+}
+
+/// An LVM2 physical volume: the `LABELONE` sector in one of the first four, its UUID.
+fn probe_lvm(b: &[u8]) -> Option<FsInfo> {
+    (0..4usize).find_map(|sector| {
+        let s = cut(b, sector * 512, 512);
+        if cut(s, 0, 8) != b"LABELONE" || cut(s, 24, 8) != b"LVM2 001" {
+            return None;
+        }
+        let at = usize::try_from(u32::from_le_bytes(cut(s, 20, 4).try_into().ok()?)).ok()?;
+        let raw = std::str::from_utf8(cut(s, at, 32)).ok().filter(|u| u.len() == 32)?;
+        Some(FsInfo { fstype: "LVM2_member".into(), label: String::new(), uuid: crate::disk::lvm::dashed(raw) })
+    })
 }
 
 /// The filesystem's block size (ext2/3/4, XFS, btrfs), cluster size (vfat) or page size
@@ -130,6 +147,14 @@ mod tests {
         assert_eq!(info, FsInfo { fstype: "vfat".into(), label: "UEFI".into(), uuid: "1234-5678".into() });
         // 64 MiB FAT32: 512-byte sectors, one per cluster.
         assert_eq!(block_size(&bytes[..PROBE_LEN]), Some(512));
+    }
+
+    #[test]
+    fn lvm_physical_volume() {
+        let head = include_bytes!("testdata/lvm-pv-head.bin");
+        let info = probe(head);
+        assert_eq!(info.fstype, "LVM2_member");
+        assert_eq!(info.uuid, "w9grNa-ySxV-iWSC-SSNI-XOnz-pZ0Y-tSckUu");
     }
 
     #[test]

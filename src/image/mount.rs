@@ -19,19 +19,74 @@ use crate::host::loopdev::LoopDevice;
 use crate::host::mount::{MountSpec, MountTree};
 use crate::progress::Events;
 
-/// A partition with what its filesystem says about itself.
+/// A partition with what its filesystem says about itself. A logical volume of an LVM
+/// physical volume on the disk is listed too, as the byte range it occupies (numbered from
+/// [`VOLUME_BASE`] + 1), with `volume` set.
 #[derive(Debug, Clone)]
 pub struct Probed {
-    /// The partition.
+    /// The partition (for a logical volume: its range of the disk).
     pub part: Partition,
     /// Its filesystem.
     pub fs: FsInfo,
+    /// The logical volume this is, if it is one.
+    pub volume: Option<Volume>,
 }
 
-/// Reads the first bytes of each partition and identifies its filesystem.
+/// Logical volumes are numbered after this, in the order their VG metadata lists them.
+pub const VOLUME_BASE: u32 = 1000;
+
+/// A logical volume found on the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Volume group name.
+    pub vg: String,
+    /// Logical volume name.
+    pub lv: String,
+    /// Why it cannot be used (not one range of one PV on this disk); `None` when it can.
+    pub unusable: Option<String>,
+}
+
+impl Volume {
+    /// "vg/lv".
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.vg, self.lv)
+    }
+    /// Whether an fstab device path names it: `/dev/mapper/vg-lv` or `/dev/vg/lv`.
+    fn named_by(&self, dev: &str) -> bool {
+        dev == format!("/dev/mapper/{}", crate::disk::lvm::mapper_name(&self.vg, &self.lv))
+            || dev == format!("/dev/{}/{}", self.vg, self.lv)
+    }
+}
+
+/// How the recipe names the root filesystem (`[disk] root` / `root_partition`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootChoice {
+    /// A partition number.
+    Partition(u32),
+    /// An LVM logical volume, "vg/lv".
+    Volume(String),
+    /// A filesystem label.
+    Label(String),
+    /// A filesystem UUID.
+    Uuid(String),
+}
+
+impl std::fmt::Display for RootChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Partition(n) => write!(f, "partition {n}"),
+            Self::Volume(v) => write!(f, "lvm = \"{v}\""),
+            Self::Label(l) => write!(f, "label = \"{l}\""),
+            Self::Uuid(u) => write!(f, "uuid = \"{u}\""),
+        }
+    }
+}
+
+/// Reads the first bytes of each partition and identifies its filesystem; then the logical
+/// volumes of each LVM physical volume, read from the disk's bytes (nothing is activated).
 pub fn probe_all(disk: &File, table: &PartitionTable) -> anyhow::Result<Vec<Probed>> {
     let mut buf = vec![0u8; PROBE_LEN];
-    table
+    let mut parts = table
         .partitions
         .iter()
         .map(|p| {
@@ -39,50 +94,162 @@ pub fn probe_all(disk: &File, table: &PartitionTable) -> anyhow::Result<Vec<Prob
             buf.fill(0);
             let slice = buf.get_mut(..want).unwrap_or_default();
             disk.read_exact_at(slice, p.start).with_context(|| format!("Failed to read partition {} at offset {}", p.index, p.start))?;
-            Ok(Probed { part: p.clone(), fs: probe(&buf) })
+            Ok(Probed { part: p.clone(), fs: probe(&buf), volume: None })
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let volumes = logical_volumes(disk, &parts)?;
+    parts.extend(volumes);
+    Ok(parts)
 }
 
-/// Picks the root partition: the recipe's choice, else the one with the x86-64 root type GUID,
-/// else the only Linux filesystem not labelled as /boot, else the one with a root label
-/// (cloudimg-rootfs, rootfs, root…), else the largest.
-pub fn choose_root(parts: &[Probed], wanted: Option<u32>) -> anyhow::Result<Probed> {
-    let linux = |p: &&Probed| matches!(p.fs.fstype.as_str(), "ext2" | "ext3" | "ext4" | "xfs" | "btrfs");
-    if let Some(n) = wanted {
-        return parts
-            .iter()
-            .find(|p| p.part.index == n)
-            .cloned()
-            .with_context(|| format!("disk.root_partition = {n}, but the disk has no partition {n}"));
+/// The logical volumes of the disk's LVM physical volumes, each as the disk range it occupies.
+fn logical_volumes(disk: &File, parts: &[Probed]) -> anyhow::Result<Vec<Probed>> {
+    use crate::disk::lvm;
+    // PV UUID → (partition, volume group).
+    let mut pvs: Vec<(&Probed, lvm::VolumeGroup)> = Vec::new();
+    for p in parts.iter().filter(|p| p.fs.fstype == "LVM2_member") {
+        let read = |o: u64, n: usize| -> std::io::Result<Vec<u8>> {
+            let mut b = vec![0u8; n];
+            let end = o.checked_add(n as u64).filter(|e| *e <= p.part.size);
+            if end.is_none() {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{o}+{n} lies outside the partition")));
+            }
+            disk.read_exact_at(&mut b, p.part.start + o)?;
+            Ok(b)
+        };
+        match lvm::read_pv(&read, p.part.size) {
+            Ok(Some((_, vg))) => pvs.push((p, vg)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("partition {}: {e}; its logical volumes are not used", p.part.index),
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; PROBE_LEN];
+    for (_, vg) in &pvs {
+        if !seen.insert(vg.id.clone()) {
+            continue;
+        }
+        for lv in vg.lvs.iter().filter(|l| l.visible) {
+            let index = VOLUME_BASE + u32::try_from(out.len() + 1).unwrap_or(u32::MAX - VOLUME_BASE);
+            let mut volume = Volume { vg: vg.name.clone(), lv: lv.name.clone(), unusable: None };
+            let mut part = Partition {
+                index,
+                start: 0,
+                size: 0,
+                type_guid: None,
+                mbr_type: None,
+                part_guid: None,
+                name: volume.name(),
+                bootable: false,
+            };
+            let mut fs = FsInfo::default();
+            let found = vg.extent(lv).and_then(|e| {
+                let (pv_part, _) = pvs
+                    .iter()
+                    .find(|(p, _)| p.fs.uuid == e.pv)
+                    .ok_or_else(|| format!("its physical volume {} is not on this disk", e.pv))?;
+                if e.offset.checked_add(e.size).is_none_or(|end| end > pv_part.part.size) {
+                    return Err(format!("its extents lie beyond partition {}", pv_part.part.index));
+                }
+                Ok((pv_part.part.start + e.offset, e.size))
+            });
+            match found {
+                Ok((start, size)) => {
+                    part.start = start;
+                    part.size = size;
+                    let want = PROBE_LEN.min(usize::try_from(size).unwrap_or(PROBE_LEN));
+                    buf.fill(0);
+                    let slice = buf.get_mut(..want).unwrap_or_default();
+                    disk.read_exact_at(slice, start).with_context(|| format!("Failed to read logical volume {}", volume.name()))?;
+                    fs = probe(&buf);
+                }
+                Err(why) => volume.unusable = Some(why),
+            }
+            out.push(Probed { part, fs, volume: Some(volume) });
+        }
+    }
+    Ok(out)
+}
+
+fn is_linux_fs(p: &Probed) -> bool {
+    matches!(p.fs.fstype.as_str(), "ext2" | "ext3" | "ext4" | "xfs" | "btrfs")
+}
+
+/// Picks the root filesystem: the recipe's choice, else the partition with the x86-64 root
+/// type GUID, else the only Linux filesystem not labelled as /boot, else the one with a root
+/// label (cloudimg-rootfs, rootfs, root…) or a root logical volume name (root, lv_root…),
+/// else the largest.
+pub fn choose_root(parts: &[Probed], wanted: Option<&RootChoice>) -> anyhow::Result<Probed> {
+    if let Some(choice) = wanted {
+        let found = parts.iter().find(|p| match choice {
+            RootChoice::Partition(n) => p.part.index == *n,
+            RootChoice::Volume(v) => p.volume.as_ref().is_some_and(|vol| vol.name() == *v),
+            RootChoice::Label(l) => p.fs.label == *l && is_linux_fs(p),
+            RootChoice::Uuid(u) => p.fs.uuid.eq_ignore_ascii_case(u) && is_linux_fs(p),
+        });
+        let Some(p) = found else {
+            bail!("[disk] root {choice}: nothing on the disk matches it (found: {})", summary(parts));
+        };
+        if let Some(why) = p.volume.as_ref().and_then(|v| v.unusable.as_ref()) {
+            bail!(
+                "[disk] root {choice}: the logical volume cannot be used: {why}; imgforge reads LVM without device-mapper and \
+                 maps only linear volumes that are one range of one physical volume on this disk"
+            );
+        }
+        if !is_linux_fs(p) {
+            let fs = if p.fs.fstype.is_empty() { "no filesystem imgforge knows" } else { &p.fs.fstype };
+            bail!("[disk] root {choice}: {} holds {fs}, not a Linux root filesystem (found: {})", describe(p), summary(parts));
+        }
+        return Ok(p.clone());
     }
     let by_type: Vec<&Probed> = parts.iter().filter(|p| p.part.type_guid == Some(types::LINUX_ROOT_X86_64)).collect();
     if let [one] = by_type.as_slice() {
         return Ok((*one).clone());
     }
-    let candidates: Vec<&Probed> = parts.iter().filter(linux).filter(|p| !matches!(p.fs.label.as_str(), "BOOT" | "boot")).collect();
+    let candidates: Vec<&Probed> =
+        parts.iter().filter(|p| is_linux_fs(p)).filter(|p| !matches!(p.fs.label.as_str(), "BOOT" | "boot")).collect();
     match candidates.as_slice() {
-        [] => bail!("no Linux root filesystem found on the disk (partitions: {}); set [disk] root_partition", summary(parts)),
+        [] => bail!("no Linux root filesystem found on the disk (found: {}); set [disk] root", summary(parts)),
         [one] => Ok((*one).clone()),
         many => {
-            const ROOT_LABELS: &[&str] = &["cloudimg-rootfs", "rootfs", "root", "ROOT", "img-rootfs"];
+            const ROOT_LABELS: &[&str] = &["cloudimg-rootfs", "rootfs", "root", "ROOT", "img-rootfs", "/"];
+            const ROOT_VOLUMES: &[&str] = &["root", "lv_root", "rootlv", "root_lv", "lvroot"];
             if let Some(p) = many.iter().find(|p| ROOT_LABELS.contains(&p.fs.label.as_str())) {
                 return Ok((*p).clone());
             }
+            if let Some(p) = many.iter().find(|p| p.volume.as_ref().is_some_and(|v| ROOT_VOLUMES.contains(&v.lv.as_str()))) {
+                return Ok((*p).clone());
+            }
             let best = many.iter().max_by_key(|p| p.part.size).map(|p| (*p).clone()).context("no candidate")?;
-            tracing::warn!(
-                "several Linux filesystems; using the largest, partition {} (set [disk] root_partition to choose)",
-                best.part.index
-            );
+            tracing::warn!("several Linux filesystems; using the largest, {} (set [disk] root to choose)", describe(&best));
             Ok(best)
         }
+    }
+}
+
+/// "partition 2" or "logical volume rhel/root".
+pub fn describe(p: &Probed) -> String {
+    match &p.volume {
+        Some(v) => format!("logical volume {}", v.name()),
+        None => format!("partition {}", p.part.index),
     }
 }
 
 fn summary(parts: &[Probed]) -> String {
     parts
         .iter()
-        .map(|p| format!("{}:{}", p.part.index, if p.fs.fstype.is_empty() { "?" } else { &p.fs.fstype }))
+        .map(|p| {
+            let fs = if p.fs.fstype.is_empty() { "?" } else { &p.fs.fstype };
+            match &p.volume {
+                Some(v) => match &v.unusable {
+                    Some(why) => format!("lvm {}: unusable ({why})", v.name()),
+                    None => format!("lvm {}:{fs}", v.name()),
+                },
+                None if p.fs.label.is_empty() => format!("{}:{fs}", p.part.index),
+                None => format!("{}:{fs} \"{}\"", p.part.index, p.fs.label),
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -92,8 +259,8 @@ fn find_partition<'a>(parts: &'a [Probed], r: &DeviceRef) -> Option<&'a Probed> 
         DeviceRef::Label(l) => &p.fs.label == l,
         DeviceRef::Uuid(u) => p.fs.uuid.eq_ignore_ascii_case(u),
         DeviceRef::PartUuid(u) => p.part.part_guid.is_some_and(|g| g.to_string().eq_ignore_ascii_case(u)),
-        DeviceRef::PartLabel(l) => &p.part.name == l,
-        DeviceRef::Other(_) => false,
+        DeviceRef::PartLabel(l) => p.volume.is_none() && &p.part.name == l,
+        DeviceRef::Other(dev) => p.volume.as_ref().is_some_and(|v| v.unusable.is_none() && v.named_by(dev)),
     })
 }
 
@@ -414,7 +581,51 @@ mod tests {
         Probed {
             part: Partition { index, start: 0, size, type_guid, mbr_type: None, part_guid: None, name: String::new(), bootable: false },
             fs: FsInfo { fstype: fstype.into(), label: label.into(), uuid: String::new() },
+            volume: None,
         }
+    }
+
+    fn lv(index: u32, size: u64, fstype: &str, vg: &str, name: &str, unusable: Option<&str>) -> Probed {
+        let mut v = p(index, size, None, fstype, "");
+        v.part.name = format!("{vg}/{name}");
+        v.volume = Some(Volume { vg: vg.into(), lv: name.into(), unusable: unusable.map(str::to_string) });
+        v
+    }
+
+    #[test]
+    fn root_on_a_logical_volume() {
+        // The RHEL layout: /boot on partition 1, a PV on partition 2 with root, home and swap.
+        let parts = [
+            p(1, 100, Some(types::LINUX_FS), "xfs", ""),
+            p(2, 900, None, "LVM2_member", ""),
+            lv(1001, 500, "xfs", "rhel", "root", None),
+            lv(1002, 600, "xfs", "rhel", "home", None),
+            lv(1003, 50, "swap", "rhel", "swap", None),
+            lv(1004, 0, "", "rhel", "striped", Some("segment at extent 0 is striped over 2 stripes")),
+        ];
+        // Several XFS without labels: the root volume's name decides, not the size.
+        assert_eq!(choose_root(&parts, None).unwrap().part.index, 1001);
+        let home = RootChoice::Volume("rhel/home".into());
+        assert_eq!(choose_root(&parts, Some(&home)).unwrap().part.index, 1002);
+        let bad = choose_root(&parts, Some(&RootChoice::Volume("rhel/striped".into()))).unwrap_err().to_string();
+        assert!(bad.contains("striped over 2 stripes"), "{bad}");
+        let missing = choose_root(&parts, Some(&RootChoice::Volume("vg/nope".into()))).unwrap_err().to_string();
+        assert!(missing.contains("lvm rhel/root:xfs") && missing.contains("lvm rhel/striped: unusable"), "{missing}");
+        // fstab names volumes by their mapper and /dev/VG/LV paths.
+        assert_eq!(find_partition(&parts, &DeviceRef::Other("/dev/mapper/rhel-home".into())).unwrap().part.index, 1002);
+        assert_eq!(find_partition(&parts, &DeviceRef::Other("/dev/rhel/home".into())).unwrap().part.index, 1002);
+        assert!(find_partition(&parts, &DeviceRef::Other("/dev/mapper/rhel-striped".into())).is_none());
+    }
+
+    #[test]
+    fn root_by_label_or_uuid() {
+        let mut a = p(1, 10, None, "ext4", "data");
+        a.fs.uuid = "0a1b2c3d-0000-4000-8000-00000000abcd".into();
+        let parts = [a, p(2, 10, None, "xfs", "sys")];
+        assert_eq!(choose_root(&parts, Some(&RootChoice::Label("sys".into()))).unwrap().part.index, 2);
+        let u = RootChoice::Uuid("0A1B2C3D-0000-4000-8000-00000000ABCD".into());
+        assert_eq!(choose_root(&parts, Some(&u)).unwrap().part.index, 1);
+        assert!(choose_root(&parts, Some(&RootChoice::Label("nope".into()))).is_err());
     }
 
     #[test]
@@ -441,8 +652,8 @@ mod tests {
         let parts = [p(1, 500, None, "ext4", "data"), p(2, 100, None, "xfs", "other")];
         assert_eq!(choose_root(&parts, None).unwrap().part.index, 1);
         // The recipe decides.
-        assert_eq!(choose_root(&parts, Some(2)).unwrap().part.index, 2);
-        assert!(choose_root(&parts, Some(9)).is_err());
+        assert_eq!(choose_root(&parts, Some(&RootChoice::Partition(2))).unwrap().part.index, 2);
+        assert!(choose_root(&parts, Some(&RootChoice::Partition(9))).is_err());
         assert!(choose_root(&[p(1, 10, None, "vfat", "")], None).is_err());
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::chroot::sandbox::Sandbox;
-use crate::image::mount::{Mounted, choose_root, probe_all};
+use crate::image::mount::{Mounted, RootChoice, choose_root, probe_all};
 use crate::progress::Events;
 use crate::registry::record::TestRun;
 use plan::{Stage, Suite, SuiteKind};
@@ -52,13 +52,13 @@ pub struct Subject {
 }
 
 /// Runs every offline suite against the raw disk at `raw`.
-pub fn run_offline(raw: &Path, root_partition: Option<u32>, suites: &[&Suite], events: &Events) -> anyhow::Result<Vec<Case>> {
+pub fn run_offline(raw: &Path, root: Option<&RootChoice>, suites: &[&Suite], events: &Events) -> anyhow::Result<Vec<Case>> {
     let file = File::open(raw).with_context(|| format!("Failed to open {}", raw.display()))?;
     let size = file.metadata().with_context(|| format!("Failed to stat {}", raw.display()))?.len();
     let table = crate::disk::partition::read(&mut &file, size)
         .with_context(|| format!("Failed to read the partition table of {}", raw.display()))?;
     let parts = probe_all(&file, &table)?;
-    let root = choose_root(&parts, root_partition)?;
+    let root = choose_root(&parts, root)?;
     let m = Mounted::mount(&file, &parts, &root, false, true, events)?;
     let result = Sandbox::create(&m.root, false, events).map(|sandbox| {
         let mut cases = Vec::new();
@@ -111,7 +111,7 @@ pub fn default_junit(output_dir: &Path, name: &str) -> PathBuf {
 pub fn run_and_report(
     subject: &Subject,
     raw: &Path,
-    root_partition: Option<u32>,
+    root: Option<&RootChoice>,
     suites: &[Suite],
     stages: &[Stage],
     junit: &Path,
@@ -121,7 +121,7 @@ pub fn run_and_report(
     let (offline, booted) = (of(Stage::Offline), of(Stage::Boot));
     let mut cases = Vec::new();
     if !offline.is_empty() {
-        cases.extend(run_offline(raw, root_partition, &offline, events)?);
+        cases.extend(run_offline(raw, root, &offline, events)?);
     }
     if let Some(b) = booted.iter().find(|s| matches!(s.kind, SuiteKind::Boot(_)))
         && let SuiteKind::Boot(spec) = &b.kind

@@ -16,7 +16,7 @@ use crate::chroot::sandbox::Sandbox;
 use crate::chroot::services::POLICY_RC_D;
 use crate::disk::convert;
 use crate::disk::workdisk::WorkDisk;
-use crate::image::mount::{Mounted, choose_root, probe_all};
+use crate::image::mount::{Mounted, RootChoice, choose_root, probe_all};
 use crate::image::{arch, drivers};
 use crate::manifest::{Manifest, SourceInfo};
 use crate::progress::Events;
@@ -196,7 +196,7 @@ fn test_build(
     };
     let junit = opts.junit.clone().unwrap_or_else(|| crate::imagetest::default_junit(&plan.output_dir, &plan.name));
     let stages = [crate::imagetest::plan::Stage::Offline, crate::imagetest::plan::Stage::Boot];
-    let run = crate::imagetest::run_and_report(&subject, Path::new(&raw.path), plan.root_partition, &plan.tests, &stages, &junit, events)?;
+    let run = crate::imagetest::run_and_report(&subject, Path::new(&raw.path), plan.root.as_ref(), &plan.tests, &stages, &junit, events)?;
     let id = m.record.as_deref().context("the build has no registry record")?;
     crate::imagetest::record(store, id, &run)
 }
@@ -215,6 +215,8 @@ struct Customized {
     /// os-release `ID`.
     distribution: Option<String>,
     seal: SealReport,
+    /// The image's SELinux mode and relabel.
+    selinux: Option<crate::image::selinux::SelinuxReport>,
     /// The image's architecture (`arch.rs`), when an executable says.
     architecture: Option<&'static str>,
     /// Cloud drivers in the image's kernels (`drivers.rs`).
@@ -240,7 +242,15 @@ fn customize(
     };
     let table = crate::disk::partition::read(&mut &*disk, size).context("Failed to read the partition table")?;
     let parts = probe_all(disk, &table)?;
-    let root_part = choose_root(&parts, plan.root_partition)?;
+    let root_part = choose_root(&parts, plan.root.as_ref())?;
+    if let (Some(_), Some(v)) = (grown, &root_part.volume) {
+        bail!(
+            "[disk] size: the root is the logical volume {}; growing it means resizing its physical volume and volume group, \
+             which imgforge does not do (it never activates LVM): leave out [disk] size and grow at first boot \
+             (cloud-init growpart, then lvextend -r)",
+            v.name()
+        );
+    }
     if let Some(want) = grown {
         t.time(events, "grow", &format!("growing the disk to {want} bytes"), || {
             let path = crate::host::fd::self_path(disk);
@@ -252,12 +262,12 @@ fn customize(
         Some(new_size) => {
             let table = crate::disk::partition::read(&mut &*disk, new_size)?;
             let parts = probe_all(disk, &table)?;
-            let root = choose_root(&parts, Some(root_part.part.index))?;
+            let root = choose_root(&parts, Some(&RootChoice::Partition(root_part.part.index)))?;
             (parts, root)
         }
         None => (parts, root_part),
     };
-    let what = format!("mounting partition {} ({}) as /", root_part.part.index, root_part.fs.fstype);
+    let what = format!("mounting {} ({}) as /", crate::image::mount::describe(&root_part), root_part.fs.fstype);
     let mounted = t.time(events, "mount", &what, || Mounted::mount(disk, &parts, &root_part, grown.is_some(), false, events))?;
     let mut cx = seal_context(plan, opts.seal_dry_run);
     cx.filesystems = super::seal_filesystems(&parts, &mounted);
@@ -265,8 +275,11 @@ fn customize(
     let result = inside(plan, opts, &mounted, &cx, stamp, t, events);
     let closed = t.time(events, "unmount", "unmounting and detaching", || mounted.close());
     let mut c = match (result, closed) {
-        (Ok(r), Ok(())) if !r.seal.fs_uuids.is_empty() => {
-            t.time(events, "fs-uuids", "setting new filesystem UUIDs", || crate::seal::fsuuid::apply(disk, &r.seal.fs_uuids))?;
+        (Ok(r), Ok(())) if !r.seal.fs_uuids.is_empty() || !r.seal.lvm_uuids.is_empty() => {
+            t.time(events, "fs-uuids", "setting new filesystem and LVM UUIDs", || {
+                crate::seal::fsuuid::apply(disk, &r.seal.fs_uuids)?;
+                crate::seal::lvmuuid::apply(disk, &r.seal.lvm_uuids)
+            })?;
             r
         }
         (Ok(r), Ok(())) => r,
@@ -332,6 +345,13 @@ fn inside(
     let what = format!("sealing ({} operations{})", plan.seal.enabled.len(), if opts.seal_dry_run { ", dry run" } else { "" });
     // The scrub is the last write to the image: only trimming (no content change) follows.
     let mut seal = t.time(events, "seal", &what, || crate::seal::run(&m.root, &plan.seal, cx, events))?;
+    // Labels for everything the build and the seal wrote: attributes only, no content.
+    let selinux = if opts.seal_dry_run {
+        None
+    } else {
+        let fs: Vec<(String, String)> = cx.filesystems.iter().filter_map(|f| f.target.clone().map(|t| (t, f.fstype.clone()))).collect();
+        t.time(events, "selinux", "relabelling for the image's SELinux policy", || crate::image::selinux::relabel(&m.root, &fs, events))?
+    };
     drop(sandbox);
     let (packages, kernels, distribution) = t.time(events, "inventory", "reading the image's packages and kernels", || {
         Ok((
@@ -341,7 +361,7 @@ fn inside(
         ))
     })?;
     if opts.seal_dry_run {
-        return Ok(Customized { provisioners, services, sysctls, packages, kernels, distribution, seal, architecture, drivers });
+        return Ok(Customized { provisioners, services, sysctls, packages, kernels, distribution, seal, selinux, architecture, drivers });
     }
     let report_path = plan.output_dir.join(format!("{}.seal.json", plan.name));
     if seal.errors().next().is_some() {
@@ -357,7 +377,7 @@ fn inside(
         events.notice(&gap);
         seal.free_space.push(gap);
     }
-    Ok(Customized { provisioners, services, sysctls, packages, kernels, distribution, seal, architecture, drivers })
+    Ok(Customized { provisioners, services, sysctls, packages, kernels, distribution, seal, selinux, architecture, drivers })
 }
 
 /// Logs each deferred start, and warns about units asked to run that will not run at boot.
@@ -507,6 +527,7 @@ fn finish(
         },
         architecture: c.architecture.map(str::to_string),
         drivers: c.drivers,
+        selinux: c.selinux,
         outputs,
         provisioners: c.provisioners,
         services: c.services,

@@ -18,7 +18,8 @@ use crate::seal::rawscan::Part;
 
 /// The disk's partitions as the raw pass names them.
 pub fn raw_parts(parts: &[Probed]) -> Vec<Part> {
-    parts.iter().map(|p| Part { index: p.part.index, start: p.part.start, size: p.part.size }).collect()
+    // A logical volume's bytes are read as part of its physical volume's partition.
+    parts.iter().filter(|p| p.volume.is_none()).map(|p| Part { index: p.part.index, start: p.part.start, size: p.part.size }).collect()
 }
 
 /// After unmount: every free block of each ext2/3/4 filesystem of `disk` punched out of the
@@ -55,7 +56,8 @@ pub fn reset_last_mounted(disk: &std::fs::File, filesystems: &[crate::seal::File
 pub fn free_space_gaps(filesystems: &[crate::seal::Filesystem]) -> Vec<String> {
     filesystems
         .iter()
-        .filter(|f| f.target.is_none())
+        // A physical volume is no filesystem: its logical volumes are listed themselves.
+        .filter(|f| f.target.is_none() && f.fstype != "LVM2_member")
         .map(|f| {
             format!(
                 "partition {} ({}): not mounted, so its free space was neither discarded nor zeroed (the seal wrote nothing there; the raw scan read it)",

@@ -48,13 +48,27 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
     let root = choose_root(&parts, None)?;
     events.step(
         "mount",
-        &format!("mounting partition {} ({}) as /{}", root.part.index, root.fs.fstype, if cx.dry_run { " read-only" } else { "" }),
+        &format!(
+            "mounting {} ({}) as /{}",
+            crate::image::mount::describe(&root),
+            root.fs.fstype,
+            if cx.dry_run { " read-only" } else { "" }
+        ),
     );
     let m = Mounted::mount(file, &parts, &root, false, cx.dry_run, events)?;
     let cx = Context { filesystems: seal_filesystems(&parts, &m), disk_path: Some(shared_path(file)), ..cx.clone() };
     // The image's own tools (cloud-init clean, update-ca-certificates) run in a sandbox.
     let sandbox = crate::chroot::sandbox::Sandbox::create(&m.root, false, events)?;
-    let result = crate::seal::run(&m.root, plan, &cx, events);
+    let result = crate::seal::run(&m.root, plan, &cx, events).and_then(|mut r| {
+        // Labels for what the seal created, when the image's SELinux is on.
+        if !cx.dry_run {
+            let fs: Vec<(String, String)> = cx.filesystems.iter().filter_map(|f| f.target.clone().map(|t| (t, f.fstype.clone()))).collect();
+            if let Some(sel) = crate::image::selinux::relabel(&m.root, &fs, events)? {
+                r.notes.push(format!("SELinux ({}, policy {}): labelled by {}: {}", sel.mode, sel.policy, sel.relabel, sel.detail));
+            }
+        }
+        Ok(r)
+    });
     drop(sandbox);
     let result = result.and_then(|mut r| {
         if !cx.dry_run {
@@ -68,6 +82,7 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
     closed?;
     if !cx.dry_run {
         crate::seal::fsuuid::apply(file, &report.fs_uuids)?;
+        crate::seal::lvmuuid::apply(file, &report.lvm_uuids)?;
         super::reset_last_mounted(file, &cx.filesystems)?;
         let punched = super::punch_free(file, &parts)?;
         report.free_space.extend(punched);

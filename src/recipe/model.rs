@@ -117,6 +117,23 @@ pub struct Disk {
     pub size: Option<Spanned<String>>,
     /// Root partition number, when the type GUID and filesystem probe are not enough.
     pub root_partition: Option<Spanned<u32>>,
+    /// The root filesystem by LVM volume, label or UUID: `{ lvm = "vg/root" }`,
+    /// `{ label = "root" }`, `{ uuid = "…" }`, `{ partition = 2 }`.
+    pub root: Option<Spanned<RootSpec>>,
+}
+
+/// `[disk] root = { … }`: exactly one key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootSpec {
+    /// "vg/lv".
+    pub lvm: Option<String>,
+    /// Filesystem label.
+    pub label: Option<String>,
+    /// Filesystem UUID.
+    pub uuid: Option<String>,
+    /// Partition number.
+    pub partition: Option<u32>,
 }
 
 /// `[output]`

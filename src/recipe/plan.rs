@@ -12,6 +12,7 @@ use super::error::RecipeError;
 use super::model::{AnsibleStep, FileStep, OverlayStep, PuppetStep, Recipe, SaltStep, ShellStep};
 use super::parse::{Src, recipe_dir, step};
 use super::size::parse_size;
+use crate::image::mount::RootChoice;
 use crate::provision::plan::{AnsiblePlan, NamedStep, PuppetPlan, SaltInstall, SaltPlan, Script, Step};
 use crate::source::plan::{Location, PinnedDigest, SourcePlan};
 
@@ -41,8 +42,8 @@ pub struct BuildPlan {
     pub source: Origin,
     /// Grow the disk to this many bytes.
     pub disk_size: Option<u64>,
-    /// Root partition override.
-    pub root_partition: Option<u32>,
+    /// Which filesystem is the root, when the recipe says (`[disk] root` or `root_partition`).
+    pub root: Option<RootChoice>,
     /// Provisioners in order.
     pub steps: Vec<NamedStep>,
     /// Output directory.
@@ -181,7 +182,7 @@ pub fn plan(src: Src<'_>, r: Recipe, overrides: &Overrides) -> Result<BuildPlan,
         recipe_meaning: meaning_digest(src.text),
         source,
         disk_size,
-        root_partition: r.disk.root_partition.map(|p| p.into_inner()),
+        root: root_choice(src, &r.disk)?,
         steps,
         output_dir,
         formats: formats(src, &r.output.formats)?,
@@ -440,6 +441,39 @@ fn pinned_digest(src: Src<'_>, s: &super::model::Source) -> Result<Option<Pinned
             Ok(Some(PinnedDigest { algo, hex }))
         }
         [_, (_, _, v), ..] => Err(src.at(v.span(), "give only one of sha256 and sha512")),
+    }
+}
+
+fn root_choice(src: Src<'_>, d: &super::model::Disk) -> Result<Option<RootChoice>, RecipeError> {
+    let hint = "write one of root = { lvm = \"vg/root\" }, { label = \"root\" }, { uuid = \"…\" } or { partition = 2 }";
+    let spec = match (&d.root, &d.root_partition) {
+        (None, None) => return Ok(None),
+        (None, Some(n)) => return Ok(Some(RootChoice::Partition(*n.get_ref()))),
+        (Some(r), Some(_)) => return Err(src.at(r.span(), "give [disk] root or root_partition, not both").hint(hint)),
+        (Some(r), None) => r,
+    };
+    let r = spec.get_ref();
+    let mut given = Vec::new();
+    if let Some(v) = &r.lvm {
+        let ok = v.split_once('/').is_some_and(|(vg, lv)| !vg.is_empty() && !lv.is_empty() && !lv.contains('/'));
+        if !ok {
+            return Err(src.at(spec.span(), format!("[disk] root: lvm = \"{v}\" is not \"VG/LV\"")).hint(hint));
+        }
+        given.push(RootChoice::Volume(v.clone()));
+    }
+    if let Some(v) = &r.label {
+        given.push(RootChoice::Label(v.clone()));
+    }
+    if let Some(v) = &r.uuid {
+        given.push(RootChoice::Uuid(v.clone()));
+    }
+    if let Some(n) = r.partition {
+        given.push(RootChoice::Partition(n));
+    }
+    match given.len() {
+        1 => Ok(given.pop()),
+        0 => Err(src.at(spec.span(), "[disk] root names nothing").hint(hint)),
+        _ => Err(src.at(spec.span(), "[disk] root: give exactly one of lvm, label, uuid, partition").hint(hint)),
     }
 }
 

@@ -20,6 +20,10 @@ pub struct Seal {
     /// Default operations not to run.
     #[serde(default)]
     pub disable: Vec<Spanned<String>>,
+    /// Image paths overwritten with zeros, then removed (`provisioner-files`), as
+    /// virt-sysprep's `--scrub`.
+    #[serde(default)]
+    pub scrub: Vec<Spanned<String>>,
     /// `[seal.ssh-hostkeys]`
     #[serde(default, rename = "ssh-hostkeys")]
     pub ssh_hostkeys: SshHostkeys,
@@ -182,14 +186,19 @@ pub fn seal_plan(src: Src<'_>, s: &Seal) -> Result<SealPlan, RecipeError> {
         }
         None => d.hostname.clone(),
     };
-    let mut paths = Vec::new();
-    for p in &s.provisioner_files.paths {
-        let v = p.get_ref();
-        if !v.starts_with('/') || v == "/" || v.split('/').any(|c| c == "..") {
-            return Err(src.at(p.span(), format!("seal.provisioner-files.paths: `{v}` must be an absolute image path below /")));
-        }
-        paths.push(v.clone());
-    }
+    let image_paths = |list: &[Spanned<String>], key: &str| {
+        list.iter()
+            .map(|p| {
+                let v = p.get_ref();
+                if !v.starts_with('/') || v == "/" || v.split('/').any(|c| c == "..") {
+                    return Err(src.at(p.span(), format!("{key}: `{v}` must be an absolute image path below /")));
+                }
+                Ok(v.trim_end_matches('/').to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let paths = image_paths(&s.provisioner_files.paths, "seal.provisioner-files.paths")?;
+    let scrub = image_paths(&s.scrub, "seal.scrub")?;
     let warn = s
         .residue
         .warn
@@ -206,6 +215,7 @@ pub fn seal_plan(src: Src<'_>, s: &Seal) -> Result<SealPlan, RecipeError> {
         cloud_init_image_command: s.cloud_init.image_command.unwrap_or(d.cloud_init_image_command),
         apt_lists: s.package_cache.apt_lists.unwrap_or(d.apt_lists),
         provisioner_paths: paths,
+        scrub,
         keep_users: s.user_accounts.keep.clone(),
         warn,
         ..d

@@ -84,13 +84,15 @@ pub enum Op {
     LvmSystemDevices,
     /// NetworkManager connection profiles.
     NetNmconn,
+    /// LVM physical volume and volume group UUIDs.
+    LvmUuids,
     /// Filesystem UUIDs.
     FsUuids,
 }
 
 impl Op {
     /// Every operation, in run order.
-    pub const ALL: [Op; 40] = [
+    pub const ALL: [Op; 41] = [
         Op::CloudInit,
         Op::CaCertificates,
         Op::CloudAgents,
@@ -130,6 +132,7 @@ impl Op {
         Op::KerberosData,
         Op::LvmSystemDevices,
         Op::NetNmconn,
+        Op::LvmUuids,
         Op::FsUuids,
     ];
 
@@ -175,6 +178,7 @@ impl Op {
             Op::KerberosData => "kerberos-data",
             Op::LvmSystemDevices => "lvm-system-devices",
             Op::NetNmconn => "net-nmconn",
+            Op::LvmUuids => "lvm-uuids",
             Op::FsUuids => "fs-uuids",
         }
     }
@@ -190,7 +194,9 @@ impl Op {
             }
             Op::CloudAgents => "waagent state, amazon-ssm-agent registration, Google guest agent instance ids",
             Op::CmAgents => "Salt minion keys and minion_id, Puppet ssl dirs, Chef client.pem",
-            Op::ProvisionerFiles => "everything the build copied in for provisioning only (and [seal.provisioner-files] paths)",
+            Op::ProvisionerFiles => {
+                "everything the build copied in for provisioning only (and [seal.provisioner-files] paths, [seal] scrub paths overwritten first)"
+            }
             Op::SshHostkeys => "/etc/ssh/ssh_host_*; a first-boot regenerator is checked or installed (fails if none can be)",
             Op::SshUserdir => {
                 "SSH private keys of root and users; the upstream's authorized_keys and known_hosts, the recipe's kept (options authorized_keys, known_hosts)"
@@ -235,8 +241,9 @@ impl Op {
             Op::KerberosData => "a Kerberos KDC's database and stash (/var/kerberos/krb5kdc, /var/lib/krb5kdc; kdc.conf, kadm5.acl kept)",
             Op::LvmSystemDevices => "LVM's devices file (/etc/lvm/devices/system.devices), naming the disks of the machine it was made on",
             Op::NetNmconn => "every NetworkManager connection profile (/etc/NetworkManager/system-connections)",
+            Op::LvmUuids => "new LVM PV and VG UUIDs, written into the PV labels and metadata after unmount; names kept",
             Op::FsUuids => {
-                "new ext2/3/4 UUIDs with fstab, GRUB, kernel command lines and ESP configs updated; refuses if another file names them"
+                "new ext2/3/4 and XFS UUIDs with fstab, GRUB, kernel command lines and ESP configs updated; refuses if another file names them"
             }
         }
     }

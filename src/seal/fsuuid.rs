@@ -1,4 +1,4 @@
-//! `fs-uuids` (off by default): every ext2/3/4 filesystem of the disk gets a new UUID, and every
+//! `fs-uuids` (off by default): every ext2/3/4 and XFS filesystem of the disk gets a new UUID, and every
 //! reference to the old one is updated in the same run — fstab, crypttab, GRUB's config and
 //! environment, /etc/default/grub, kernel command lines, boot loader entries, initramfs resume
 //! config, and text configs on an ESP that cannot be mounted here (through mtools). Before
@@ -102,7 +102,7 @@ fn names_any(data: &[u8], changes: &[UuidChange]) -> bool {
 pub fn fs_uuids(r: &mut Run) -> anyhow::Result<()> {
     let mut changes = Vec::new();
     for fs in &r.cx.filesystems {
-        if is_ext(&fs.fstype) && !fs.uuid.is_empty() {
+        if (is_ext(&fs.fstype) || fs.fstype == "xfs") && !fs.uuid.is_empty() {
             changes.push(UuidChange {
                 partition: fs.partition,
                 start: fs.start,
@@ -111,12 +111,12 @@ pub fn fs_uuids(r: &mut Run) -> anyhow::Result<()> {
                 old: fs.uuid.clone(),
                 new: random_uuid()?,
             });
-        } else if fs.fstype != "vfat" && !fs.fstype.is_empty() {
-            r.notes.push(format!("fs-uuids: partition {} ({}) keeps its UUID: only ext2/3/4 are changed", fs.partition, fs.fstype));
+        } else if !matches!(fs.fstype.as_str(), "vfat" | "" | "LVM2_member") {
+            r.notes.push(format!("fs-uuids: partition {} ({}) keeps its UUID: only ext2/3/4 and XFS are changed", fs.partition, fs.fstype));
         }
     }
     if changes.is_empty() {
-        r.notes.push("fs-uuids: no ext2/3/4 filesystem with a UUID".into());
+        r.notes.push("fs-uuids: no ext2/3/4 or XFS filesystem with a UUID".into());
         return Ok(());
     }
     // Every file that names an old UUID, found before anything is written.
@@ -220,12 +220,17 @@ fn esp_files(r: &Run, changes: &[UuidChange]) -> anyhow::Result<Vec<EspFile>> {
     Ok(out)
 }
 
-/// Changes the superblocks, after the filesystems are unmounted: `e2fsck -fy` then
-/// `tune2fs -U` on a loop device of each partition of `disk`.
+/// Changes the superblocks, after the filesystems are unmounted, on a loop device of each
+/// partition of `disk`: `e2fsck -fy` then `tune2fs -U` (ext2/3/4); `xfs_admin -U` (XFS).
 pub fn apply(disk: &std::fs::File, changes: &[UuidChange]) -> anyhow::Result<()> {
     for c in changes {
         let lo = crate::host::loopdev::LoopDevice::attach(disk, c.start, c.size, false)?;
         let dev: PathBuf = lo.path().to_path_buf();
+        if c.fstype == "xfs" {
+            Command::new("xfs_admin").args(["-U", &c.new]).arg(&dev).run_checked(&format!("set the UUID of partition {}", c.partition))?;
+            lo.close()?;
+            continue;
+        }
         let fsck = Command::new("e2fsck").arg("-fy").arg(&dev).run_any_status("check a filesystem before changing its UUID")?;
         // 0: clean, 1: errors corrected; anything else is a damaged filesystem.
         if !matches!(fsck.status.code(), Some(0 | 1)) {

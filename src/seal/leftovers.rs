@@ -10,13 +10,19 @@ use super::scrub::{Kind, base, join};
 const BUILD_LEFTOVERS: &[&str] =
     &[crate::chroot::run::RUN_DIR, "/var/tmp/imgforge", "/root/.ansible", "/root/.ansible_async", "/root/.cache/salt"];
 
-/// `provisioner-files`: what the build copied in for provisioning only.
+/// `provisioner-files`: what the build copied in for provisioning only, and the `[seal] scrub`
+/// paths (overwritten first, see [`super::scrub::Scrubber::set_scrub`]).
 pub fn provisioner_files(r: &mut Run) -> anyhow::Result<()> {
     let mut paths: Vec<String> = BUILD_LEFTOVERS.iter().map(|p| (*p).to_string()).collect();
     paths.extend(r.cx.provisioner_paths.iter().cloned());
     paths.extend(r.plan.provisioner_paths.iter().cloned());
     for p in paths {
         r.s.remove(&p, "provisioning only")?;
+    }
+    for p in &r.plan.scrub {
+        if !r.s.remove(p, "[seal] scrub")? {
+            r.notes.push(format!("[seal] scrub: {p} is not in the image"));
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod instance;
 pub mod inventory;
 pub mod leftovers;
+pub mod lvmuuid;
 pub mod netconf;
 pub mod network;
 pub mod plan;
@@ -51,6 +52,8 @@ pub struct Run<'a> {
     pub old_hostname: Option<String>,
     /// UUIDs `fs-uuids` changes after unmount.
     pub uuid_changes: Vec<fsuuid::UuidChange>,
+    /// PV and VG UUIDs `lvm-uuids` changes after unmount.
+    pub lvm_changes: Vec<lvmuuid::LvmUuidChange>,
     /// Files an operation looked at and kept on purpose.
     pub kept: Vec<report::Kept>,
 }
@@ -96,6 +99,7 @@ fn run_op(op: Op, r: &mut Run) -> anyhow::Result<()> {
         Op::KerberosData => instance::kerberos_data(r),
         Op::LvmSystemDevices => instance::lvm_system_devices(r),
         Op::NetNmconn => instance::net_nmconn(r),
+        Op::LvmUuids => lvmuuid::lvm_uuids(r),
         Op::FsUuids => fsuuid::fs_uuids(r),
     }
 }
@@ -116,8 +120,10 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
         ssh_regenerators: Vec::new(),
         old_hostname: None,
         uuid_changes: Vec::new(),
+        lvm_changes: Vec::new(),
         kept: Vec::new(),
     };
+    r.s.set_scrub(&plan.scrub);
     let mut needles = events
         .phase("seal", "read the MACs, IPs, host names and machine id the residue scan looks for", || prescan(&mut r))
         .context("Failed to read the image's addresses and names before sealing")?;
@@ -165,6 +171,7 @@ pub fn run(root: &Root, plan: &SealPlan, cx: &Context, events: &Events) -> anyho
     let mut report =
         report::assemble(plan, r.s.into_actions(), scan, r.ssh_regenerators, r.notes, cx.dry_run, start.elapsed().as_secs_f64());
     report.fs_uuids = r.uuid_changes;
+    report.lvm_uuids = r.lvm_changes;
     report.kept = r.kept;
     report.raw_needles = raw_needles;
     Ok(report)

@@ -28,6 +28,8 @@ pub struct SealPlan {
     pub apt_lists: bool,
     /// `provisioner-files`: more image paths to remove.
     pub provisioner_paths: Vec<String>,
+    /// Image paths overwritten with zeros before `provisioner-files` removes them.
+    pub scrub: Vec<String>,
     /// `user-accounts`: accounts to keep.
     pub keep_users: Vec<String>,
     /// Residue findings downgraded to warnings.
@@ -47,6 +49,7 @@ impl Default for SealPlan {
             cloud_init_image_command: true,
             apt_lists: false,
             provisioner_paths: Vec::new(),
+            scrub: Vec::new(),
             keep_users: Vec::new(),
             warn: Vec::new(),
         }

@@ -67,6 +67,9 @@ pub struct SealReport {
     /// Filesystem UUIDs changed after unmount (`fs-uuids`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fs_uuids: Vec<super::fsuuid::UuidChange>,
+    /// LVM PV and VG UUIDs changed after unmount (`lvm-uuids`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lvm_uuids: Vec<super::lvmuuid::LvmUuidChange>,
     /// Wall time.
     pub seconds: f64,
     /// What the raw pass searches the unmounted disk for: what the seal removed and no live
@@ -139,6 +142,7 @@ pub fn assemble(
         notes,
         kept: Vec::new(),
         fs_uuids: Vec::new(),
+        lvm_uuids: Vec::new(),
         seconds,
         raw_needles: Default::default(),
         raw_scan: None,

@@ -80,6 +80,8 @@ pub struct Scrubber<'a> {
     removed: Vec<Removed>,
     /// Files too large to read for secrets before they went.
     unread: Vec<String>,
+    /// Image paths overwritten before they go, secrets or not (`[seal] scrub`).
+    scrub: Vec<String>,
 }
 
 /// Files larger than this are not read for secrets before the seal deletes them (package
@@ -91,31 +93,62 @@ type Result<T> = std::result::Result<T, ResolveError>;
 impl<'a> Scrubber<'a> {
     /// A scrubber for `root`.
     pub fn new(root: &'a Root, dry_run: bool) -> Self {
-        Self { root, dry_run, op: Op::MachineId, actions: Vec::new(), removed: Vec::new(), unread: Vec::new() }
+        Self { root, dry_run, op: Op::MachineId, actions: Vec::new(), removed: Vec::new(), unread: Vec::new(), scrub: Vec::new() }
+    }
+
+    /// Paths (files, or directories for everything under them) overwritten before they go.
+    pub fn set_scrub(&mut self, paths: &[String]) {
+        self.scrub = paths.to_vec();
+    }
+
+    fn listed_for_scrub(&self, path: &str) -> bool {
+        self.scrub.iter().any(|p| path == p || path.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('/')))
+    }
+
+    /// Overwrites the regular file `path` in place with zeros, to its length, and syncs it:
+    /// on a filesystem that cannot discard (or under a snapshot of the disk), the blocks it
+    /// frees no longer hold what it held.
+    fn overwrite(&self, path: &str, len: i64) -> Result<()> {
+        let fd = self.root.open_in(Path::new(path), OFlag::O_WRONLY | OFlag::O_NOFOLLOW, 0)?;
+        let mut f = std::fs::File::from(fd);
+        let zeros = [0u8; 64 * 1024];
+        let mut left = u64::try_from(len).unwrap_or(0);
+        while left > 0 {
+            let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+            f.write_all(zeros.get(..n).unwrap_or_default()).map_err(|e| io_error("overwrite", path, &e))?;
+            left -= n as u64;
+        }
+        f.sync_data().map_err(|e| io_error("sync", path, &e))
     }
 
     /// Reads the regular file `path` (not through a symlink) for secrets before its content
-    /// goes: what the raw pass later searches the disk for. Nothing in a dry run.
-    pub fn harvest(&mut self, path: &str) -> Result<()> {
+    /// goes: what the raw pass later searches the disk for. A file that holds one, or that
+    /// `[seal] scrub` lists, is then overwritten with zeros in place (`true`). Nothing in a dry
+    /// run.
+    pub fn harvest(&mut self, path: &str) -> Result<bool> {
         if self.dry_run {
-            return Ok(());
+            return Ok(false);
         }
-        let Some(st) = self.stat(path)? else { return Ok(()) };
+        let Some(st) = self.stat(path)? else { return Ok(false) };
         if kind(&st) != Kind::File || st.st_size == 0 {
-            return Ok(());
+            return Ok(false);
         }
+        let mut secret = false;
         if st.st_size > MAX_HARVEST {
             self.unread.push(path.to_string());
-            return Ok(());
-        }
-        if let Some(data) = self.read(path)? {
+        } else if let Some(data) = self.read(path)? {
             for r in super::residue::secrets_in(&data, path) {
+                secret = true;
                 if !self.removed.iter().any(|o| o.bytes == r.bytes) {
                     self.removed.push(r);
                 }
             }
         }
-        Ok(())
+        if secret || self.listed_for_scrub(path) {
+            self.overwrite(path, st.st_size)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// The secret values harvested, and the files too large to read.
@@ -207,9 +240,7 @@ impl<'a> Scrubber<'a> {
     }
 
     fn remove_one(&mut self, path: &str, k: Kind, detail: &str) -> Result<()> {
-        if k == Kind::File {
-            self.harvest(path)?;
-        }
+        let scrubbed = k == Kind::File && self.harvest(path)?;
         if !self.dry_run {
             if k == Kind::Dir {
                 self.root.remove_dir(Path::new(path))?;
@@ -217,7 +248,11 @@ impl<'a> Scrubber<'a> {
                 self.root.remove_file(Path::new(path))?;
             }
         }
-        self.record(path, ActionKind::Removed, detail);
+        if scrubbed {
+            self.record(path, ActionKind::Removed, &format!("{detail} (overwritten with zeros first)"));
+        } else {
+            self.record(path, ActionKind::Removed, detail);
+        }
         Ok(())
     }
 
@@ -239,12 +274,13 @@ impl<'a> Scrubber<'a> {
         if kind(&st) != Kind::File || st.st_size == 0 {
             return Ok(false);
         }
-        self.harvest(path)?;
+        let scrubbed = self.harvest(path)?;
         if !self.dry_run {
             let fd = self.root.open_in(Path::new(path), OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW, 0)?;
             drop(fd);
         }
-        self.record(path, ActionKind::Truncated, detail);
+        let detail = if scrubbed { format!("{detail} (overwritten with zeros first)") } else { detail.to_string() };
+        self.record(path, ActionKind::Truncated, &detail);
         Ok(true)
     }
 
@@ -313,6 +349,11 @@ impl<'a> Scrubber<'a> {
         self.record(path, ActionKind::Created, &format!("symlink to {target}{sep}{detail}"));
         Ok(())
     }
+}
+
+/// An I/O error on an image path, as the image-root API reports them.
+fn io_error(op: &'static str, path: &str, e: &std::io::Error) -> ResolveError {
+    ResolveError { op, path: Path::new(path).to_path_buf(), source: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw) }
 }
 
 /// `dir/name` for image paths.

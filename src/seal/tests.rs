@@ -363,6 +363,38 @@ fn provisioner_files() {
     assert!(d.path().join("opt/app/keep").exists() && d.path().join("srv").exists());
 }
 
+/// A removed secret, and a `[seal] scrub` path, are overwritten before they go: a hard link
+/// kept outside the image root still reaches the inode and reads zeros; an ordinary removed
+/// file is not overwritten.
+#[test]
+fn secrets_and_scrub_paths_are_overwritten_before_removal() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("img");
+    base_tree(&img);
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n-----END OPENSSH PRIVATE KEY-----\n";
+    put_mode(&img, "/root/.ssh/id_ed25519", key, 0o600);
+    put(&img, "/opt/app/token", "not a recognisable secret, but listed\n");
+    put(&img, "/opt/build/notes.txt", "plain provisioning file\n");
+    for (inside, outside) in [("root/.ssh/id_ed25519", "key"), ("opt/app/token", "token"), ("opt/build/notes.txt", "notes")] {
+        std::fs::hard_link(img.join(inside), d.path().join(outside)).unwrap();
+    }
+    let plan = SealPlan {
+        enabled: BTreeSet::from([Op::SshUserdir, Op::ProvisionerFiles]),
+        provisioner_paths: vec!["/opt/build".into()],
+        scrub: vec!["/opt/app/token".into(), "/opt/missing".into()],
+        ..SealPlan::default()
+    };
+    let r = seal(&img, &plan, &Context::default());
+    assert!(!img.join("root/.ssh/id_ed25519").exists() && !img.join("opt/app/token").exists() && !img.join("opt/build").exists());
+    assert_eq!(std::fs::read(d.path().join("key")).unwrap(), vec![0u8; key.len()]);
+    assert_eq!(std::fs::read(d.path().join("token")).unwrap(), vec![0u8; 38]);
+    assert_eq!(std::fs::read_to_string(d.path().join("notes")).unwrap(), "plain provisioning file\n");
+    let overwritten: Vec<&str> =
+        r.actions.iter().filter(|a| a.detail.contains("overwritten with zeros first")).map(|a| a.path.as_str()).collect();
+    assert_eq!(overwritten, ["/opt/app/token", "/root/.ssh/id_ed25519"], "provisioner-files runs before ssh-userdir");
+    assert!(r.notes.iter().any(|n| n.contains("/opt/missing is not in the image")), "{:?}", r.notes);
+}
+
 #[test]
 fn shell_history() {
     check(

@@ -66,24 +66,101 @@ fn run_script(script: &str, args: &[&str]) {
     assert!(out.status.success(), "{script} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-/// The small MBR upstream (made once per test process with scripts/make-small-image).
-pub fn small_upstream() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = repo().join(format!("target/test-upstream/small-{}", std::process::id()));
-        run_script("scripts/make-small-image", &[dir.to_str().unwrap()]);
+/// A small upstream made once per test process by scripts/make-small-image (with `variant`).
+fn small_image(cell: &'static OnceLock<PathBuf>, name: &str, variant: Option<&str>) -> &'static Path {
+    cell.get_or_init(|| {
+        let dir = repo().join(format!("target/test-upstream/{name}-{}", std::process::id()));
+        let mut args = vec![dir.to_str().unwrap()];
+        if let Some(v) = variant {
+            args.extend(["--variant", v]);
+        }
+        run_script("scripts/make-small-image", &args);
         dir
     })
+}
+
+/// The small MBR upstream.
+pub fn small_upstream() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    small_image(&DIR, "small", None)
 }
 
 /// The hostile small upstream: /etc/ssh and /etc/machine-id are symlinks to host paths.
 pub fn hostile_upstream() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = repo().join(format!("target/test-upstream/hostile-{}", std::process::id()));
-        run_script("scripts/make-small-image", &[dir.to_str().unwrap(), "--variant", "hostile-ssh"]);
-        dir
-    })
+    small_image(&DIR, "hostile", Some("hostile-ssh"))
+}
+
+/// The small XFS upstream (GPT, partition 1 the root, XFS labelled "/").
+pub fn xfs_upstream() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    small_image(&DIR, "xfs", Some("xfs"))
+}
+
+/// The small LVM upstream (GPT, /boot on 1, PV of VG "rhel" on 2 with root (XFS) and swap).
+pub fn lvm_upstream() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    small_image(&DIR, "lvm", Some("lvm"))
+}
+
+/// A read-only loop device over `size` bytes at `start` of `raw` (`losetup`): its path.
+pub fn attach_ro(raw: &Path, start: u64, size: u64) -> String {
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--read-only", "--offset", &start.to_string(), "--sizelimit", &size.to_string()])
+        .arg(raw)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Host LVM (the oracle) on partition `partition` of `raw`, through a private configuration
+/// that sees only that loop device and writes nothing under /etc/lvm: runs `lvm ARGS…` and
+/// returns its stdout. The device path is substituted for `{dev}` in `args`.
+pub fn host_lvm(raw: &Path, partition: u32, args: &[&str]) -> String {
+    let (_, start, size) = sfdisk_parts(raw).into_iter().find(|p| p.0 == partition).expect("partition");
+    let dev = attach_ro(raw, start, size);
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("lvm.conf"),
+        format!(
+            "devices {{ obtain_device_list_from_udev = 0 use_devicesfile = 0 filter = [ \"a|^{dev}$|\", \"r|.*|\" ] global_filter = [ \"a|^{dev}$|\", \"r|.*|\" ] }}\n\
+             backup {{ backup = 0 archive = 0 }}\nglobal {{ locking_dir = \"{}\" }}\n",
+            conf.path().display()
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = args.iter().map(|a| a.replace("{dev}", &dev)).collect();
+    let o = Command::new("lvm")
+        .arg(&args[0])
+        .arg("--driverloaded")
+        .arg("n")
+        .args(&args[1..])
+        .env("LVM_SYSTEM_DIR", conf.path())
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .output()
+        .unwrap();
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(o.status.success(), "lvm {args:?}: {}", show(&o));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Where logical volume `vg/lv` of the PV on `partition` lies in `raw` (start, size), per host
+/// LVM.
+pub fn lv_range(raw: &Path, partition: u32, vg_lv: &str) -> (u64, u64) {
+    let (_, start, _) = sfdisk_parts(raw).into_iter().find(|p| p.0 == partition).expect("partition");
+    let pe_start: u64 =
+        host_lvm(raw, partition, &["pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start", "{dev}"]).trim().parse().unwrap();
+    let vg = vg_lv.split('/').next().unwrap();
+    let extent: u64 = host_lvm(raw, partition, &["vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_extent_size", vg])
+        .trim()
+        .parse()
+        .unwrap();
+    let ranges = host_lvm(raw, partition, &["lvs", "--noheadings", "--segments", "-o", "seg_pe_ranges", vg_lv]);
+    let r = ranges.trim().rsplit(':').next().unwrap();
+    let (a, b) = r.split_once('-').unwrap();
+    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+    (start + pe_start + a * extent, (b - a + 1) * extent)
 }
 
 /// The cloud-like upstream (scripts/make-upstream; cached across runs).
@@ -194,15 +271,22 @@ pub struct RoMount {
 impl RoMount {
     pub fn open(raw: &Path, partition: u32) -> RoMount {
         let (_, start, size) = sfdisk_parts(raw).into_iter().find(|p| p.0 == partition).expect("partition");
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--read-only", "--offset", &start.to_string(), "--sizelimit", &size.to_string()])
-            .arg(raw)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        RoMount::at(raw, start, size)
+    }
+
+    /// The filesystem at `start` (`size` bytes) of `raw`, mounted read-only without replaying
+    /// its journal.
+    pub fn at(raw: &Path, start: u64, size: u64) -> RoMount {
+        let dev = attach_ro(raw, start, size);
         let dir = tempfile::Builder::new().prefix("ro-check-").tempdir().unwrap();
-        let m = Command::new("mount").args(["-o", "ro,noload", &dev]).arg(dir.path()).output().unwrap();
+        let ty = Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE", &dev]).output().unwrap();
+        let opts = match String::from_utf8_lossy(&ty.stdout).trim() {
+            // Without nouuid: the kernel registers the UUID, as a host's own mount would.
+            "xfs" => "ro,norecovery",
+            "ext2" | "ext3" | "ext4" => "ro,noload",
+            _ => "ro",
+        };
+        let m = Command::new("mount").args(["-o", opts, &dev]).arg(dir.path()).output().unwrap();
         if !m.status.success() {
             let _ = Command::new("losetup").args(["-d", &dev]).status();
             panic!("mount failed: {}", show(&m));
