@@ -5,7 +5,7 @@
 //!
 //! | Layer | Modules | Job |
 //! |---|---|---|
-//! | command line | [`cli`] | flags, one file per subcommand, exit codes |
+//! | command line | [`cli`] | flags, one file per subcommand, exit codes (and the fuzz targets, `fuzz.rs`, in the `imgforge-fuzz` binary) |
 //! | pipelines | [`pipeline`], [`bakery`] | `build` and `seal IMAGE`: the domains in order over one image; many images: the plan of a set of recipes, `bake`, CI artifacts |
 //! | configuration | [`recipe`] | TOML recipe → validated plan, made of the domains' own option types |
 //! | domains | [`source`], [`provision`], [`seal`], [`stamp`], [`export`], [`publish`], [`s3`], [`manifest`], [`registry`], [`imagetest`], [`gc`] | verify an upstream; run provisioners; scrub identities; stamp the version; write formats; upload to AWS; the build record; every build recorded and queried; image tests, JUnit and verdicts; the janitor |

@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// Layers from the top; a module may import from its own layer and the ones after it.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("command line", &["cli"]),
+    ("command line", &["cli", "fuzz"]),
     ("pipelines", &["pipeline", "bakery"]),
     ("configuration", &["recipe"]),
     ("domains", &["source", "provision", "seal", "stamp", "export", "publish", "s3", "manifest", "registry", "imagetest", "gc"]),
@@ -59,7 +59,7 @@ fn import_graph(src: &Path) -> Graph {
                 continue;
             }
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if !name.ends_with(".rs") || name == "tests.rs" || name == "main.rs" {
+            if !name.ends_with(".rs") || name == "tests.rs" || name == "main.rs" || name == "fuzz_main.rs" {
                 continue;
             }
             let rel = path.strip_prefix(src).unwrap();
@@ -219,4 +219,16 @@ fn test_modules_are_not_edges() {
     let kept = production_code(code);
     assert!(kept.contains("crate::host") && kept.contains("crate::disk"), "{kept}");
     assert!(!kept.contains("crate::cli"), "{kept}");
+}
+
+/// The fuzz binary's root (src/fuzz_main.rs) declares the same modules as main.rs, plus `fuzz`.
+#[test]
+fn fuzz_root_declares_the_same_modules() {
+    let mods = |file: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file)).unwrap();
+        text.lines().filter_map(|l| l.strip_prefix("mod ").and_then(|r| r.strip_suffix(';'))).map(str::to_string).collect()
+    };
+    let mut main = mods("main.rs");
+    main.push("fuzz".into());
+    assert_eq!(mods("fuzz_main.rs"), main, "src/fuzz_main.rs must list main.rs's modules, then `mod fuzz;`");
 }
