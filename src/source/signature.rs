@@ -8,7 +8,7 @@
 use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey, SignedPublicSubKey, StandaloneSignature};
 use pgp::errors::Error as PgpError;
 use pgp::packet::{PublicKey, Signature, SignatureType};
-use pgp::types::{Fingerprint, KeyDetails, KeyId};
+use pgp::types::{Fingerprint, KeyDetails, KeyId, PublicKeyTrait};
 
 /// Start of every ASCII-armor block.
 const ARMOR_BEGIN: &str = "-----BEGIN PGP ";
@@ -44,6 +44,19 @@ pub enum SignatureError {
     KeyRevoked {
         /// Fingerprint of the revoked key.
         fingerprint: String,
+    },
+    /// The signature verifies, but the key that made it had expired (or has, now), or the
+    /// signature itself has expired: gpgv's EXPKEYSIG/EXPSIG, which apt refuses too.
+    #[error(
+        "Failed to accept signature by key {signer} (pinned key {fingerprint}): {what}; obtain the publisher's current key or a freshly signed checksums file"
+    )]
+    Expired {
+        /// Key ID of the key that made the signature.
+        signer: String,
+        /// Fingerprint of the pinned key.
+        fingerprint: String,
+        /// What expired, and when.
+        what: String,
     },
     /// The signature data is empty or only whitespace.
     #[error("Failed to read signature: the signature data is empty")]
@@ -117,7 +130,7 @@ impl SignatureError {
         match self {
             SignatureError::BadSignature { .. } => 5,
             SignatureError::Unsupported { .. } => 4,
-            SignatureError::KeyRevoked { .. } | SignatureError::UnusableSubkey { .. } => 3,
+            SignatureError::KeyRevoked { .. } | SignatureError::UnusableSubkey { .. } | SignatureError::Expired { .. } => 3,
             SignatureError::NotADocumentSignature { .. } => 2,
             _ => 1,
         }
@@ -310,9 +323,10 @@ fn verify_one(sig: &Signature, keys: &[SignedPublicKey], data: &[u8]) -> Result<
                     SignatureError::UnusableSubkey { signer: signer_key_id, fingerprint: fingerprint.clone() }
                 }
                 _ => match signer.verify(sig, data) {
-                    Ok(()) => {
-                        return Ok(Verified { fingerprint, signer_key_id });
-                    }
+                    Ok(()) => match expired(key, signer, sig, unix_now()) {
+                        None => return Ok(Verified { fingerprint, signer_key_id }),
+                        Some(what) => SignatureError::Expired { signer: signer_key_id, fingerprint: fingerprint.clone(), what },
+                    },
                     Err(source) => classify(source, signer_key_id, &fingerprint),
                 },
             };
@@ -322,6 +336,50 @@ fn verify_one(sig: &Signature, keys: &[SignedPublicKey], data: &[u8]) -> Result<
         }
     }
     Err(worst.unwrap_or_else(|| wrong_key(sig, keys)))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn rfc3339(t: i64) -> String {
+    crate::stamp::rfc3339(u64::try_from(t).unwrap_or(0))
+}
+
+/// When the key that made `sig` expires (seconds since the epoch); `None` if never. A key
+/// expiration time of 0 means no expiry.
+fn expiry_of(key: &SignedPublicKey, signer: &Signer) -> Option<i64> {
+    let (created, lifetime) = match signer {
+        Signer::Primary(k) => (k.created_at().timestamp(), key.details.key_expiration_time().map(|d| d.num_seconds())),
+        Signer::Subkey { key: sub, .. } => {
+            (sub.key.created_at().timestamp(), sub.signatures.iter().filter_map(|s| s.key_expiration_time()).map(|d| d.num_seconds()).max())
+        }
+    };
+    lifetime.filter(|s| *s > 0).map(|s| created.saturating_add(s))
+}
+
+/// Why a verified signature must still be refused: its key (primary, and for a subkey also
+/// the primary) expired before it was made or before `now`, or the signature expired. Pure.
+fn expired(key: &SignedPublicKey, signer: &Signer, sig: &Signature, now: i64) -> Option<String> {
+    let made = sig.created().map(|c| c.timestamp());
+    let mut ends = vec![("the key", expiry_of(key, signer))];
+    if matches!(signer, Signer::Subkey { .. }) {
+        ends.push(("the primary key", expiry_of(key, &Signer::Primary(&key.primary_key))));
+    }
+    for (which, end) in ends {
+        let Some(end) = end else { continue };
+        if made.is_some_and(|m| m >= end) {
+            return Some(format!("the signature was made after {which} expired on {}", rfc3339(end)));
+        }
+        if now >= end {
+            return Some(format!("{which} expired on {}", rfc3339(end)));
+        }
+    }
+    let lifetime = sig.signature_expiration_time().map(|d| d.num_seconds()).filter(|s| *s > 0);
+    match (made, lifetime) {
+        (Some(m), Some(l)) if now >= m.saturating_add(l) => Some(format!("the signature expired on {}", rfc3339(m.saturating_add(l)))),
+        _ => None,
+    }
 }
 
 /// Turn an rPGP verification error into `Unsupported` or `BadSignature`.

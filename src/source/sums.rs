@@ -97,11 +97,13 @@ pub struct Mismatch {
 
 /// Parse every entry of a checksum file.
 ///
-/// Blank lines and lines starting with `#` are skipped; CRLF line endings are
-/// accepted. Any other line that is not a valid GNU or BSD checksum line fails the
+/// Blank lines and lines starting with `#` are skipped; CRLF line endings and a leading
+/// byte-order mark are accepted. Any other line that is not a valid GNU or BSD checksum line fails the
 /// whole parse, naming the line.
 pub fn parse(text: &str) -> Result<Vec<Entry>, SumsError> {
     let mut entries = Vec::new();
+    // A byte-order mark (Windows editors write one) is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (idx, raw) in text.lines().enumerate() {
         let line_no = idx + 1;
         let line = raw.trim_end_matches('\r').trim();

@@ -1,0 +1,510 @@
+//! Hostile and malformed inputs (issue 19): each case feeds imgforge one broken or malicious
+//! input — a partition table, a disk format, a checksums file, a signature, a recipe, an image's
+//! contents — and asserts the exact refusal (exit code and the words that name the problem), or
+//! a correct build, and that the host is untouched: nothing attached or mounted, no output under
+//! a final name, no host file written through the image.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use sha2::Digest;
+use util::*;
+
+/// A copy of `src` in `dir` named `name`, changed by `mutate`; returns its path.
+fn variant(dir: &Path, src: &Path, name: &str, mutate: impl FnOnce(&std::fs::File)) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::copy(src, &p).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    mutate(&f);
+    f.sync_all().unwrap();
+    p
+}
+
+fn sha256_of(p: &Path) -> String {
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// A recipe building `image` pinned by its SHA-256 (no checksums file), plus `extra`.
+fn pinned(image: &Path, extra: &str) -> String {
+    format!(
+        "[image]\nname = \"hostile\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{}\"\nsha256 = \"{}\"\n\n{extra}",
+        image.display(),
+        sha256_of(image)
+    )
+}
+
+/// Builds `recipe_text` in `dir`; checks the host is clean and no output has a final name.
+fn build_in(dir: &Path, recipe_text: &str) -> Output {
+    let r = recipe(dir, recipe_text);
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(dir.join("out")).arg("--no-test"));
+    assert_clean(dir);
+    o
+}
+
+/// The build failed with `code`, its error naming each of `words`, and left no output.
+fn refused(dir: &Path, o: &Output, code: i32, words: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "{}", show(o));
+    for w in words {
+        assert!(err.contains(w), "expected {w:?} in the error:\n{}", show(o));
+    }
+    let out = dir.join("out");
+    let named: Vec<_> = std::fs::read_dir(&out).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(named.is_empty(), "outputs left under final names after a refusal: {named:?}");
+}
+
+fn small_raw() -> PathBuf {
+    small_upstream().join("small-mbr.raw")
+}
+
+/// Writes MBR entry `i` (0-3): status, type, first LBA, sectors.
+fn mbr_entry(f: &std::fs::File, i: u64, status: u8, ty: u8, lba: u32, sectors: u32) {
+    let mut e = [0u8; 16];
+    e[0] = status;
+    e[4] = ty;
+    e[8..12].copy_from_slice(&lba.to_le_bytes());
+    e[12..16].copy_from_slice(&sectors.to_le_bytes());
+    f.write_all_at(&e, 446 + 16 * i).unwrap();
+}
+
+fn case(name: &str) -> tempfile::TempDir {
+    testdir(&format!("hostile-{name}"))
+}
+
+// --- partition tables -------------------------------------------------------------------------
+
+#[test]
+fn mbr_partition_beyond_the_disk() {
+    if !have_root("mbr_partition_beyond_the_disk") {
+        return;
+    }
+    let d = case("mbr-beyond");
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| mbr_entry(f, 0, 0, 0x83, 2048, 0x00ff_ffff));
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(
+        d.path(),
+        &o,
+        1,
+        &["Failed to read the partition table", "partition 1 ends at byte", "beyond the end of the disk (67108864 bytes)"],
+    );
+}
+
+#[test]
+fn mbr_overlapping_partitions() {
+    if !have_root("mbr_overlapping_partitions") {
+        return;
+    }
+    let d = case("mbr-overlap");
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| mbr_entry(f, 1, 0, 0x83, 4096, 100));
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["partitions 1 and 2 overlap"]);
+}
+
+#[test]
+fn mbr_extended_chain_that_loops() {
+    if !have_root("mbr_extended_chain_that_loops") {
+        return;
+    }
+    let d = case("mbr-ebr-loop");
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| {
+        // An extended partition in the last 10 MiB (the root partition shortened to end before
+        // it) whose second EBR links to itself: a reader that follows links loops forever.
+        mbr_entry(f, 0, 0, 0x83, 2048, 100_000);
+        mbr_entry(f, 1, 0, 0x05, 110_000, 20_000);
+        let ebr = |next_rel: u32| {
+            let mut b = [0u8; 512];
+            b[446 + 4] = 0x83;
+            b[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+            b[446 + 12..446 + 16].copy_from_slice(&10u32.to_le_bytes());
+            b[462 + 4] = 0x05;
+            b[462 + 8..462 + 12].copy_from_slice(&next_rel.to_le_bytes());
+            b[462 + 12..462 + 16].copy_from_slice(&20u32.to_le_bytes());
+            b[510] = 0x55;
+            b[511] = 0xAA;
+            b
+        };
+        f.write_all_at(&ebr(100), 110_000 * 512).unwrap();
+        f.write_all_at(&ebr(100), 110_100 * 512).unwrap();
+    });
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["EBR at LBA 110100 links to LBA 110100, which is not after it"]);
+}
+
+#[test]
+fn mbr_bad_status_byte() {
+    if !have_root("mbr_bad_status_byte") {
+        return;
+    }
+    let d = case("mbr-status");
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| f.write_all_at(&[0x42], 446).unwrap());
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["status byte 0x42 is neither 0x00 nor 0x80"]);
+}
+
+#[test]
+fn no_partition_table() {
+    if !have_root("no_partition_table") {
+        return;
+    }
+    let d = case("no-table");
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| f.write_all_at(&[0, 0], 510).unwrap());
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["no partition table found on the disk (67108864 bytes): expected a GPT or MBR"]);
+}
+
+#[test]
+fn disk_shorter_than_its_partition() {
+    if !have_root("disk_shorter_than_its_partition") {
+        return;
+    }
+    let d = case("short-raw");
+    // The file ends 1 MiB into the root partition.
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| f.set_len(2 << 20).unwrap());
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["partition 1 ends at byte", "beyond the end of the disk (2097152 bytes)"]);
+}
+
+#[test]
+fn empty_and_one_sector_images() {
+    if !have_root("empty_and_one_sector_images") {
+        return;
+    }
+    for (len, words) in [
+        (0u64, ["Failed to read the partition table", "the disk is only 0 bytes"]),
+        (300, ["Failed to read the partition table", "the disk is only 300 bytes"]),
+    ] {
+        let d = case("tiny");
+        let img = variant(d.path(), &small_raw(), "up.raw", |f| f.set_len(len).unwrap());
+        let o = build_in(d.path(), &pinned(&img, ""));
+        refused(d.path(), &o, 1, &words);
+    }
+}
+
+/// The GPT of `raw` (512-byte sectors): applies `edit` to the partition entries of both the
+/// primary and the backup, and `header` to both headers, then fixes every CRC.
+fn rewrite_gpt(f: &std::fs::File, edit: impl Fn(&mut Vec<u8>), header: impl Fn(&mut Vec<u8>)) {
+    let len = f.metadata().unwrap().len();
+    for lba in [1u64, len / 512 - 1] {
+        let mut h = vec![0u8; 512];
+        f.read_exact_at(&mut h, lba * 512).unwrap();
+        assert_eq!(&h[..8], b"EFI PART");
+        let entries_lba = u64::from_le_bytes(h[72..80].try_into().unwrap());
+        let count = u32::from_le_bytes(h[80..84].try_into().unwrap()) as usize;
+        let size = u32::from_le_bytes(h[84..88].try_into().unwrap()) as usize;
+        let mut entries = vec![0u8; count * size];
+        f.read_exact_at(&mut entries, entries_lba * 512).unwrap();
+        edit(&mut entries);
+        f.write_all_at(&entries, entries_lba * 512).unwrap();
+        h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+        header(&mut h);
+        let hsize = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+        h[16..20].copy_from_slice(&[0; 4]);
+        let crc = crc32fast::hash(&h[..hsize]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&h, lba * 512).unwrap();
+    }
+}
+
+fn xfs_raw() -> PathBuf {
+    xfs_upstream().join("small-xfs.raw")
+}
+
+#[test]
+fn gpt_partition_outside_the_disk() {
+    if !have_root("gpt_partition_outside_the_disk") {
+        return;
+    }
+    let d = case("gpt-outside");
+    let img =
+        variant(d.path(), &xfs_raw(), "up.raw", |f| rewrite_gpt(f, |e| e[40..48].copy_from_slice(&(1u64 << 40).to_le_bytes()), |_| {}));
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["partition 1 ends at byte 562949953421824, beyond the end of the disk (536870912 bytes)"]);
+}
+
+#[test]
+fn gpt_overlapping_partitions() {
+    if !have_root("gpt_overlapping_partitions") {
+        return;
+    }
+    let d = case("gpt-overlap");
+    let img = variant(d.path(), &xfs_raw(), "up.raw", |f| {
+        rewrite_gpt(
+            f,
+            |e| {
+                let first = e[..128].to_vec();
+                e[128..256].copy_from_slice(&first);
+                e[128 + 16] ^= 1; // another unique partition GUID
+                e[128 + 32..128 + 40].copy_from_slice(&4096u64.to_le_bytes());
+            },
+            |_| {},
+        )
+    });
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["partitions 1 and 2 overlap"]);
+}
+
+#[test]
+fn gpt_absurd_entry_count() {
+    if !have_root("gpt_absurd_entry_count") {
+        return;
+    }
+    let d = case("gpt-count");
+    let img =
+        variant(d.path(), &xfs_raw(), "up.raw", |f| rewrite_gpt(f, |_| {}, |h| h[80..84].copy_from_slice(&1_000_000_000u32.to_le_bytes())));
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["1000000000 partition entries exceed the limit"]);
+}
+
+#[test]
+fn gpt_both_headers_damaged() {
+    if !have_root("gpt_both_headers_damaged") {
+        return;
+    }
+    let d = case("gpt-crc");
+    let img = variant(d.path(), &xfs_raw(), "up.raw", |f| {
+        let len = f.metadata().unwrap().len();
+        for lba in [1, len / 512 - 1] {
+            f.write_all_at(&[0xFF], lba * 512 + 40).unwrap();
+        }
+    });
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["primary is invalid", "backup is invalid", "stored CRC32"]);
+}
+
+// --- disk formats -----------------------------------------------------------------------------
+
+fn qemu_img(args: &[&str]) {
+    let o = run(std::process::Command::new("qemu-img").args(args));
+    assert!(o.status.success(), "{}", show(&o));
+}
+
+#[test]
+fn qcow2_with_a_backing_file() {
+    if !have_root("qcow2_with_a_backing_file") {
+        return;
+    }
+    let d = case("qcow2-backing");
+    let img = d.path().join("up.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", &small_raw().display().to_string(), "-F", "raw", &img.display().to_string()]);
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["up.qcow2", "Backing file", "denied"]);
+}
+
+#[test]
+fn qcow2_absurd_l1_table() {
+    if !have_root("qcow2_absurd_l1_table") {
+        return;
+    }
+    let d = case("qcow2-l1");
+    let img = variant(d.path(), &small_upstream().join("small-mbr.qcow2"), "up.qcow2", |f| {
+        f.write_all_at(&0x7fff_ffffu32.to_be_bytes(), 36).unwrap()
+    });
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["up.qcow2"]);
+}
+
+#[test]
+fn qcow2_unknown_incompatible_feature() {
+    if !have_root("qcow2_unknown_incompatible_feature") {
+        return;
+    }
+    let d = case("qcow2-feature");
+    let img = variant(d.path(), &small_upstream().join("small-mbr.qcow2"), "up.qcow2", |f| {
+        f.write_all_at(&(1u64 << 40).to_be_bytes(), 72).unwrap()
+    });
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["up.qcow2"]);
+}
+
+#[test]
+fn qcow2_truncated() {
+    if !have_root("qcow2_truncated") {
+        return;
+    }
+    let d = case("qcow2-short");
+    let src = small_upstream().join("small-mbr.qcow2");
+    let half = std::fs::metadata(&src).unwrap().len() / 2;
+    let img = variant(d.path(), &src, "up.qcow2", |f| f.set_len(half).unwrap());
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["up.qcow2", "offset"]);
+}
+
+#[test]
+fn vhd_and_vmdk_inputs_are_refused_by_name() {
+    if !have_root("vhd_and_vmdk_inputs_are_refused_by_name") {
+        return;
+    }
+    for (fmt, opts, name) in [("vpc", "subformat=dynamic", "vhd"), ("vmdk", "subformat=streamOptimized", "vmdk")] {
+        let d = case(name);
+        let img = d.path().join(format!("up.{name}"));
+        qemu_img(&["convert", "-q", "-f", "raw", "-O", fmt, "-o", opts, &small_raw().display().to_string(), &img.display().to_string()]);
+        if name == "vhd" {
+            // And a damaged footer checksum.
+            let len = std::fs::metadata(&img).unwrap().len();
+            let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            f.write_all_at(&[0xFF; 4], len - 512 + 64).unwrap();
+        }
+        let o = build_in(d.path(), &pinned(&img, ""));
+        refused(d.path(), &o, 1, &[&format!("up.{name}")]);
+        assert!(String::from_utf8_lossy(&o.stderr).contains("imgforge reads raw and qcow2 upstream images"), "{}", show(&o));
+    }
+}
+
+// --- checksums files and signatures -----------------------------------------------------------
+
+/// A recipe over the small raw with `sums` as its checksums file (no signature).
+fn with_sums(dir: &Path, sums: &[u8]) -> String {
+    let up = dir.join("up");
+    std::fs::create_dir_all(&up).unwrap();
+    std::os::unix::fs::symlink(small_raw(), up.join("small-mbr.raw")).unwrap();
+    std::fs::write(up.join("SHA256SUMS"), sums).unwrap();
+    format!(
+        "[image]\nname = \"hostile\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{u}/small-mbr.raw\"\nchecksums = \"{u}/SHA256SUMS\"\n\n",
+        u = up.display()
+    )
+}
+
+#[test]
+fn sums_with_crlf_bom_and_unicode_names_still_verify() {
+    if !have_root("sums_with_crlf_bom_and_unicode_names_still_verify") {
+        return;
+    }
+    let d = case("sums-crlf");
+    let digest = sha256_of(&small_raw());
+    let sums = format!("\u{feff}{}  ./bilde-æøå.img\r\n{digest} *small-mbr.raw\r\n", "0".repeat(64));
+    let text = with_sums(d.path(), sums.as_bytes());
+    let o = build_in(d.path(), &text);
+    assert!(o.status.success(), "{}", show(&o));
+}
+
+#[test]
+fn sums_with_two_digests_for_the_image() {
+    if !have_root("sums_with_two_digests_for_the_image") {
+        return;
+    }
+    let d = case("sums-dup");
+    let digest = sha256_of(&small_raw());
+    let sums = format!("{digest}  small-mbr.raw\n{}  small-mbr.raw\n", "1".repeat(64));
+    let o = build_in(d.path(), &with_sums(d.path(), sums.as_bytes()));
+    refused(d.path(), &o, 1, &["small-mbr.raw", "SHA256SUMS"]);
+}
+
+#[test]
+fn sums_without_the_image() {
+    if !have_root("sums_without_the_image") {
+        return;
+    }
+    let d = case("sums-missing");
+    let sums = format!("{}  other.img\n", "2".repeat(64));
+    let o = build_in(d.path(), &with_sums(d.path(), sums.as_bytes()));
+    refused(d.path(), &o, 1, &["small-mbr.raw", "SHA256SUMS"]);
+}
+
+#[test]
+fn sums_with_a_malformed_digest() {
+    if !have_root("sums_with_a_malformed_digest") {
+        return;
+    }
+    let d = case("sums-bad");
+    let o = build_in(d.path(), &with_sums(d.path(), b"zz12  small-mbr.raw\n"));
+    refused(d.path(), &o, 1, &["SHA256SUMS"]);
+}
+
+#[test]
+fn signature_by_another_key() {
+    if !have_root("signature_by_another_key") {
+        return;
+    }
+    let d = case("sig-other");
+    let up = small_upstream();
+    let text = format!(
+        "[image]\nname = \"hostile\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{u}/small-mbr.raw\"\nchecksums = \"{u}/SHA256SUMS\"\nsignature = \"{u}/SHA256SUMS.gpg\"\nsigning_key = \"{u}/keys/other.asc\"\n\n",
+        u = up.display()
+    );
+    let o = build_in(d.path(), &text);
+    refused(d.path(), &o, 1, &["which is not the pinned key"]);
+}
+
+#[test]
+fn signature_by_an_expired_key() {
+    if !have_root("signature_by_an_expired_key") {
+        return;
+    }
+    let d = case("sig-expired");
+    let home = d.path().join("gnupg");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        let o = run(std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args));
+        assert!(o.status.success(), "gpg {args:?}: {}", show(&o));
+        o
+    };
+    // A key made in 2020 that expired after a day, used in 2020.
+    gpg(&["--faked-system-time", "20200101T000000", "--quick-gen-key", "Expired <expired@example.invalid>", "ed25519", "sign", "1d"]);
+    let text = with_sums(d.path(), format!("{}  small-mbr.raw\n", sha256_of(&small_raw())).as_bytes());
+    let up = d.path().join("up");
+    gpg(&[
+        "--faked-system-time",
+        "20200101T010000",
+        "--detach-sign",
+        "-o",
+        &up.join("SHA256SUMS.gpg").display().to_string(),
+        &up.join("SHA256SUMS").display().to_string(),
+    ]);
+    let key = gpg(&["--armor", "--export"]).stdout;
+    std::fs::write(up.join("key.asc"), key).unwrap();
+    let text = text + &format!("signature = \"{u}/SHA256SUMS.gpg\"\nsigning_key = \"{u}/key.asc\"\n", u = up.display());
+    // [source] keys follow checksums: move them into the section.
+    let text = text.replace("\n\nsignature", "\nsignature");
+    let o = build_in(d.path(), &text);
+    refused(d.path(), &o, 1, &["pinned key", "the key expired on 2020-01-02T00:00:00Z", "obtain the publisher's current key"]);
+}
+
+// --- recipes ----------------------------------------------------------------------------------
+
+#[test]
+fn recipe_nested_deeper_than_anyone_writes() {
+    let d = case("deep");
+    let text = format!("[image]\nname = \"x\"\nversion = \"1\"\n[vars]\nx = {}1{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let r = recipe(d.path(), &text);
+    let o = run(imgforge().arg("validate").arg(&r));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("recipe.toml"), "{}", show(&o));
+}
+
+#[test]
+fn recipe_with_a_huge_array() {
+    let d = case("huge");
+    let items = vec!["\"a\""; 1_000_000].join(",");
+    let text = format!(
+        "[image]\nname = \"x\"\nversion = \"1\"\n\n[source]\nurl = \"x.img\"\nsha256 = \"{}\"\n\n[seal]\nenable = [{items}]\n",
+        "0".repeat(64)
+    );
+    std::fs::write(d.path().join("x.img"), b"").unwrap();
+    let r = recipe(d.path(), &text);
+    let started = std::time::Instant::now();
+    let o = run(imgforge().arg("validate").arg(&r));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("recipe.toml: line 10"), "{}", show(&o));
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+}
+
+#[test]
+fn recipe_that_is_not_text() {
+    let d = case("binary-recipe");
+    let r = d.path().join("recipe.toml");
+    std::fs::write(&r, b"[image]\nname = \"\xff\xfe\"\n\0\0").unwrap();
+    let o = run(imgforge().arg("validate").arg(&r));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("recipe.toml"), "{}", show(&o));
+}
