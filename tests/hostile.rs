@@ -508,3 +508,237 @@ fn recipe_that_is_not_text() {
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("recipe.toml"), "{}", show(&o));
 }
+
+// --- image contents ---------------------------------------------------------------------------
+
+/// Runs a build, killing it if it takes longer than `limit` (a hang is a failure, not a wait).
+fn build_within(dir: &Path, recipe_text: &str, limit: std::time::Duration) -> Output {
+    let r = recipe(dir, recipe_text);
+    let child = imgforge()
+        .arg("build")
+        .arg(&r)
+        .arg("-o")
+        .arg(dir.join("out"))
+        .arg("--no-test")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
+                return false;
+            }
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        true
+    });
+    let o = child.wait_with_output().unwrap();
+    let killed = watchdog.join().unwrap();
+    assert!(!killed, "the build hung (killed after {limit:?}):\n{}", show(&o));
+    assert_clean(dir);
+    o
+}
+
+/// Every file under `dir` with its content (the host side of a canary).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+                out.push((p, Vec::new()));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Symlinks to host paths planted at every path the build writes, rewrites, empties or
+/// removes after the provisioners (stamp, seal, first-boot install, relabel fallback):
+/// either a correct build or a clear refusal, and the host files they point at are untouched.
+#[test]
+fn symlinks_at_every_path_imgforge_touches_never_reach_the_host() {
+    if !have_root("symlinks_at_every_path_imgforge_touches_never_reach_the_host") {
+        return;
+    }
+    let d = case("symlinks");
+    // Outside the recipe's directory: a link naming the build's own directory is residue the
+    // seal refuses (the raw scan finds it), which is not what this test is about.
+    let canary_dir = tempfile::Builder::new().prefix("imgforge-hostile-canary-").tempdir().unwrap();
+    let canary = canary_dir.path().to_path_buf();
+    for (name, is_dir) in [
+        ("hostname", false),
+        ("hosts", false),
+        ("release", false),
+        ("os-release", false),
+        ("history", false),
+        ("machine-id", false),
+        ("authorized_keys", false),
+        ("unit", false),
+        ("autorelabel", false),
+        ("resolv.conf", false),
+        ("policy", false),
+        ("logdir", true),
+        ("tmpdir", true),
+        ("fbdir", true),
+        ("sshdir", true),
+    ] {
+        let p = canary.join(name);
+        if is_dir {
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("keep"), format!("host {name}\n")).unwrap();
+        } else {
+            std::fs::create_dir_all(&canary).unwrap();
+            std::fs::write(&p, format!("host {name}\n")).unwrap();
+        }
+    }
+    let before = snapshot(&canary);
+    let c = canary.display();
+    let plant = [
+        format!("ln -sf {c}/hostname /etc/hostname"),
+        format!("ln -sf {c}/hosts /etc/hosts"),
+        format!("ln -sf {c}/release /etc/imgforge-release"),
+        format!("rm -f /etc/os-release && ln -s {c}/os-release /etc/os-release"),
+        format!("ln -sf {c}/history /root/.bash_history"),
+        format!("rm -f /etc/machine-id && ln -s {c}/machine-id /etc/machine-id"),
+        format!("mkdir -p /root/.ssh && ln -sf {c}/authorized_keys /root/.ssh/authorized_keys"),
+        format!("rm -rf /etc/ssh && ln -s {c}/sshdir /etc/ssh"),
+        format!("mkdir -p /etc/systemd/system && ln -sf {c}/unit /etc/systemd/system/imgforge-firstboot.service"),
+        format!("mkdir -p /usr/local/lib && ln -sfn {c}/fbdir /usr/local/lib/imgforge-firstboot"),
+        format!("mkdir -p /etc/selinux && echo SELINUX=enforcing > /etc/selinux/config && ln -sf {c}/autorelabel /.autorelabel"),
+        format!("ln -sfn {c}/logdir /var/log/app"),
+        format!("ln -sfn {c}/tmpdir /tmp/link"),
+        format!("ln -sfn {c}/tmpdir /var/tmp/link"),
+        format!("ln -sf {c}/resolv.conf /etc/resolv.conf"),
+        format!("mkdir -p /usr/sbin && ln -sf {c}/policy /usr/sbin/policy-rc.d"),
+    ];
+    let inline: Vec<String> = plant.iter().map(|l| format!("{l:?}")).collect();
+    let head =
+        small_head(small_upstream(), "small-mbr.raw") + &format!("[[provision]]\ntype = \"shell\"\ninline = [{}]\n\n", inline.join(", "));
+    // Stamp, seal and the SELinux fallback meet the links: the build goes through, writing
+    // regular files inside the image.
+    let o = build_within(d.path(), &head, std::time::Duration::from_secs(300));
+    assert_eq!(snapshot(&canary), before, "a host file changed through the image:\n{}", show(&o));
+    assert!(o.status.success(), "{}", show(&o));
+    let m = RoMount::open(&d.path().join("out/small.raw"), 1);
+    for p in ["/etc/hostname", "/etc/imgforge-release", "/etc/machine-id", "/.autorelabel"] {
+        assert!(std::fs::symlink_metadata(m.path(p)).unwrap().is_file(), "{p} is not a regular file in the image");
+    }
+    // (symlink_metadata: following the link would land on the host canary.)
+    // (authorized_keys is kept: the recipe's provisioner made it, and ssh-userdir keeps the
+    // recipe's keys.)
+    assert!(std::fs::symlink_metadata(m.path("/root/.bash_history")).is_err(), "the history link is still in the image");
+    drop(m);
+    // The first-boot installer meets links at its own paths: refused, naming the path.
+    std::fs::remove_dir_all(d.path().join("out")).unwrap();
+    let o = build_within(d.path(), &(head + "[[firstboot]]\ninline = [\"echo first\"]\n"), std::time::Duration::from_secs(300));
+    assert_eq!(snapshot(&canary), before, "a host file changed through the image:\n{}", show(&o));
+    refused(d.path(), &o, 1, &["firstboot", "usr/local/lib/imgforge-firstboot"]);
+}
+
+/// FIFOs where the build reads, empties or removes files: nothing blocks forever.
+#[test]
+fn fifos_where_files_should_be_do_not_hang_the_build() {
+    if !have_root("fifos_where_files_should_be_do_not_hang_the_build") {
+        return;
+    }
+    let d = case("fifos");
+    let fifos = [
+        "/root/.bash_history",
+        "/var/log/messages",
+        "/etc/machine-id",
+        "/etc/hostname",
+        "/etc/os-release",
+        "/etc/resolv.conf.fifo",
+        "/tmp/fifo",
+        "/home/fifo-user-file",
+    ];
+    let inline: Vec<String> = fifos.iter().map(|p| format!("\"rm -f {p} && mkdir -p $(dirname {p}) && busybox mkfifo {p}\"")).collect();
+    let text =
+        small_head(small_upstream(), "small-mbr.raw") + &format!("[[provision]]\ntype = \"shell\"\ninline = [{}]\n", inline.join(", "));
+    let o = build_within(d.path(), &text, std::time::Duration::from_secs(180));
+    if o.status.success() {
+        let m = RoMount::open(&d.path().join("out/small.raw"), 1);
+        // machine-id became an empty regular file; the history FIFO is gone.
+        let mid = std::fs::symlink_metadata(m.path("/etc/machine-id")).unwrap();
+        assert!(mid.is_file() && mid.len() == 0);
+        assert!(!m.path("/root/.bash_history").exists());
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    }
+}
+
+/// Device nodes in the upstream (a /dev/zero as machine-id, a block device among the logs, a
+/// /dev/null as history): never read from or written to as files.
+#[test]
+fn device_nodes_in_the_upstream_are_not_opened() {
+    if !have_root("device_nodes_in_the_upstream_are_not_opened") {
+        return;
+    }
+    let d = case("devnodes");
+    let img = variant(d.path(), &small_raw(), "up.raw", |_| {});
+    {
+        let (_, start, size) = sfdisk_parts(&img)[0];
+        let out = run(std::process::Command::new("losetup")
+            .args(["--find", "--show", "--offset", &start.to_string(), "--sizelimit", &size.to_string()])
+            .arg(&img));
+        assert!(out.status.success(), "{}", show(&out));
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mnt = tempfile::Builder::new().prefix("ro-check-devnodes-").tempdir().unwrap();
+        assert!(run(std::process::Command::new("mount").arg(&dev).arg(mnt.path())).status.success());
+        let m = mnt.path();
+        for (path, kind, major, minor) in [
+            ("etc/machine-id", "c", "1", "5"),
+            ("var/log/disk", "b", "7", "0"),
+            ("root/.bash_history", "c", "1", "3"),
+            ("etc/hostname", "c", "1", "5"),
+        ] {
+            let _ = std::fs::remove_file(m.join(path));
+            let o = run(std::process::Command::new("mknod").arg(m.join(path)).args([kind, major, minor]));
+            assert!(o.status.success(), "{}", show(&o));
+        }
+        let _ = run(std::process::Command::new("umount").arg(m));
+        let _ = run(std::process::Command::new("losetup").args(["-d", &dev]));
+    }
+    let o = build_within(d.path(), &pinned(&img, ""), std::time::Duration::from_secs(180));
+    if o.status.success() {
+        let m = RoMount::open(&d.path().join("out/hostile.raw"), 1);
+        let mid = std::fs::symlink_metadata(m.path("/etc/machine-id")).unwrap();
+        assert!(mid.is_file() && mid.len() == 0, "machine-id must become an empty regular file");
+        // Replaced by regular files where the seal writes; removed where it removes; a device
+        // node among the logs left alone (logfiles truncates regular files only).
+        assert_eq!(m.read("/etc/hostname"), "localhost\n");
+        assert!(!m.path("root/.bash_history").exists());
+        let disk = std::fs::symlink_metadata(m.path("var/log/disk")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_block_device(&disk.file_type()));
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    }
+}
+
+/// A root filesystem with 100 000 files (in one directory): the seal's walks and residue scan
+/// finish, and the build succeeds.
+#[test]
+fn a_hundred_thousand_files() {
+    if !have_root("a_hundred_thousand_files") {
+        return;
+    }
+    let d = case("many-files");
+    let text = small_head(small_upstream(), "small-mbr.raw")
+        + "[disk]\nsize = \"512MiB\"\n\n[[provision]]\ntype = \"shell\"\ninline = [\"mkdir -p /srv/many && cd /srv/many && i=0 && while [ $i -lt 100000 ]; do : > f$i; i=$((i+1)); done\", \"ls /srv/many | wc -l > /srv/count\"]\n";
+    let started = std::time::Instant::now();
+    let o = build_within(d.path(), &text, std::time::Duration::from_secs(600));
+    assert!(o.status.success(), "{}", show(&o));
+    let m = RoMount::open(&d.path().join("out/small.raw"), 1);
+    assert_eq!(m.read("/srv/count").trim(), "100000");
+    eprintln!("100 000 files: built in {:?}", started.elapsed());
+}

@@ -173,6 +173,13 @@ impl Root {
         Ok(File::from(fd))
     }
 
+    /// Writes `data` as a new regular file at `path`, replacing whatever non-directory stands
+    /// there (a symlink is replaced, never followed).
+    pub fn write_replacing(&self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
+        let mut f = self.create_replacing(path, mode)?;
+        f.write_all(data).map_err(|e| io_err("write", path, &e))
+    }
+
     /// Removes a file or symlink (never following it); `false` if it was absent.
     pub fn remove_file(&self, path: &Path) -> Result<bool> {
         let (dir, name) = match self.parent(path) {

@@ -91,7 +91,7 @@ pub fn relabel(root: &Root, filesystems: &[(String, String)], events: &Events) -
             }
         }
     };
-    root.write(Path::new("/.autorelabel"), b"", 0o644)?;
+    root.write_replacing(Path::new("/.autorelabel"), b"", 0o644)?;
     events.notice(&format!("SELinux ({mode}): {why}; planted /.autorelabel, so the first boot relabels (and reboots once)"));
     Ok(Some(SelinuxReport { mode, policy, relabel: "autorelabel".into(), detail: why, seconds: started.elapsed().as_secs_f64() }))
 }

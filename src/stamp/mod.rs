@@ -80,7 +80,9 @@ pub fn apply(root: &Root, s: &Stamp) -> Result<(), ResolveError> {
             break;
         }
     }
-    root.write(Path::new("/etc/imgforge-release"), release_file(s).as_bytes(), 0o644)
+    // imgforge's own file: whatever stands there (a symlink, also one aimed out of the image) is
+    // replaced, never followed.
+    root.write_replacing(Path::new("/etc/imgforge-release"), release_file(s).as_bytes(), 0o644)
 }
 
 /// Seconds since the epoch as RFC 3339 UTC ("2026-11-21T19:00:00Z"). Pure.
