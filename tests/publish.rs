@@ -9,60 +9,13 @@ mod util;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use aws::*;
 use sha2::Digest;
 use util::*;
-
-const BLOCK: u64 = 512 * 1024;
-const MIB: u64 = 1 << 20;
-
-/// SHA-256 of every non-zero 512 KiB block of a raw (the blocks a sparse upload must send).
-fn nonzero_blocks(raw: &Path) -> BTreeMap<u64, String> {
-    let f = File::open(raw).unwrap();
-    let size = f.metadata().unwrap().len();
-    let mut out = BTreeMap::new();
-    let mut buf = vec![0u8; BLOCK as usize];
-    for i in 0..size.div_ceil(BLOCK) {
-        buf.fill(0);
-        let len = (size - i * BLOCK).min(BLOCK) as usize;
-        f.read_exact_at(&mut buf[..len], i * BLOCK).unwrap();
-        if buf.iter().any(|&b| b != 0) {
-            out.insert(i, hex::encode(sha2::Sha256::digest(&buf)));
-        }
-    }
-    out
-}
-
-/// Deterministic non-compressible-ish bytes.
-fn fill(seed: u64, buf: &mut [u8]) {
-    let mut x = seed | 1;
-    for c in buf.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-    }
-}
-
-/// A sparse raw of `size_mib` MiB: data in `regions` (offset MiB, length MiB), a written
-/// all-zero region, holes elsewhere, and a short data tail in the last block.
-fn image(dir: &Path, name: &str, size_mib: u64, regions: &[(u64, u64)]) -> PathBuf {
-    let p = dir.join(name);
-    let f = File::create(&p).unwrap();
-    f.set_len(size_mib * MIB).unwrap();
-    for (i, &(off, len)) in regions.iter().enumerate() {
-        let mut b = vec![0u8; (len * MIB) as usize];
-        fill(0xfeed + i as u64 * 7919 + off, &mut b);
-        f.write_all_at(&b, off * MIB).unwrap();
-    }
-    f.write_all_at(&vec![0u8; MIB as usize], (size_mib - 3) * MIB).unwrap();
-    f.write_all_at(b"tail", size_mib * MIB - 100).unwrap();
-    p
-}
 
 fn publish(endpoint: &str, region: &str, args: &[&str]) -> Command {
     let mut c = imgforge();
@@ -76,38 +29,6 @@ fn result(o: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&o.stdout);
     let line = text.lines().rfind(|l| l.contains("\"event\":\"result\"")).unwrap_or_else(|| panic!("no result event:\n{}", show(o)));
     serde_json::from_str(line).unwrap()
-}
-
-fn assert_readback(endpoint: &str, region: &str, snap: &str, want: &BTreeMap<u64, String>) {
-    let got = snapshot_blocks(endpoint, region, snap);
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(k)).take(5).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(k)).take(5).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "blocks missing {missing:?}, unexpected {extra:?} (of {} wanted, {} got)",
-        want.len(),
-        got.len()
-    );
-    for (i, h) in want {
-        assert_eq!(&got[i], h, "block {i} differs");
-    }
-}
-
-/// Exactly one snapshot of ours and one AMI exist. (moto's RegisterImage also makes an
-/// "Auto-created snapshot for AMI …" of its own, untagged: it is not counted.)
-fn one_of_each(endpoint: &str, region: &str) -> serde_json::Value {
-    let mut st = state(endpoint, region);
-    let ours: Vec<serde_json::Value> = st["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| tags(s).get("BuiltBy").map(String::as_str) == Some("imgforge"))
-        .cloned()
-        .collect();
-    st["snapshots"] = serde_json::Value::Array(ours);
-    assert_eq!(st["snapshots"].as_array().unwrap().len(), 1, "snapshots: {:#}", st["snapshots"]);
-    assert_eq!(st["images"].as_array().unwrap().len(), 1, "images: {:#}", st["images"]);
-    st
 }
 
 #[test]

@@ -4,6 +4,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+
+use sha2::Digest;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -593,4 +596,87 @@ pub fn tags(v: &serde_json::Value) -> std::collections::BTreeMap<String, String>
         .as_array()
         .map(|a| a.iter().map(|t| (t["Key"].as_str().unwrap().to_string(), t["Value"].as_str().unwrap().to_string())).collect())
         .unwrap_or_default()
+}
+
+// --- raw images and snapshot checks shared by the publish and load tests ---------------------
+
+/// EBS's block size.
+pub const BLOCK: u64 = 512 * 1024;
+/// A mebibyte.
+pub const MIB: u64 = 1 << 20;
+
+/// SHA-256 of every non-zero 512 KiB block of a raw (the blocks a sparse upload must send).
+pub fn nonzero_blocks(raw: &Path) -> std::collections::BTreeMap<u64, String> {
+    let f = std::fs::File::open(raw).unwrap();
+    let size = f.metadata().unwrap().len();
+    let mut out = std::collections::BTreeMap::new();
+    let mut buf = vec![0u8; BLOCK as usize];
+    for i in 0..size.div_ceil(BLOCK) {
+        buf.fill(0);
+        let len = (size - i * BLOCK).min(BLOCK) as usize;
+        f.read_exact_at(&mut buf[..len], i * BLOCK).unwrap();
+        if buf.iter().any(|&b| b != 0) {
+            out.insert(i, hex::encode(sha2::Sha256::digest(&buf)));
+        }
+    }
+    out
+}
+
+/// Deterministic non-compressible-ish bytes.
+pub fn fill(seed: u64, buf: &mut [u8]) {
+    let mut x = seed | 1;
+    for c in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+}
+
+/// A sparse raw of `size_mib` MiB: data in `regions` (offset MiB, length MiB), a written
+/// all-zero region, holes elsewhere, and a short data tail in the last block.
+pub fn image(dir: &Path, name: &str, size_mib: u64, regions: &[(u64, u64)]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(size_mib * MIB).unwrap();
+    for (i, &(off, len)) in regions.iter().enumerate() {
+        let mut b = vec![0u8; (len * MIB) as usize];
+        fill(0xfeed + i as u64 * 7919 + off, &mut b);
+        f.write_all_at(&b, off * MIB).unwrap();
+    }
+    f.write_all_at(&vec![0u8; MIB as usize], (size_mib - 3) * MIB).unwrap();
+    f.write_all_at(b"tail", size_mib * MIB - 100).unwrap();
+    p
+}
+
+pub fn assert_readback(endpoint: &str, region: &str, snap: &str, want: &std::collections::BTreeMap<u64, String>) {
+    let got = snapshot_blocks(endpoint, region, snap);
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(k)).take(5).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(k)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "blocks missing {missing:?}, unexpected {extra:?} (of {} wanted, {} got)",
+        want.len(),
+        got.len()
+    );
+    for (i, h) in want {
+        assert_eq!(&got[i], h, "block {i} differs");
+    }
+}
+
+/// Exactly one snapshot of ours and one AMI exist. (moto's RegisterImage also makes an
+/// "Auto-created snapshot for AMI …" of its own, untagged: it is not counted.)
+pub fn one_of_each(endpoint: &str, region: &str) -> serde_json::Value {
+    let mut st = state(endpoint, region);
+    let ours: Vec<serde_json::Value> = st["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| tags(s).get("BuiltBy").map(String::as_str) == Some("imgforge"))
+        .cloned()
+        .collect();
+    st["snapshots"] = serde_json::Value::Array(ours);
+    assert_eq!(st["snapshots"].as_array().unwrap().len(), 1, "snapshots: {:#}", st["snapshots"]);
+    assert_eq!(st["images"].as_array().unwrap().len(), 1, "images: {:#}", st["images"]);
+    st
 }
