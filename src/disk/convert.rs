@@ -38,9 +38,58 @@ pub enum ConvertError {
         #[source]
         source: std::io::Error,
     },
+    /// A qcow2 header that no conversion can trust.
+    #[error("Failed to convert {path}: not a usable qcow2 image: {reason}")]
+    Malformed {
+        /// Input.
+        path: PathBuf,
+        /// What is wrong, with the values read.
+        reason: String,
+    },
     /// Stopped by a signal.
     #[error("conversion interrupted")]
     Interrupted,
+}
+
+/// The largest virtual disk imgforge converts: EBS's largest volume.
+pub const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
+
+/// Checks what a qcow2 header promises against the file before any reader relies on it: the
+/// header is all there, the cluster size is one qemu writes, the virtual size is at most
+/// [`MAX_VIRTUAL_SIZE`], and the L1 table lies inside the file and covers the whole virtual
+/// disk (qemu refuses those images too). Pure over the header bytes and the file length.
+pub fn check_qcow2_header(h: &[u8], file_len: u64) -> Result<(), String> {
+    let be32 = |at: usize| h.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+    let be64 = |at: usize| h.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+    let version = be32(4).ok_or("the header is cut short (under 8 bytes)")?;
+    let need = match version {
+        2 => 72,
+        3 => u64::from(be32(100).ok_or(format!("the version 3 header is cut short ({file_len} bytes)"))?),
+        v => return Err(format!("version {v} (qemu writes 2 and 3)")),
+    };
+    if file_len < need.max(72) {
+        return Err(format!("the header needs {} bytes, the file has {file_len}", need.max(72)));
+    }
+    let (Some(bits), Some(size), Some(l1_size), Some(l1_offset)) = (be32(20), be64(24), be32(36), be64(40)) else {
+        return Err(format!("the header is cut short ({file_len} bytes)"));
+    };
+    if !(9..=21).contains(&bits) {
+        return Err(format!("cluster_bits {bits} is outside 9..=21"));
+    }
+    if size > MAX_VIRTUAL_SIZE {
+        return Err(format!("it declares a virtual size of {size} bytes, over the {MAX_VIRTUAL_SIZE}-byte (64 TiB) limit"));
+    }
+    let cluster = 1u64 << bits;
+    let per_l1_entry = cluster * (cluster / 8);
+    let needed_l1 = size.div_ceil(per_l1_entry);
+    if u64::from(l1_size) < needed_l1 {
+        return Err(format!("its L1 table has {l1_size} entries, too few for a virtual size of {size} bytes (needs {needed_l1})"));
+    }
+    let l1_end = u64::from(l1_size).checked_mul(8).and_then(|n| n.checked_add(l1_offset));
+    if l1_size > 0 && l1_end.is_none_or(|end| end > file_len) {
+        return Err(format!("its L1 table ({l1_size} entries at offset {l1_offset}) lies beyond the end of the file ({file_len} bytes)"));
+    }
+    Ok(())
 }
 
 /// Bytes of virtual disk done so far, for progress.
@@ -132,6 +181,13 @@ fn open_qcow2(input: &Path) -> std::io::Result<FormatAccess<imago::file::File>> 
 
 fn qcow2_to_raw(input: &Path, out: &File, progress: &Progress) -> Result<u64, ConvertError> {
     let io = |offset| move |source| ConvertError::Io { path: input.to_path_buf(), offset, source };
+    {
+        let f = File::open(input).map_err(io(0))?;
+        let len = f.metadata().map_err(io(0))?.len();
+        let mut h = vec![0u8; usize::try_from(len.min(4096)).unwrap_or(4096)];
+        f.read_exact_at(&mut h, 0).map_err(io(0))?;
+        check_qcow2_header(&h, len).map_err(|reason| ConvertError::Malformed { path: input.to_path_buf(), reason })?;
+    }
     let size = open_qcow2(input).map_err(io(0))?.size();
     out.set_len(size).map_err(io(0))?;
     // One reader per core: zlib decompression of compressed clusters is the bottleneck, and
@@ -198,6 +254,34 @@ fn qcow2_worker(
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    fn header(version: u32, bits: u32, size: u64, l1_size: u32, l1_offset: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 104];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[4..8].copy_from_slice(&version.to_be_bytes());
+        h[20..24].copy_from_slice(&bits.to_be_bytes());
+        h[24..32].copy_from_slice(&size.to_be_bytes());
+        h[36..40].copy_from_slice(&l1_size.to_be_bytes());
+        h[40..48].copy_from_slice(&l1_offset.to_be_bytes());
+        h[100..104].copy_from_slice(&104u32.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn qcow2_headers_that_promise_too_much() {
+        // 1 GiB, 64 KiB clusters: one L1 entry covers 512 MiB.
+        assert_eq!(check_qcow2_header(&header(3, 16, 1 << 30, 2, 0x30000), 1 << 20), Ok(()));
+        let bad = |h: Vec<u8>, len: u64| check_qcow2_header(&h, len).unwrap_err();
+        // Found by the fuzzer: a 29-byte file whose size field ran past its end (the reader
+        // saw zeros there, and a 245 TB disk to walk).
+        assert!(bad(header(2, 9, 0xdf00_0000_0000, 0, 0)[..29].to_vec(), 29).contains("the header needs 72 bytes"));
+        assert!(bad(header(3, 16, 1 << 30, 1, 0x30000), 1 << 20).contains("too few"));
+        assert!(bad(header(3, 16, 1 << 30, 2, 1 << 40), 1 << 20).contains("beyond the end of the file"));
+        assert!(bad(header(3, 16, 1 << 50, u32::MAX, 0x30000), 1 << 20).contains("64 TiB"));
+        assert!(bad(header(3, 30, 1 << 30, 2, 0x30000), 1 << 20).contains("cluster_bits 30"));
+        assert!(bad(header(4, 16, 1 << 30, 2, 0x30000), 1 << 20).contains("version 4"));
+        assert!(bad(header(3, 16, 1 << 30, 0x7fff_ffff, 0x30000), 1 << 20).contains("beyond the end"));
+    }
 
     #[test]
     fn zero_blocks_stay_holes() {

@@ -135,11 +135,21 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
     let mut t = Timings::default();
     let src = t.time(events, "verify", &format!("verifying {}", source.image), || verify_source(&source, &opts.cache_dir, events))?;
     let work = WorkDisk::create(&plan.output_dir)?;
-    let size = t.time(events, "convert", "making the raw working disk", || {
-        let counter = AtomicU64::new(0);
-        let total = std::fs::metadata(&src.path).map_or(0, |m| m.len());
-        Ok(events.with_bar("convert", total, &counter, || convert::to_raw(&src.path, work.file(), &counter))?)
-    })?;
+    // A failure while the working disk holds its space is checked against a full output
+    // directory (space.rs).
+    let mut sizes = super::space::Sizes {
+        disk: plan.disk_size,
+        other_formats: plan.formats.iter().filter(|f| **f != crate::export::format::Format::Raw).count(),
+    };
+    let full = |e: anyhow::Error, sizes: super::space::Sizes| super::space::explain(e, &plan.output_dir, sizes);
+    let size = t
+        .time(events, "convert", "making the raw working disk", || {
+            let counter = AtomicU64::new(0);
+            let total = std::fs::metadata(&src.path).map_or(0, |m| m.len());
+            Ok(events.with_bar("convert", total, &counter, || convert::to_raw(&src.path, work.file(), &counter))?)
+        })
+        .map_err(|e| full(e, sizes))?;
+    sizes.disk = Some(sizes.disk.unwrap_or(size).max(size));
     let stamp = Stamp {
         name: plan.name.clone(),
         version: version.clone(),
@@ -156,13 +166,14 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
     match customize(plan, opts, &work, size, &stamp, &mut t, events) {
         Ok(c) if opts.seal_dry_run => Ok(Outcome::SealPlan(Box::new(c.seal))),
         Ok(c) => {
-            let manifest = finish(plan, work, &src, &stamp, c, layer, t, events)?;
+            let manifest = finish(plan, work, &src, &stamp, c, layer, t, events).map_err(|e| full(e, sizes))?;
             if !opts.no_test && !plan.tests.is_empty() {
                 test_build(plan, opts, &manifest, &mut *store, events)?;
             }
             Ok(Outcome::Built(manifest))
         }
         Err(e) => {
+            let e = full(e, sizes);
             if opts.on_error == OnError::Keep {
                 let kept = plan.output_dir.join(format!("{}.failed.raw", plan.name));
                 match work.persist(&kept) {
@@ -554,8 +565,10 @@ fn finish(
         record.parent.url = None;
     }
     let started = Instant::now();
+    events.step("record", &format!("recording {} {} in the image registry", record.name, record.version));
     layer.store.register(&record).context("Failed to record the build in the image registry")?;
     let took = started.elapsed().as_secs_f64();
+    events.step_done("record", took);
     manifest.steps.insert("register".into(), took);
     events.output(
         "registry",

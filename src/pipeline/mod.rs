@@ -4,12 +4,15 @@
 //!   provisioning window → provisioners → stamp → seal → trim → unmount + detach → outputs and
 //!   manifest.
 //! - [`seal`]: `imgforge seal IMAGE` — convert (qcow2) → attach + mount → seal → write back.
+//! - [`space`]: a build that fails in a full output directory says so first, with the space
+//!   free and needed.
 
 pub mod build;
 pub mod layer;
 pub mod lease;
 pub mod parent;
 pub mod seal;
+pub mod space;
 
 use anyhow::Context as _;
 

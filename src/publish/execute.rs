@@ -175,8 +175,11 @@ impl<'a> Run<'a> {
     /// RegisterImage; a failure deletes the snapshot and the ledger.
     async fn register(&mut self, r: &Registration) -> anyhow::Result<()> {
         let snapshot = self.ids.get(r.snapshot)?.to_string();
+        let t = std::time::Instant::now();
+        self.events.step("register", &format!("registering `{}` in {} from {snapshot}", r.name, self.ec2.region));
         match self.ec2.register(r, &snapshot).await {
             Ok(ami) => {
+                self.events.step_done("register", t.elapsed().as_secs_f64());
                 tracing::info!("registered {ami} `{}` in {}", r.name, self.ec2.region);
                 // In the ledger before anything else: killed before tagging, the AMI is still
                 // known to be ours (the janitor reads ledgers).
