@@ -179,7 +179,23 @@ pub struct Record {
     pub recipe: String,
 }
 
-/// A new ULID (time-ordered, random tail).
+/// A new ULID (time-ordered, random tail), monotonic within this process: two ids made in
+/// the same millisecond still sort in the order they were made (channel history and takeover
+/// logs are read back in id order).
 pub fn new_id() -> String {
-    ulid::Ulid::new().to_string()
+    static GEN: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut g = GEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Overflow (2^80 ids in one millisecond) cannot happen; fall back to a plain ULID anyway.
+    g.get_or_insert_with(ulid::Generator::new).generate().unwrap_or_else(|_| ulid::Ulid::new()).to_string()
+}
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn ids_sort_in_the_order_they_were_made() {
+        let ids: Vec<String> = (0..1000).map(|_| super::new_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+    }
 }

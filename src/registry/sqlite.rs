@@ -46,7 +46,18 @@ impl Sqlite {
         }
         let conn = Connection::open(path).with_context(|| format!("Failed to open the registry {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Switching a new database to WAL takes its lock without the busy handler: a second
+        // process opening it at the same moment gets "database is locked" at once. Retry for as
+        // long as the busy timeout.
+        let mut tries = 0;
+        while let Err(e) = conn.pragma_update(None, "journal_mode", "WAL") {
+            let busy = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
+            tries += 1;
+            if !busy || tries > 300 {
+                return Err(anyhow::Error::new(e).context(format!("Failed to switch the registry {} to WAL", path.display())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut me = Self { conn };
         me.migrate().with_context(|| format!("Failed to migrate the registry {}", path.display()))?;
