@@ -186,6 +186,73 @@ fn empty_and_one_sector_images() {
     }
 }
 
+#[test]
+fn mbr_two_extended_partitions() {
+    if !have_root("mbr_two_extended_partitions") {
+        return;
+    }
+    let d = case("mbr-two-ext");
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| {
+        mbr_entry(f, 0, 0, 0x83, 2048, 60_000);
+        mbr_entry(f, 1, 0, 0x05, 70_000, 10_000);
+        mbr_entry(f, 2, 0, 0x0f, 90_000, 10_000);
+    });
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["partitions 2 and 3 are both extended partitions"]);
+}
+
+#[test]
+fn mbr_protective_entry_without_a_gpt() {
+    if !have_root("mbr_protective_entry_without_a_gpt") {
+        return;
+    }
+    let d = case("mbr-ee");
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| mbr_entry(f, 0, 0, 0xEE, 1, 131_071));
+    let o = build_in(d.path(), &pinned(&img, ""));
+    // A protective entry promises a GPT; there is none.
+    refused(d.path(), &o, 1, &["Failed to read GPT: primary is invalid", "expected \"EFI PART\"", "backup is invalid"]);
+}
+
+#[test]
+fn partition_without_a_filesystem() {
+    if !have_root("partition_without_a_filesystem") {
+        return;
+    }
+    let d = case("no-fs");
+    // The root's superblock zeroed: nothing the build could mount.
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| f.write_all_at(&[0u8; 4096], (1 << 20) + 1024).unwrap());
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["no Linux root filesystem found on the disk (found: 1:?)"]);
+}
+
+#[test]
+fn filesystem_larger_than_its_partition() {
+    if !have_root("filesystem_larger_than_its_partition") {
+        return;
+    }
+    let d = case("fs-too-big");
+    // The ext4 fills 63 MiB; the table now says its partition is 10 MiB.
+    let img = variant(d.path(), &small_raw(), "up.raw", |f| mbr_entry(f, 0, 0, 0x83, 2048, 20_480));
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["the ext4 filesystem on partition 1 says it is", "larger than the 10485760 bytes it has"]);
+}
+
+#[test]
+fn gpt_for_4096_byte_sectors() {
+    if !have_root("gpt_for_4096_byte_sectors") {
+        return;
+    }
+    let d = case("gpt-4k");
+    let img = variant(d.path(), &xfs_raw(), "up.raw", |f| {
+        let mut h = vec![0u8; 512];
+        f.read_exact_at(&mut h, 512).unwrap();
+        f.write_all_at(&h, 4096).unwrap();
+        f.write_all_at(&[0u8; 512], 512).unwrap();
+    });
+    let o = build_in(d.path(), &pinned(&img, ""));
+    refused(d.path(), &o, 1, &["4096-byte-sector disks are not supported"]);
+}
+
 /// The GPT of `raw` (512-byte sectors): applies `edit` to the partition entries of both the
 /// primary and the backup, and `header` to both headers, then fixes every CRC.
 fn rewrite_gpt(f: &std::fs::File, edit: impl Fn(&mut Vec<u8>), header: impl Fn(&mut Vec<u8>)) {
@@ -488,6 +555,62 @@ fn signature_by_an_expired_key() {
     let text = text.replace("\n\nsignature", "\nsignature");
     let o = build_in(d.path(), &text);
     refused(d.path(), &o, 1, &["pinned key", "the key expired on 2020-01-02T00:00:00Z", "obtain the publisher's current key"]);
+}
+
+/// The small upstream's signed sums, with one change: `edit` applied to (sums, signature).
+fn signed_variant(dir: &Path, edit: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>)) -> String {
+    let up = small_upstream();
+    let mine = dir.join("up");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::os::unix::fs::symlink(small_raw(), mine.join("small-mbr.raw")).unwrap();
+    let mut sums = std::fs::read(up.join("SHA256SUMS")).unwrap();
+    let mut sig = std::fs::read(up.join("SHA256SUMS.gpg")).unwrap();
+    edit(&mut sums, &mut sig);
+    std::fs::write(mine.join("SHA256SUMS"), sums).unwrap();
+    std::fs::write(mine.join("SHA256SUMS.gpg"), sig).unwrap();
+    format!(
+        "[image]\nname = \"hostile\"\nversion = \"1.0.0\"\n\n[source]\nurl = \"{m}/small-mbr.raw\"\nchecksums = \"{m}/SHA256SUMS\"\nsignature = \"{m}/SHA256SUMS.gpg\"\nsigning_key = \"{u}/keys/vendor.asc\"\n\n",
+        m = mine.display(),
+        u = up.display()
+    )
+}
+
+#[test]
+fn sums_changed_after_signing() {
+    if !have_root("sums_changed_after_signing") {
+        return;
+    }
+    let d = case("sig-tampered");
+    let text = signed_variant(d.path(), |sums, _| sums.extend_from_slice(b"# one more line\n"));
+    let o = build_in(d.path(), &text);
+    refused(d.path(), &o, 1, &["the data does not match the signature"]);
+}
+
+#[test]
+fn signature_that_is_not_one() {
+    if !have_root("signature_that_is_not_one") {
+        return;
+    }
+    for (name, bytes, words) in [
+        ("garbage", b"this is not a signature\n".to_vec(), "Failed to parse signature"),
+        ("a key", std::fs::read(small_upstream().join("keys/vendor.asc")).unwrap(), "signature"),
+    ] {
+        let d = case("sig-garbage");
+        let text = signed_variant(d.path(), |_, sig| *sig = bytes.clone());
+        let o = build_in(d.path(), &text);
+        refused(d.path(), &o, 1, &[words]);
+        let _ = name;
+    }
+}
+
+#[test]
+fn recipe_with_an_unknown_key() {
+    let d = case("unknown-key");
+    let r = recipe(d.path(), "[image]\nname = \"x\"\nversion = \"1\"\ncolour = \"blue\"\n");
+    let o = run(imgforge().arg("validate").arg(&r));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("recipe.toml: line 4") && err.contains("colour"), "{}", show(&o));
 }
 
 // --- recipes ----------------------------------------------------------------------------------

@@ -90,6 +90,25 @@ pub fn block_size(b: &[u8]) -> Option<u32> {
     (size.is_power_of_two() && (512..=1 << 20).contains(&size)).then_some(size)
 }
 
+/// The size an ext2/3/4 or XFS filesystem says it has (from the first bytes of its partition);
+/// `None` for other types or a nonsense value. Pure.
+pub fn fs_size(b: &[u8]) -> Option<u64> {
+    let le32 = |at: usize| cut(b, at, 4).try_into().ok().map(u32::from_le_bytes);
+    match probe(b).fstype.as_str() {
+        "ext2" | "ext3" | "ext4" => {
+            let incompat = le32(1024 + 0x60)?;
+            let hi = if incompat & 0x80 != 0 { u64::from(le32(1024 + 0x150)?) } else { 0 };
+            let blocks = (hi << 32) | u64::from(le32(1024 + 0x04)?);
+            blocks.checked_mul(u64::from(block_size(b)?))
+        }
+        "xfs" => {
+            let dblocks = u64::from_be_bytes(cut(b, 8, 8).try_into().ok()?);
+            dblocks.checked_mul(u64::from(block_size(b)?))
+        }
+        _ => None,
+    }
+}
+
 fn probe_fat(b: &[u8]) -> Option<FsInfo> {
     if cut(b, 510, 2) != [0x55, 0xAA] {
         return None;
@@ -132,6 +151,7 @@ mod tests {
         assert_eq!(info.uuid, "0a1b2c3d-0000-4000-8000-00000000abcd");
         // 8 MiB is mke2fs's "small" type: 1 KiB blocks.
         assert_eq!(block_size(&bytes[..PROBE_LEN]), Some(1024));
+        assert_eq!(fs_size(&bytes[..PROBE_LEN]), Some(8 << 20));
     }
 
     #[test]

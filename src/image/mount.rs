@@ -301,6 +301,22 @@ pub fn sweep_stale_mount_dirs() {
     }
 }
 
+/// Refuses a filesystem that says it is larger than its partition (or logical volume): the
+/// kernel would refuse it with a bare EINVAL, and a hostile table could aim it at bytes beyond.
+fn check_fits(disk: &File, p: &Probed) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; PROBE_LEN.min(usize::try_from(p.part.size).unwrap_or(PROBE_LEN))];
+    disk.read_exact_at(&mut buf, p.part.start).with_context(|| format!("Failed to read {}", describe(p)))?;
+    match crate::disk::fsprobe::fs_size(&buf) {
+        Some(fs) if fs > p.part.size => bail!(
+            "the {} filesystem on {} says it is {fs} bytes, larger than the {} bytes it has: the partition table and the filesystem disagree (a damaged or hostile image)",
+            p.fs.fstype,
+            describe(p),
+            p.part.size
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Creates the mount directory, private to this build: `/tmp/imgforge-<pid>-<random>/root`.
 fn mount_dir() -> anyhow::Result<PathBuf> {
     sweep_stale_mount_dirs();
@@ -354,6 +370,7 @@ impl Mounted {
         read_only: bool,
         events: &Events,
     ) -> anyhow::Result<Self> {
+        check_fits(disk, root_part)?;
         let dir = mount_dir().context("Failed to create the mount directory")?;
         // `Held` owns the directory from here on: whatever fails below, its drop unmounts,
         // detaches and removes the directory.
@@ -412,6 +429,7 @@ impl Mounted {
                 ));
                 continue;
             }
+            check_fits(disk, p)?;
             let lo = LoopDevice::attach(disk, p.part.start, p.part.size, read_only)?;
             self.root.mkdir_all(Path::new(&e.target), 0o755)?;
             let target = self.root.dir(Path::new(&e.target))?;
