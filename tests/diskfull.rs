@@ -31,6 +31,7 @@ fn full(out: &Path, o: &Output, during: &str) {
     for w in [format!("the output directory {} is full", out.display()), "bytes free".to_string(), "needs".to_string()] {
         assert!(err.contains(w.as_str()), "{during}: expected {w:?} in:\n{}", show(o));
     }
+    eprintln!("{during}: {}", err.lines().find(|l| l.starts_with("imgforge: error")).unwrap_or_default());
     let left: Vec<_> = std::fs::read_dir(out).unwrap().flatten().map(|e| e.file_name()).filter(|n| n != "lost+found").collect();
     assert!(left.is_empty(), "{during}: left in the output directory: {left:?}");
 }

@@ -24,6 +24,7 @@ fn four_builds_at_once_share_one_cache_and_one_registry() {
     let base = format!("http://127.0.0.1:{}", server.port);
     let cache = dir.path().join("cache");
     let registry = dir.path().join("registry.db");
+    let started = std::time::Instant::now();
     let children: Vec<_> = (1..=4)
         .map(|n| {
             let d = dir.path().join(format!("b{n}"));
@@ -55,6 +56,7 @@ fn four_builds_at_once_share_one_cache_and_one_registry() {
         let m = RoMount::open(&dir.path().join(format!("b{}/out/load-{}.raw", i + 1, i + 1)), 1);
         assert_eq!(m.read("/etc/which"), format!("{}\n", i + 1));
     }
+    eprintln!("4 builds at once: {:?}", started.elapsed());
     assert_clean(dir.path());
     // One cached copy of the upstream, nothing half-written beside it.
     let cached: Vec<String> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -85,6 +87,7 @@ fn sixteen_way_publish_through_twenty_percent_faults() {
     assert!(o.status.success(), "{}", show(&o));
     let faults = proxy.faults.load(std::sync::atomic::Ordering::Relaxed);
     let puts = proxy.puts();
+    eprintln!("16-way publish: {faults} faults injected in {puts} block uploads");
     assert!(faults * 100 >= (puts as u64) * 10, "only {faults} faults in {puts} block uploads");
     let out = String::from_utf8_lossy(&o.stdout);
     let line = out.lines().rfind(|l| l.contains("\"event\":\"result\"")).unwrap();

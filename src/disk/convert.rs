@@ -51,6 +51,21 @@ pub enum ConvertError {
     Interrupted,
 }
 
+/// The virtual size an upstream image declares (a raw's length, a qcow2's header), before
+/// converting it; `None` when it cannot be read.
+pub fn virtual_size(input: &Path) -> Option<u64> {
+    let f = File::open(input).ok()?;
+    match detect(&f).ok()? {
+        ImageFormat::Raw => f.metadata().ok().map(|m| m.len()),
+        ImageFormat::Qcow2 => {
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, 24).ok()?;
+            Some(u64::from_be_bytes(b))
+        }
+        _ => None,
+    }
+}
+
 /// The largest virtual disk imgforge converts: EBS's largest volume.
 pub const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
 

@@ -137,8 +137,9 @@ pub fn run(plan: &BuildPlan, opts: &Options, events: &Events) -> anyhow::Result<
     let work = WorkDisk::create(&plan.output_dir)?;
     // A failure while the working disk holds its space is checked against a full output
     // directory (space.rs).
+    let declared = convert::virtual_size(&src.path).filter(|s| *s <= convert::MAX_VIRTUAL_SIZE);
     let mut sizes = super::space::Sizes {
-        disk: plan.disk_size,
+        disk: plan.disk_size.max(declared),
         other_formats: plan.formats.iter().filter(|f| **f != crate::export::format::Format::Raw).count(),
     };
     let full = |e: anyhow::Error, sizes: super::space::Sizes| super::space::explain(e, &plan.output_dir, sizes);

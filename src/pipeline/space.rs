@@ -44,7 +44,7 @@ pub fn explain(e: anyhow::Error, dir: &Path, sizes: Sizes) -> anyhow::Error {
     }
     let need = match sizes.disk {
         Some(d) if sizes.other_formats > 0 => format!(
-            "up to {d} bytes for the working disk (sparse: as much as the image holds) and about as much again for each of its {} other output formats",
+            "up to {d} bytes for the working disk (sparse: as much as the image holds) and about as much again for each other output format ({})",
             sizes.other_formats
         ),
         Some(d) => format!("up to {d} bytes for the working disk (sparse: as much as the image holds)"),
