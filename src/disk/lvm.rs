@@ -517,6 +517,19 @@ pub fn mapper_name(vg: &str, lv: &str) -> String {
     format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
 }
 
+/// A [`ReadAt`] over the partition at `start` (`size` bytes) of `disk`: a read past the
+/// partition's end is an error, never bytes of the next one.
+pub fn partition_reader(disk: &std::fs::File, start: u64, size: u64) -> impl Fn(u64, usize) -> std::io::Result<Vec<u8>> + '_ {
+    move |o, n| {
+        if o.checked_add(n as u64).is_none_or(|e| e > size) {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{o}+{n} lies outside the partition")));
+        }
+        let mut b = vec![0u8; n];
+        std::os::unix::fs::FileExt::read_exact_at(disk, &mut b, start + o)?;
+        Ok(b)
+    }
+}
+
 /// Reads a PV's label and the newest metadata of its areas: `None` when the partition holds
 /// no LVM label.
 pub fn read_pv(read: &ReadAt, partition_size: u64) -> Result<Option<(PvLabel, VolumeGroup)>, LvmError> {
@@ -564,14 +577,7 @@ pub fn rewrite_uuids(disk: &std::fs::File, start: u64, size: u64, replace: &[(St
     if replace.iter().any(|(o, n)| o.len() != n.len() || o.len() != 38) {
         return Err(bad("UUID replacements must be dashed 32-character LVM UUIDs"));
     }
-    let read = |o: u64, n: usize| -> std::io::Result<Vec<u8>> {
-        let mut b = vec![0u8; n];
-        if o.checked_add(n as u64).is_none_or(|e| e > size) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "outside the partition"));
-        }
-        disk.read_exact_at(&mut b, start + o)?;
-        Ok(b)
-    };
+    let read = partition_reader(disk, start, size);
     let write = |o: u64, b: &[u8]| disk.write_all_at(b, start + o).map_err(|e| bad(format!("cannot write at offset {o}: {e}")));
     let swap = |mut b: Vec<u8>| {
         for (old, new) in replace {

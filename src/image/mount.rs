@@ -108,15 +108,7 @@ fn logical_volumes(disk: &File, parts: &[Probed]) -> anyhow::Result<Vec<Probed>>
     // PV UUID → (partition, volume group).
     let mut pvs: Vec<(&Probed, lvm::VolumeGroup)> = Vec::new();
     for p in parts.iter().filter(|p| p.fs.fstype == "LVM2_member") {
-        let read = |o: u64, n: usize| -> std::io::Result<Vec<u8>> {
-            let mut b = vec![0u8; n];
-            let end = o.checked_add(n as u64).filter(|e| *e <= p.part.size);
-            if end.is_none() {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{o}+{n} lies outside the partition")));
-            }
-            disk.read_exact_at(&mut b, p.part.start + o)?;
-            Ok(b)
-        };
+        let read = lvm::partition_reader(disk, p.part.start, p.part.size);
         match lvm::read_pv(&read, p.part.size) {
             Ok(Some((_, vg))) => pvs.push((p, vg)),
             Ok(None) => {}

@@ -44,11 +44,7 @@ pub fn lvm_uuids(r: &mut Run) -> anyhow::Result<()> {
     let mut vg_ids: Vec<(String, String)> = Vec::new();
     let mut changes = Vec::new();
     for pv in pvs {
-        let read = |o: u64, n: usize| -> std::io::Result<Vec<u8>> {
-            let mut b = vec![0u8; n];
-            std::os::unix::fs::FileExt::read_exact_at(&disk, &mut b, pv.start + o)?;
-            Ok(b)
-        };
+        let read = crate::disk::lvm::partition_reader(&disk, pv.start, pv.size);
         let Some((label, vg)) = crate::disk::lvm::read_pv(&read, pv.size).with_context(|| format!("partition {}", pv.partition))? else {
             continue;
         };
