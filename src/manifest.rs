@@ -211,14 +211,23 @@ pub fn update(path: &Path, change: impl FnOnce(&mut Manifest)) -> anyhow::Result
     write(&m, path).with_context(|| format!("Failed to update {}", path.display()))
 }
 
-/// Writes the manifest under a temporary name and renames it into place.
+/// Writes `m` as pretty JSON to `dest`, atomically (unnamed, then renamed into place).
 pub fn write<T: Serialize>(m: &T, dest: &Path) -> anyhow::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".manifest-").tempfile_in(dir)?;
-    serde_json::to_writer_pretty(&mut tmp, m)?;
-    tmp.write_all(b"\n")?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest)?;
+    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // Written unnamed, then named in one rename: a writer killed even with -9 leaves no
+    // temporary file behind, and readers see the old file or the whole new one.
+    let work = crate::disk::workdisk::WorkDisk::create(dir).map_err(|e| match e {
+        crate::disk::workdisk::WorkDiskError::Create { source, .. } => {
+            anyhow::Error::new(source).context(format!("Failed to create a file in {}", dir.display()))
+        }
+        other => other.into(),
+    })?;
+    let mut w = std::io::BufWriter::new(work.file());
+    serde_json::to_writer_pretty(&mut w, m)?;
+    w.write_all(b"\n")?;
+    w.flush()?;
+    drop(w);
+    work.persist(dest)?;
     Ok(())
 }
 

@@ -73,3 +73,53 @@ fn full_while_exporting() {
     let o = build_into(fs.path(), dir.path(), &text);
     full(fs.path(), &o, "export");
 }
+
+/// The output filesystem has inodes for the working disk and the seal report only: the build
+/// fails exactly at the manifest write, with ENOSPC, and takes back every name it gave (raw,
+/// seal report); no record is made.
+#[test]
+fn full_at_the_manifest_write() {
+    if !have_root("full_at_the_manifest_write") {
+        return;
+    }
+    let dir = testdir("full-manifest");
+    let fs = ScratchFs::new("ext4", &["-q", "-F", "-N", "32"], 96 << 20);
+    let filler = fs.path().join("filler");
+    std::fs::create_dir(&filler).unwrap();
+    let free = || nix::sys::statvfs::statvfs(fs.path()).unwrap().files_available();
+    let mut i = 0;
+    while free() > 2 {
+        std::fs::write(filler.join(i.to_string()), b"").unwrap();
+        i += 1;
+    }
+    let out = fs.path().join("out");
+    // The output directory itself takes the second-last inode: one is left for the raw and
+    // one for the seal report.
+    std::fs::remove_file(filler.join("0")).unwrap();
+    std::fs::create_dir(&out).unwrap();
+    assert_eq!(free(), 2);
+    let db = dir.path().join("registry.db");
+    let r = recipe(dir.path(), &small_head(small_upstream(), "small-mbr.qcow2"));
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(&out).arg("--no-test").arg("--registry").arg(&db));
+    assert_clean(dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for w in
+        [format!("the output directory {} ran out of inodes", out.display()), "Failed to write the manifest".into(), "No space left".into()]
+    {
+        assert!(err.contains(w.as_str()), "expected {w:?} in:\n{}", show(&o));
+    }
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left in the output directory: {left:?}");
+    assert_eq!(free(), 2, "every inode the build took is free again");
+    // The registry holds no record of the failed build.
+    let list = run(imgforge().args(["image", "list", "--json", "--registry"]).arg(&db));
+    assert!(list.status.success(), "{}", show(&list));
+    let records: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(records.as_array().map(Vec::len), Some(0), "{records}");
+    // With one more inode the same build succeeds.
+    std::fs::remove_file(filler.join("1")).unwrap();
+    let o = run(imgforge().arg("build").arg(&r).arg("-o").arg(&out).arg("--no-test").arg("--registry").arg(&db));
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(out.join("small.manifest.json").exists() && out.join("small.raw").exists());
+}

@@ -715,7 +715,7 @@ fn symlinks_at_every_path_imgforge_touches_never_reach_the_host() {
     }
     let d = case("symlinks");
     // Outside the recipe's directory: a link naming the build's own directory is residue the
-    // seal refuses (the raw scan finds it), which is not what this test is about.
+    // seal refuses (the residue scan reads link targets), which is not what this test is about.
     let canary_dir = tempfile::Builder::new().prefix("imgforge-hostile-canary-").tempdir().unwrap();
     let canary = canary_dir.path().to_path_buf();
     for (name, is_dir) in [

@@ -303,7 +303,7 @@ fn customize(
         return Ok(c);
     }
     super::reset_last_mounted(disk, &cx.filesystems)?;
-    let punched = t.time(events, "punch-free", "punching free blocks out of the disk", || super::punch_free(disk, &parts))?;
+    let punched = t.time(events, "punch-free", "punching free blocks out of the disk", || super::punch_free(disk, &cx.filesystems))?;
     c.seal.free_space.extend(punched);
     // The disk is final here: search all its data, free space and journals included, for what
     // the seal removed.
@@ -515,7 +515,19 @@ fn finish(
         outputs.extend(more);
     }
     let seal_name = format!("{}.seal.json", plan.name);
-    crate::manifest::write(&c.seal, &plan.output_dir.join(&seal_name))?;
+    // Until the manifest is in place, a failure (a full disk, the registry) takes back every
+    // name this build gave: a failed build leaves no output and no record.
+    let mut names: Vec<std::path::PathBuf> = outputs.iter().map(|o| std::path::PathBuf::from(&o.path)).collect();
+    names.push(plan.output_dir.join(&seal_name));
+    let take_back = |e: anyhow::Error| {
+        for n in &names {
+            let _ = std::fs::remove_file(n);
+        }
+        e
+    };
+    crate::manifest::write(&c.seal, &plan.output_dir.join(&seal_name))
+        .with_context(|| format!("Failed to write the seal report {seal_name}"))
+        .map_err(take_back)?;
     let (packages, kernels, distribution) = (c.packages, c.kernels, c.distribution);
     let mut manifest = Manifest {
         schema: crate::manifest::SCHEMA,
@@ -565,9 +577,20 @@ fn finish(
         record.parent.version = Some(p.version.clone());
         record.parent.url = None;
     }
+    // The manifest is whole on disk before the record names it; rewritten afterwards (atomically)
+    // with the registration's time.
+    manifest.record = Some(record.id.clone());
+    manifest.phases = events.take_phases();
+    events.step("manifest", &format!("writing {}", path.display()));
+    crate::manifest::write(&manifest, &path)
+        .with_context(|| format!("Failed to write the manifest {}", path.display()))
+        .map_err(take_back)?;
     let started = Instant::now();
     events.step("record", &format!("recording {} {} in the image registry", record.name, record.version));
-    layer.store.register(&record).context("Failed to record the build in the image registry")?;
+    layer.store.register(&record).context("Failed to record the build in the image registry").map_err(|e| {
+        let _ = std::fs::remove_file(&path);
+        take_back(e)
+    })?;
     let took = started.elapsed().as_secs_f64();
     events.step_done("record", took);
     manifest.steps.insert("register".into(), took);
@@ -575,9 +598,10 @@ fn finish(
         "registry",
         &format!("recorded {} {} as {} ({} packages, in {took:.3} s)", record.name, record.version, record.id, record.packages.len()),
     );
-    manifest.record = Some(record.id);
-    manifest.phases = events.take_phases();
-    crate::manifest::write(&manifest, &path)?;
+    if let Err(e) = crate::manifest::write(&manifest, &path) {
+        // The first manifest stays: whole, only without the registration's time.
+        events.notice(&format!("the manifest {} keeps no registration time: {e:#}", path.display()));
+    }
     Ok(Box::new(manifest))
 }
 

@@ -25,17 +25,33 @@ pub fn raw_parts(parts: &[Probed]) -> Vec<Part> {
     parts.iter().filter(|p| p.volume.is_none()).map(|p| Part { index: p.part.index, start: p.part.start, size: p.part.size }).collect()
 }
 
-/// After unmount: every free block of each ext2/3/4 filesystem of `disk` punched out of the
-/// file (FITRIM skips free runs shorter than the discard granule). One line per filesystem.
-pub fn punch_free(disk: &std::fs::File, parts: &[Probed]) -> anyhow::Result<Vec<String>> {
+/// After unmount: every free block of each ext2/3/4 filesystem of `disk`, and of each XFS the
+/// build mounted (so its log is clean), punched out of the file (FITRIM skips free runs shorter
+/// than the discard granule); an XFS's log is formatted afresh. One line per filesystem.
+pub fn punch_free(disk: &std::fs::File, filesystems: &[crate::seal::Filesystem]) -> anyhow::Result<Vec<String>> {
+    use crate::image::freespace;
     let path = crate::host::fd::shared_path(disk);
     let mut done = Vec::new();
-    for p in parts.iter().filter(|p| matches!(p.fs.fstype.as_str(), "ext2" | "ext3" | "ext4")) {
-        let n = crate::image::freespace::punch_free_ext(disk, &path, p.part.start, p.part.size)
-            .with_context(|| format!("Failed to clear the free blocks of partition {}", p.part.index))?;
-        done.push(format!("partition {} ({}): every free block punched after unmount ({n} bytes)", p.part.index, p.fs.fstype));
+    for f in filesystems {
+        let n = match f.fstype.as_str() {
+            "ext2" | "ext3" | "ext4" => freespace::punch_free_ext(disk, &path, f.start, f.size),
+            "xfs" if f.target.is_some() => freespace::punch_free_xfs(disk, f.start, f.size),
+            _ => continue,
+        }
+        .with_context(|| format!("Failed to clear the free blocks of {}", describe_fs(f)))?;
+        let log = if f.fstype == "xfs" { "; its log formatted afresh" } else { "" };
+        done.push(format!("{} ({}): every free block punched after unmount ({n} bytes){log}", describe_fs(f), f.fstype));
     }
     Ok(done)
+}
+
+/// "partition 2", or "logical volume 1001" for a volume's pseudo-partition.
+fn describe_fs(f: &crate::seal::Filesystem) -> String {
+    if f.partition > crate::image::mount::VOLUME_BASE {
+        format!("logical volume {}", f.partition)
+    } else {
+        format!("partition {}", f.partition)
+    }
 }
 
 /// Sets each ext filesystem's "last mounted on" — the build's mount wrote a host path there

@@ -84,7 +84,7 @@ fn seal_raw(file: &std::fs::File, plan: &SealPlan, cx: &Context, events: &Events
         crate::seal::fsuuid::apply(file, &report.fs_uuids)?;
         crate::seal::lvmuuid::apply(file, &report.lvm_uuids)?;
         super::reset_last_mounted(file, &cx.filesystems)?;
-        let punched = super::punch_free(file, &parts)?;
+        let punched = super::punch_free(file, &cx.filesystems)?;
         report.free_space.extend(punched);
         events.step("raw-scan", "searching the raw disk for what the seal removed");
         let raw = crate::seal::rawscan::scan(file, &super::raw_parts(&parts), &report.raw_needles)

@@ -16,11 +16,11 @@ pub struct Sizes {
     pub other_formats: usize,
 }
 
-/// `(free bytes for us, total bytes)` of the filesystem holding `dir`.
-fn space(dir: &Path) -> Option<(u64, u64)> {
+/// `(free bytes for us, total bytes, free inodes, total inodes)` of the filesystem holding `dir`.
+fn space(dir: &Path) -> Option<(u64, u64, u64, u64)> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     let frag = st.fragment_size();
-    Some((st.blocks_available().saturating_mul(frag), st.blocks().saturating_mul(frag)))
+    Some((st.blocks_available().saturating_mul(frag), st.blocks().saturating_mul(frag), st.files_available(), st.files()))
 }
 
 /// Whether an error chain holds an ENOSPC from a write of ours (not a provisioner's own output
@@ -37,8 +37,18 @@ fn says_full(e: &anyhow::Error) -> bool {
 /// the working disk still holds its space: a filesystem with (almost) nothing left then is the
 /// cause, whatever error reached us first (EIO through a loop device, a failed sync).
 pub fn explain(e: anyhow::Error, dir: &Path, sizes: Sizes) -> anyhow::Error {
-    let Some((free, total)) = space(dir) else { return e };
+    let Some((free, total, inodes, all_inodes)) = space(dir) else { return e };
     let nearly_empty = free < (1 << 20).max(total / 200);
+    // ENOSPC with bytes to spare: the inodes ran out (the failed build's own files are gone
+    // again by now, so "few left" rather than none). Filesystems with inodes made on demand
+    // (XFS, btrfs) may say 0 of 0.
+    let few_inodes = all_inodes > 0 && inodes < 64u64.max(all_inodes / 200);
+    if few_inodes && !nearly_empty && says_full(&e) {
+        return e.context(format!(
+            "the output directory {} ran out of inodes ({inodes} free once this build removed its own files; {free} bytes free): this build names a file there for the raw disk, each other output format, the seal report and the manifest; delete files there or choose another directory with -o",
+            dir.display()
+        ));
+    }
     if !nearly_empty && !says_full(&e) {
         return e;
     }

@@ -489,10 +489,17 @@ fn scan_chunked(root: &Root, needles: &Needles, skip: &[&str], chunk: usize) -> 
         .with_min_len(16)
         .map_init(Vec::new, |buf, path| scan_file(&engine, top.as_fd(), path, buf, chunk))
         .collect();
+    let per_link: Vec<Result<Option<FileScan>, ResidueError>> =
+        walked.links.par_iter().with_min_len(64).map_init(Vec::new, |buf, path| scan_link(&engine, top.as_fd(), path, buf)).collect();
     for r in per_file {
         let Some(f) = r? else { continue };
         result.files += 1;
         result.bytes += f.bytes;
+        result.findings.extend(f.findings);
+        result.live.extend(f.live);
+    }
+    for r in per_link {
+        let Some(f) = r? else { continue };
         result.findings.extend(f.findings);
         result.live.extend(f.live);
     }
@@ -549,7 +556,22 @@ fn scan_file(
     buf: &mut Vec<u8>,
     chunk: usize,
 ) -> Result<Option<FileScan>, ResidueError> {
-    let Some(mut file) = walk::open_file(top, path)? else { return Ok(None) };
+    let Some(file) = walk::open_file(top, path)? else { return Ok(None) };
+    scan_reader(engine, file, path, buf, chunk).map(Some)
+}
+
+/// A symlink's target searched as the link's text: a link naming the build's directory or a
+/// build host's name is residue as much as a file saying so.
+fn scan_link(engine: &Engine, top: std::os::fd::BorrowedFd<'_>, path: &Path, buf: &mut Vec<u8>) -> Result<Option<FileScan>, ResidueError> {
+    let Some(target) = walk::read_link(top, path)? else { return Ok(None) };
+    let mut f = scan_reader(engine, std::io::Cursor::new(target), path, buf, CHUNK)?;
+    for finding in &mut f.findings {
+        finding.detail = format!("{} in the symlink's target", finding.detail);
+    }
+    Ok(Some(f))
+}
+
+fn scan_reader(engine: &Engine, mut file: impl Read, path: &Path, buf: &mut Vec<u8>, chunk: usize) -> Result<FileScan, ResidueError> {
     let shown = path.to_string_lossy();
     let read_err = |e: std::io::Error| ResidueError::Io {
         op: "read",
@@ -616,7 +638,7 @@ fn scan_file(
             detail: if h.count > 1 { format!("{} ({} times)", h.detail, h.count) } else { h.detail },
         })
         .collect();
-    Ok(Some(FileScan { bytes, findings, live }))
+    Ok(FileScan { bytes, findings, live })
 }
 
 /// The engine of [`secrets_in`]: the shapes only.
@@ -939,6 +961,26 @@ mod tests {
         assert_eq!(found(&scan), vec![]);
         assert_eq!(scan.files, 1);
         assert_eq!(std::fs::read_to_string(host.path().join("id_rsa")).unwrap(), KEY);
+    }
+
+    /// A live link naming the build's directory (or the build host) is residue: its target is
+    /// searched as text, never followed.
+    #[test]
+    fn symlink_targets_are_searched() {
+        let (img, root) = tree(&[("/etc/hostname", b"clean\n")]);
+        symlink("/var/tmp/imgforge-provision/app.conf", img.path().join("etc/app.conf")).unwrap();
+        std::fs::create_dir_all(img.path().join("srv/a/b")).unwrap();
+        symlink("../../upstream-builder/data", img.path().join("srv/a/b/data")).unwrap();
+        symlink("/usr/share/zoneinfo/Etc/UTC", img.path().join("etc/localtime")).unwrap();
+        let scan = scan(&root, &needles(), &[]).unwrap();
+        assert_eq!(
+            found(&scan),
+            vec![
+                (FindingKind::ProvisionerPath, "/etc/app.conf", 1, "provisioner path /var/tmp/imgforge-provision in the symlink's target"),
+                (FindingKind::Hostname, "/srv/a/b/data", 1, "hostname upstream-builder in the symlink's target"),
+            ]
+        );
+        assert_eq!(scan.files, 1);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::dir::{Dir, Type};
@@ -26,6 +26,8 @@ use crate::seal::residue::ResidueError;
 pub struct Walked {
     /// Regular files.
     pub files: Vec<PathBuf>,
+    /// Symbolic links (their targets are text of the image too).
+    pub links: Vec<PathBuf>,
     /// What was left out and why (skipped prefixes, pseudo filesystems, races).
     pub notes: Vec<String>,
 }
@@ -111,6 +113,7 @@ fn walk_entry(
             Ok(st) => match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
                 SFlag::S_IFDIR => Type::Directory,
                 SFlag::S_IFREG => Type::File,
+                SFlag::S_IFLNK => Type::Symlink,
                 _ => return Ok(()),
             },
             Err(Errno::ENOENT) => return Ok(()),
@@ -119,6 +122,7 @@ fn walk_entry(
     };
     match typ {
         Type::File => out.files.push(path.clone()),
+        Type::Symlink => out.links.push(path.clone()),
         Type::Directory => {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             let sub = match Dir::openat(dir.as_fd(), name, flags, Mode::empty()) {
@@ -140,7 +144,7 @@ fn walk_entry(
             }
             walk_dir(sub, sub_dev, path, skip, out)?;
         }
-        // Symlinks, sockets, fifos and devices hold nothing of the image's own.
+        // Sockets, fifos and devices hold nothing of the image's own.
         _ => {}
     }
     Ok(())
@@ -169,4 +173,25 @@ pub fn open_file(root_dir: BorrowedFd<'_>, path: &Path) -> Result<Option<File>, 
         return Ok(None);
     }
     Ok(Some(File::from(fd)))
+}
+
+/// The target of the symlink at image path `path` (never followed), its parent reached
+/// beneath `root_dir` without following any symlink. `Ok(None)` if it vanished or is no
+/// longer a symlink.
+pub fn read_link(root_dir: BorrowedFd<'_>, path: &Path) -> Result<Option<Vec<u8>>, ResidueError> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return Ok(None) };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = relative(parent);
+    let dir = match openat2(root_dir, if rel.as_os_str().is_empty() { Path::new(".") } else { rel.as_path() }, how) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR) => return Ok(None),
+        Err(e) => return Err(fail("open directory", parent)(e)),
+    };
+    match nix::fcntl::readlinkat(dir.as_fd(), name) {
+        Ok(target) => Ok(Some(target.into_vec())),
+        Err(Errno::ENOENT | Errno::EINVAL) => Ok(None),
+        Err(e) => Err(fail("read the symlink", path)(e)),
+    }
 }
