@@ -127,12 +127,17 @@ impl Events {
     pub fn phase<T>(&self, step: &str, phase: &str, f: impl FnOnce() -> T) -> T {
         let start = std::time::Instant::now();
         let out = f();
-        let seconds = start.elapsed().as_secs_f64();
+        self.phase_done(step, phase, start.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Records that the part `phase` of `step` took `seconds` (for parts that are not one
+    /// closure, such as an awaited call).
+    pub fn phase_done(&self, step: &str, phase: &str, seconds: f64) {
         self.emit_plain(Event::Phase { step: step.into(), phase: phase.into(), seconds });
         if let Ok(mut v) = self.phases.lock() {
             v.push(Phase { step: step.into(), phase: phase.into(), seconds });
         }
-        out
     }
 
     /// The phases recorded so far, in order; the list is emptied.

@@ -163,7 +163,6 @@ fn publish(g: &Global, a: &Args, events: &Events, manifest: PathBuf, settings: c
         dry_run: false,
     };
     if let Some(rec) = crate::publish::run(&req, events)? {
-        events.step("record-publish", "recording the AMIs in the image registry record");
         super::image::record_published(a.registry.as_deref(), &req.image, &rec, events)?;
         super::publish::report(g, events, &rec)?;
     }

@@ -178,6 +178,7 @@ pub fn record_published(
 ) -> anyhow::Result<()> {
     let Ok(m) = crate::manifest::read(manifest) else { return Ok(()) };
     let Some(id) = m.record else { return Ok(()) };
+    events.step("record-publish", "recording the AMIs in the image registry record");
     let mut store = crate::registry::open(registry)?;
     let published = crate::registry::Published {
         amis: rec.images.clone(),

@@ -76,7 +76,11 @@ impl<'a> Run<'a> {
     /// Executes the home region's calls in order.
     pub async fn home(&mut self, calls: &[Call]) -> anyhow::Result<()> {
         for c in calls {
+            let t = Instant::now();
             self.call(c).await?;
+            // One `phase` event per call: what `--json` readers (and the kill-point test) see
+            // of a publish between its steps.
+            self.events.phase_done("publish", &c.op(), t.elapsed().as_secs_f64());
         }
         Ok(())
     }

@@ -70,6 +70,7 @@ async fn publish(p: &Prepared, req: &Request, events: &Events) -> anyhow::Result
     if let Existing::Same(f) = &found {
         events.notice(&format!("AMI {} `{}` already holds this image ({}): reusing it", f.id, p.name, p.source_digest));
         run.ids.image = Some(f.id.clone());
+        run.ids.snapshot = f.snapshots.first().cloned();
         run.home(&plan.home).await?;
         forget_ledger(&run.ec2, p, &f.snapshots).await?;
         let mut images = BTreeMap::from([(region.clone(), f.id.clone())]);
@@ -129,7 +130,12 @@ impl Existing {
 async fn existing(ec2: &Ec2, p: &Prepared, lookup: &FindImage, force: bool) -> anyhow::Result<Existing> {
     let Some(found) = ec2.find_image(&lookup.name).await? else { return Ok(Existing::None) };
     let digest = found.tags.get("SourceDigest").cloned().unwrap_or_default();
-    if digest == p.source_digest {
+    // Registered by a run of this publish killed before its tags: its upload ledger names it.
+    let registered_here = ledger::load(&ledger::path_for(&p.input.path))
+        .ok()
+        .flatten()
+        .is_some_and(|l| l.images.get(&ec2.region) == Some(&found.id) && l.start.is_some_and(|s| s.source_digest == p.source_digest));
+    if digest == p.source_digest || registered_here {
         return Ok(Existing::Same(found));
     }
     if !force {

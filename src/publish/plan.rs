@@ -99,6 +99,13 @@ pub enum Call {
     CopyImage(CopyImage),
 }
 
+impl Call {
+    /// The API operation, as the dry run names it (`ebs.StartSnapshot`).
+    pub fn op(&self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v["dry_run"].as_str().map(str::to_string)).unwrap_or_default()
+    }
+}
+
 /// DescribeImages for our AMI of a name.
 #[derive(Debug, Clone)]
 pub struct FindImage {
@@ -442,10 +449,40 @@ pub fn build(p: &Prepared, home: &str, start: Start<'_>) -> anyhow::Result<Plan>
     let home_calls = match start {
         Start::New => [snapshot(p)?, register(p, None)?].concat(),
         Start::Replace(old) => [snapshot(p)?, register(p, Some(old))?].concat(),
-        Start::Reuse(found) if found.state != "available" => vec![Call::WaitImage(wait_image(None, Id::Image))],
-        Start::Reuse(_) => Vec::new(),
+        Start::Reuse(found) => reuse(p, found),
     };
     Ok(Plan { home: home_calls, copies: copies(p, home) })
+}
+
+/// An AMI of ours from the same bytes: waited for when not available yet. One without all its
+/// tags was registered by a run killed before tagging (the upload ledger named it): that run's
+/// tagging and sharing are done now.
+fn reuse(p: &Prepared, found: &Found) -> Vec<Call> {
+    let untagged = p.tags.iter().any(|(k, v)| found.tags.get(k) != Some(v));
+    let mut calls = Vec::new();
+    if untagged {
+        calls.push(Call::EnsureImageTags(EnsureImageTags {
+            resources: [Id::Image],
+            name: p.name.clone(),
+            tags: p.tags.clone(),
+            only: "those DescribeImages does not show on the AMI",
+        }));
+    }
+    if found.state != "available" || untagged {
+        calls.push(Call::WaitImage(wait_image(None, Id::Image)));
+    }
+    if untagged {
+        calls.extend(share_image(p, None, Id::Image));
+        calls.extend(share_snapshot(p));
+    }
+    calls
+}
+
+/// Create-volume permission on the snapshot for the accounts the AMI is shared with.
+fn share_snapshot(p: &Prepared) -> Option<Call> {
+    let accounts: Vec<String> = p.settings.launch_permissions.iter().filter(|a| a.as_str() != "all").cloned().collect();
+    (!accounts.is_empty())
+        .then_some(Call::ShareSnapshot(ShareSnapshot { snapshot_id: Id::Snapshot, create_volume_permission: Add { add: accounts } }))
 }
 
 /// Start, fill, complete, wait for and tag the snapshot.
@@ -497,10 +534,7 @@ fn register(p: &Prepared, replace: Option<&Found>) -> anyhow::Result<Vec<Call>> 
     }));
     calls.push(Call::WaitImage(wait_image(None, Id::Image)));
     calls.extend(share_image(p, None, Id::Image));
-    let accounts: Vec<String> = p.settings.launch_permissions.iter().filter(|a| a.as_str() != "all").cloned().collect();
-    if !accounts.is_empty() {
-        calls.push(Call::ShareSnapshot(ShareSnapshot { snapshot_id: Id::Snapshot, create_volume_permission: Add { add: accounts } }));
-    }
+    calls.extend(share_snapshot(p));
     Ok(calls)
 }
 
@@ -564,7 +598,7 @@ mod tests {
     use crate::publish::testing::prepared;
 
     fn ops(calls: &[Call]) -> Vec<String> {
-        calls.iter().map(|c| serde_json::to_value(c).unwrap()["dry_run"].as_str().unwrap().to_string()).collect()
+        calls.iter().map(Call::op).collect()
     }
 
     fn params(calls: &[Call], op: &str) -> Vec<serde_json::Value> {
@@ -656,9 +690,16 @@ mod tests {
         assert_eq!(del["Except"], "(the snapshot)");
         assert_eq!(params(&plan.home, "ec2.ModifySnapshotAttribute")[0]["CreateVolumePermission"]["Add"], json!(["123456789012"]));
         // Reused: nothing uploaded or registered; waited for only when not available yet.
-        assert_eq!(ops(&build(&p, "eu-west-1", Start::Reuse(&old)).unwrap().home), ["ec2.DescribeImages"]);
-        let ready = Found { state: "available".into(), ..old };
+        let tagged = Found { tags: p.tags.clone(), ..old.clone() };
+        assert_eq!(ops(&build(&p, "eu-west-1", Start::Reuse(&tagged)).unwrap().home), ["ec2.DescribeImages"]);
+        let ready = Found { state: "available".into(), ..tagged };
         assert!(build(&p, "eu-west-1", Start::Reuse(&ready)).unwrap().home.is_empty());
+        // Registered by a run killed before its tags: tagged, waited for and shared now.
+        let untagged = Found { state: "available".into(), tags: BTreeMap::new(), ..old };
+        assert_eq!(
+            ops(&build(&p, "eu-west-1", Start::Reuse(&untagged)).unwrap().home),
+            ["ec2.CreateTags", "ec2.DescribeImages", "ec2.ModifyImageAttribute", "ec2.ModifySnapshotAttribute"]
+        );
     }
 
     #[test]
