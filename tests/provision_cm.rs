@@ -552,3 +552,125 @@ fn puppet_apply_end_to_end() {
     let err = stderr(&o);
     assert!(err.contains("failed resources") && err.contains("Exec[this resource fails]"), "{err}");
 }
+
+/// (pid, command line) of the processes whose command line holds `word`.
+fn processes_with(word: &str) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| Some((p.file_name().to_str()?.parse::<u32>().ok()?, std::fs::read(p.path().join("cmdline")).ok()?)))
+        .map(|(pid, c)| (pid, String::from_utf8_lossy(&c).replace('\0', " ").trim().to_string()))
+        .filter(|(_, c)| c.contains(word))
+        .collect()
+}
+
+/// `pid` and its ancestors up to (not including) `top`, with their command lines.
+fn ancestry(pid: u32, top: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let mut p = pid;
+    while p > 1 && p != top {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).map(|c| String::from_utf8_lossy(&c).replace('\0', " ")).unwrap_or_default();
+        out.push((p, cmd.trim().to_string()));
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        p = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    }
+    out
+}
+
+/// A CM provisioner's recipe, its files, and the tool that runs its task.
+type CmKind = (&'static str, String, Vec<(&'static str, &'static str)>, &'static str);
+
+/// `kill -9` of a build while each configuration-management provisioner runs a task (a `sleep`
+/// in the image, seen from the host's /proc): the task, the tool between it and imgforge
+/// (ansible-playbook on the host; salt-call and puppet in the sandbox) and everything else of
+/// the build are gone, nothing is attached or mounted, nothing is in the output directory.
+#[test]
+fn kill_9_inside_each_cm_provisioner_leaves_nothing() {
+    if !have_root("kill_9_inside_each_cm_provisioner_leaves_nothing") || !have_ansible("kill_9_inside_each_cm_provisioner_leaves_nothing") {
+        return;
+    }
+    let salt_cache = &salt_cache().cache;
+    let kinds: [CmKind; 3] = [
+        (
+            "ansible",
+            format!("{}[[provision]]\ntype = \"ansible\"\nname = \"site\"\nplaybook = \"site.yml\"\n", cloud_head("k9a", "1.0.0")),
+            vec![("site.yml", "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: a long task\n      command: sleep 31331\n")],
+            "ansible-playbook",
+        ),
+        (
+            "salt",
+            format!(
+                "{}[[provision]]\ntype = \"salt\"\nname = \"salt\"\nstate_tree = \"salt\"\nminion_id = \"k9\"\ninstall = \"pip\"\n",
+                cloud_head("k9s", "1.0.0")
+            ),
+            vec![("salt/top.sls", "base:\n  '*':\n    - long\n"), ("salt/long.sls", "long:\n  cmd.run:\n    - name: sleep 31332\n")],
+            "salt-call",
+        ),
+        (
+            "puppet",
+            puppet_recipe("long.pp").replace("module_path = [\"puppet/modules\"]\n", "").replace("\"pup\"", "\"k9p\""),
+            vec![("long.pp", "exec { 'a long task': command => '/bin/sleep 31333' }\n")],
+            "puppet",
+        ),
+    ];
+    for (i, (kind, text, files, tool)) in kinds.into_iter().enumerate() {
+        let task = format!("sleep 3133{}", i + 1);
+        let dir = testdir(&format!("kill9-{kind}"));
+        let d = dir.path();
+        for (p, c) in &files {
+            std::fs::create_dir_all(d.join(p).parent().unwrap()).unwrap();
+            std::fs::write(d.join(p), c).unwrap();
+        }
+        let r = recipe(d, &text);
+        let mut child = imgforge()
+            .arg("build")
+            .arg(&r)
+            .arg("-o")
+            .arg(d.join("out"))
+            .arg("--cache-dir")
+            .arg(salt_cache)
+            .arg("--no-test")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let sleeper = loop {
+            if let Some((pid, _)) = processes_with(&task).into_iter().find(|(_, c)| c.starts_with("sleep") || c.starts_with("/bin/sleep")) {
+                break pid;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "{kind}: the build ended before its task ran");
+            assert!(started.elapsed().as_secs() < 600, "{kind}: the task never started");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let chain = ancestry(sleeper, child.id());
+        assert!(chain.iter().any(|(_, c)| c.contains(tool)), "{kind}: {tool} is not between the task and imgforge: {chain:?}");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        let alive = || -> Vec<(u32, String)> {
+            chain
+                .iter()
+                .filter(|(pid, cmd)| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == cmd)
+                })
+                .cloned()
+                .collect()
+        };
+        for _ in 0..100 {
+            if alive().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(alive().is_empty(), "{kind}: still running 5 s after the kill: {:?}", alive());
+        assert_clean(d);
+        let out: Vec<_> = std::fs::read_dir(d.join("out")).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(out.is_empty(), "{kind}: left in the output directory: {out:?}");
+        eprintln!(
+            "{kind}: killed mid-task after {:.1} s, {} processes between the task and imgforge gone",
+            started.elapsed().as_secs_f64(),
+            chain.len()
+        );
+    }
+}

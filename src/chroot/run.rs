@@ -74,6 +74,29 @@ pub fn stream(
     })
 }
 
+/// A host command that forks workers of its own (ansible-playbook, ansible-galaxy, pip), run as
+/// the first process of a new PID namespace (`unshare --pid --fork --kill-child`): when it dies
+/// — with imgforge, through `PR_SET_PDEATHSIG` — the kernel kills every process of that
+/// namespace, its forked workers and the sandboxed commands they started included. Without
+/// it, a `kill -9` of the build left ansible's worker (whose fork cleared the parent-death
+/// signal) running the task in the image. Build it as `Command::new`, then spawn it with
+/// [`spawn_host`].
+pub fn host_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(UNSHARE);
+    cmd.args(["--pid", "--fork", "--kill-child=SIGKILL", "--"]).arg(program);
+    cmd
+}
+
+/// util-linux's `unshare` (Essential on Debian); an absolute path, as the commands it wraps
+/// often run with a cleared environment.
+const UNSHARE: &str = "/usr/bin/unshare";
+
+/// The program a [`host_command`] runs (for messages), or the command's own program.
+pub fn host_program(cmd: &std::process::Command) -> std::path::PathBuf {
+    let wrapped = (cmd.get_program() == UNSHARE).then(|| cmd.get_args().skip_while(|a| *a != "--").nth(1)).flatten();
+    std::path::PathBuf::from(wrapped.unwrap_or(cmd.get_program()))
+}
+
 /// Spawns a host command (ansible-playbook, pip) with the given stdout/stderr and drops it, so
 /// that our copies of the pipe's write end are closed (else the reader never sees EOF). It leads
 /// its own process group (a stop request kills the group) and dies with imgforge

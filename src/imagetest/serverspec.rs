@@ -10,7 +10,6 @@
 //! rspec_junit_formatter writes JUnit XML, read back into cases.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, anyhow};
 
@@ -36,7 +35,7 @@ pub fn run(suite: &str, target: Target<'_>, specs: &Path) -> anyhow::Result<Vec<
         (false, Some(parent), Some(file)) => (parent.to_path_buf(), file.to_os_string()),
         _ => anyhow::bail!("{}: not a spec directory or file", specs.display()),
     };
-    let mut cmd = Command::new(RSPEC);
+    let mut cmd = crate::chroot::run::host_command(RSPEC);
     cmd.env_clear().env("HOME", work.path()).env("LANG", "C.UTF-8").env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").current_dir(&cwd);
     let mut _sandbox = None;
     let helper = match target {

@@ -66,7 +66,12 @@ pub fn run_tool(
     hint: &str,
 ) -> anyhow::Result<Vec<Case>> {
     let start = Instant::now();
-    let out = cmd.output().map_err(|e| anyhow::anyhow!("Failed to run {tool} ({hint}): {e}"))?;
+    // Tied to imgforge (and, built with `host_command`, alone in its PID namespace): a killed
+    // build or test run leaves no test tool, and no command it started in the image, running.
+    cmd.stdin(std::process::Stdio::null());
+    let out = crate::chroot::run::spawn_host(cmd, std::process::Stdio::piped(), std::process::Stdio::piped())
+        .and_then(std::process::Child::wait_with_output)
+        .map_err(|e| anyhow::anyhow!("Failed to run {tool} ({hint}): {e}"))?;
     let failed =
         |why: String| Case { suite: suite.to_string(), name: tool.into(), seconds: start.elapsed().as_secs_f64(), failure: Some(why) };
     let Ok(text) = std::fs::read_to_string(xml) else {

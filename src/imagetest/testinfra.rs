@@ -4,7 +4,6 @@
 //! its ssh backend with the boot's ssh_config. pytest writes JUnit XML, read back into cases.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, anyhow};
 
@@ -18,7 +17,7 @@ const PYTHON: &str = "/usr/bin/python3";
 pub fn run(suite: &str, target: Target<'_>, tests: &Path) -> anyhow::Result<Vec<Case>> {
     let work = tempfile::Builder::new().prefix("imgforge-testinfra-").tempdir().context("Failed to create a temporary directory")?;
     let xml = work.path().join("junit.xml");
-    let mut cmd = Command::new(PYTHON);
+    let mut cmd = crate::chroot::run::host_command(PYTHON);
     cmd.args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "--color=no"])
         .arg(format!("--junit-xml={}", xml.display()))
         .env_clear()

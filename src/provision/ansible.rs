@@ -63,7 +63,7 @@ pub fn run(root: &Root, label: &str, p: &AnsiblePlan, events: &Events) -> anyhow
             f.display()
         ));
     }
-    let mut cmd = Command::new(&exe);
+    let mut cmd = crate::chroot::run::host_command(&exe);
     cmd.arg("-i").arg(&inventory).arg("--extra-vars").arg(format!("@{}", vars.display()));
     if !p.tags.is_empty() {
         cmd.arg("--tags").arg(p.tags.join(","));
@@ -191,7 +191,7 @@ fn install_requirements(
         if !wanted {
             continue;
         }
-        let mut cmd = Command::new(&galaxy);
+        let mut cmd = crate::chroot::run::host_command(&galaxy);
         cmd.args([what, "install", "-r"]).arg(req).arg("-p").arg(work.join(dir));
         let done = run_host(cmd, env, label, events, |_| {})?;
         if !done.status.success() {
@@ -220,7 +220,7 @@ fn run_host(
 ) -> anyhow::Result<Finished> {
     cmd.env_clear().envs(env).stdin(Stdio::null()).current_dir("/");
     tracing::debug!("running {cmd:?}");
-    let shown = format!("{:?}", cmd.get_program());
+    let shown = format!("{:?}", crate::chroot::run::host_program(&cmd));
     stream(
         move |out, err| crate::chroot::run::spawn_host(cmd, out, err).with_context(|| format!("Failed to start {shown}")),
         label,

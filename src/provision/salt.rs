@@ -328,7 +328,7 @@ fn check(done: crate::chroot::run::Finished, what: &str) -> anyhow::Result<()> {
 
 /// `python3 -m pip download pip` on the host, into `dest`.
 fn download_pip(dest: &Path, label: &str, events: &Events) -> anyhow::Result<PathBuf> {
-    let mut cmd = std::process::Command::new("python3");
+    let mut cmd = crate::chroot::run::host_command("python3");
     cmd.args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"]).arg(dest).arg("pip");
     cmd.stdin(std::process::Stdio::null());
     let done = stream(
