@@ -160,25 +160,8 @@ fn sigkill_at_thirty_points_of_a_build_and_publish() {
 
     let mut killed_at = Vec::new();
     for (i, point) in points.iter().enumerate() {
-        let mut child = build_cmd(d, &moto.url(), region).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut seen: std::collections::BTreeMap<(String, String), usize> = Default::default();
-        let mut hit = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let Ok(e) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            let k = key(&e);
-            let c = seen.entry(k.clone()).or_default();
-            *c += 1;
-            if k.0 == point.0 && k.1 == point.1 && *c == point.2 {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-                hit = true;
-                break;
-            }
-        }
-        let status = child.wait().unwrap();
-        assert!(hit, "point {i} {point:?} never came");
+        assert!(kill_at(build_cmd(d, &moto.url(), region), point), "point {i} {point:?} never came before the build ended");
         killed_at.push(format!("{}:{}#{}", point.0, point.1, point.2));
-        assert!(!status.success(), "point {i} {point:?}: the build finished before the kill");
         assert_clean(d);
         outputs_whole(&d.join("out"), disk_size);
         registry_consistent(d);
