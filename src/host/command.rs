@@ -40,7 +40,7 @@ pub fn package_of(program: &str) -> Option<&'static str> {
     Some(match name {
         "e2fsck" | "resize2fs" | "tune2fs" | "mkfs.ext4" | "debugfs" | "dumpe2fs" => "e2fsprogs",
         "slirp4netns" => "slirp4netns",
-        "xfs_growfs" | "xfs_admin" | "xfs_repair" => "xfsprogs",
+        "xfs_growfs" | "xfs_admin" | "xfs_repair" | "xfs_db" => "xfsprogs",
         "mcopy" | "mdir" | "mtype" | "mformat" | "mmd" => "mtools",
         "mkfs.vfat" | "fsck.vfat" => "dosfstools",
         "qemu-img" => "qemu-utils",
