@@ -234,6 +234,13 @@ fn promotion(d: &Path, db: &Path, good: &str, bad: &str) {
         (log[0]["record"].as_str(), log[0]["forced"].as_bool(), log[0]["reason"].as_str()),
         (Some(bad), Some(true), Some("INC-42 needs it now"))
     );
+    // Without a name, the channel must belong to one image.
+    let o = cli(&["rollback", "--channel", "prod"]);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("several images have a channel \"prod\" (bad, good)"), "{}", show(&o));
+    let o = cli(&["rollback", "--channel", "staging"]);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no image has a channel \"staging\""), "{}", show(&o));
     let o = cli(&["rollback", "bad", "--channel", "prod"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no earlier (unrevoked) record"), "{}", show(&o));

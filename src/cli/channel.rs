@@ -54,8 +54,8 @@ pub struct PromoteArgs {
 /// Arguments of `imgforge rollback`.
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
-    /// The image name.
-    pub name: String,
+    /// The image name (optional when only one image has the channel).
+    pub name: Option<String>,
     /// The channel to point back at the record before.
     #[arg(long)]
     pub channel: String,
@@ -148,12 +148,40 @@ pub fn promote(g: &Global, a: &PromoteArgs) -> anyhow::Result<()> {
 /// `imgforge rollback`.
 pub fn rollback(g: &Global, a: &RollbackArgs) -> anyhow::Result<()> {
     let mut store = open(a.registry.as_deref())?;
-    let (target, current) = channel::previous(&*store, &a.name, &a.channel)?;
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => only_image_on(&*store, &a.channel)?,
+    };
+    let (target, current) = channel::previous(&*store, &name, &a.channel)?;
     if !on_aws(&mut *store, &target, Some(&current), &a.channel, &a.aws)? {
         return Ok(());
     }
-    let (e, from) = channel::rollback(&mut *store, &a.name, &a.channel, a.reason.as_deref())?;
+    let (e, from) = channel::rollback(&mut *store, &name, &a.channel, a.reason.as_deref())?;
     print(g, &e, &format!("rolled back: {} (was {from})", line(&e)))
+}
+
+/// The one image that has `channel` (`rollback --channel C` without a name); none or several
+/// is a usage error naming them.
+fn only_image_on(store: &dyn crate::registry::Store, channel: &str) -> anyhow::Result<String> {
+    let mut names: Vec<String> = store.find(&crate::registry::Query::default())?.into_iter().map(|r| r.name).collect();
+    names.sort();
+    names.dedup();
+    let mut on = Vec::new();
+    for n in names {
+        if !store.channel_log(&n, Some(channel))?.is_empty() {
+            on.push(n);
+        }
+    }
+    match on.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(UsageError(format!("no image has a channel {channel:?}: nothing to roll back")).into()),
+        many => Err(UsageError(format!(
+            "several images have a channel {channel:?} ({}): name one, e.g. imgforge rollback {} --channel {channel}",
+            many.join(", "),
+            many[0]
+        ))
+        .into()),
+    }
 }
 
 /// A record's AMIs, for a channel move.
