@@ -91,12 +91,6 @@ pub fn host_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Comma
 /// often run with a cleared environment.
 const UNSHARE: &str = "/usr/bin/unshare";
 
-/// The program a [`host_command`] runs (for messages), or the command's own program.
-pub fn host_program(cmd: &std::process::Command) -> std::path::PathBuf {
-    let wrapped = (cmd.get_program() == UNSHARE).then(|| cmd.get_args().skip_while(|a| *a != "--").nth(1)).flatten();
-    std::path::PathBuf::from(wrapped.unwrap_or(cmd.get_program()))
-}
-
 /// Spawns a host command (ansible-playbook, pip) with the given stdout/stderr and drops it, so
 /// that our copies of the pipe's write end are closed (else the reader never sees EOF). It leads
 /// its own process group (a stop request kills the group) and dies with imgforge

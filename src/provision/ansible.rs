@@ -73,7 +73,7 @@ pub fn run(root: &Root, label: &str, p: &AnsiblePlan, events: &Events) -> anyhow
     }
     cmd.arg(&p.playbook);
     let mut out = Output::default();
-    let done = run_host(cmd, &env, label, events, |l| out.line(l))?;
+    let done = run_host(cmd, &exe, &env, label, events, |l| out.line(l))?;
     let cleaned = root.remove_tree(Path::new(&remote_tmp()));
     let summary = out.finish(&done)?;
     cleaned?;
@@ -193,7 +193,7 @@ fn install_requirements(
         }
         let mut cmd = crate::chroot::run::host_command(&galaxy);
         cmd.args([what, "install", "-r"]).arg(req).arg("-p").arg(work.join(dir));
-        let done = run_host(cmd, env, label, events, |_| {})?;
+        let done = run_host(cmd, &galaxy, env, label, events, |_| {})?;
         if !done.status.success() {
             return Err(done.failure().context(format!("ansible-galaxy {what} install -r {} failed", req.display())));
         }
@@ -211,8 +211,11 @@ fn requirement_kinds(text: &str) -> (bool, bool) {
     (roles, collections)
 }
 
+/// Runs `cmd` (a [`crate::chroot::run::host_command`] of `program`) on the host with exactly
+/// `env`, streaming its output.
 fn run_host(
     mut cmd: Command,
+    program: &Path,
     env: &BTreeMap<String, OsString>,
     label: &str,
     events: &Events,
@@ -220,7 +223,7 @@ fn run_host(
 ) -> anyhow::Result<Finished> {
     cmd.env_clear().envs(env).stdin(Stdio::null()).current_dir("/");
     tracing::debug!("running {cmd:?}");
-    let shown = format!("{:?}", crate::chroot::run::host_program(&cmd));
+    let shown = program.display().to_string();
     stream(
         move |out, err| crate::chroot::run::spawn_host(cmd, out, err).with_context(|| format!("Failed to start {shown}")),
         label,

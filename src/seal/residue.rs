@@ -489,8 +489,8 @@ fn scan_chunked(root: &Root, needles: &Needles, skip: &[&str], chunk: usize) -> 
         .with_min_len(16)
         .map_init(Vec::new, |buf, path| scan_file(&engine, top.as_fd(), path, buf, chunk))
         .collect();
-    let per_link: Vec<Result<Option<FileScan>, ResidueError>> =
-        walked.links.par_iter().with_min_len(64).map_init(Vec::new, |buf, path| scan_link(&engine, top.as_fd(), path, buf)).collect();
+    let per_link: Vec<Result<FileScan, ResidueError>> =
+        walked.links.par_iter().with_min_len(64).map_init(Vec::new, |buf, (path, target)| scan_link(&engine, path, target, buf)).collect();
     for r in per_file {
         let Some(f) = r? else { continue };
         result.files += 1;
@@ -499,7 +499,7 @@ fn scan_chunked(root: &Root, needles: &Needles, skip: &[&str], chunk: usize) -> 
         result.live.extend(f.live);
     }
     for r in per_link {
-        let Some(f) = r? else { continue };
+        let f = r?;
         result.findings.extend(f.findings);
         result.live.extend(f.live);
     }
@@ -562,13 +562,12 @@ fn scan_file(
 
 /// A symlink's target searched as the link's text: a link naming the build's directory or a
 /// build host's name is residue as much as a file saying so.
-fn scan_link(engine: &Engine, top: std::os::fd::BorrowedFd<'_>, path: &Path, buf: &mut Vec<u8>) -> Result<Option<FileScan>, ResidueError> {
-    let Some(target) = walk::read_link(top, path)? else { return Ok(None) };
-    let mut f = scan_reader(engine, std::io::Cursor::new(target), path, buf, CHUNK)?;
+fn scan_link(engine: &Engine, path: &Path, target: &[u8], buf: &mut Vec<u8>) -> Result<FileScan, ResidueError> {
+    let mut f = scan_reader(engine, target, path, buf, CHUNK)?;
     for finding in &mut f.findings {
         finding.detail = format!("{} in the symlink's target", finding.detail);
     }
-    Ok(Some(f))
+    Ok(f)
 }
 
 fn scan_reader(engine: &Engine, mut file: impl Read, path: &Path, buf: &mut Vec<u8>, chunk: usize) -> Result<FileScan, ResidueError> {

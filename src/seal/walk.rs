@@ -26,8 +26,9 @@ use crate::seal::residue::ResidueError;
 pub struct Walked {
     /// Regular files.
     pub files: Vec<PathBuf>,
-    /// Symbolic links (their targets are text of the image too).
-    pub links: Vec<PathBuf>,
+    /// Symbolic links and their targets (text of the image too), read during the walk from
+    /// the parent directory's fd; never followed.
+    pub links: Vec<(PathBuf, Vec<u8>)>,
     /// What was left out and why (skipped prefixes, pseudo filesystems, races).
     pub notes: Vec<String>,
 }
@@ -122,7 +123,12 @@ fn walk_entry(
     };
     match typ {
         Type::File => out.files.push(path.clone()),
-        Type::Symlink => out.links.push(path.clone()),
+        Type::Symlink => match nix::fcntl::readlinkat(dir.as_fd(), name) {
+            Ok(target) => out.links.push((path.clone(), target.into_vec())),
+            // Gone, or no longer a link: the tree changed under us.
+            Err(Errno::ENOENT | Errno::EINVAL) => {}
+            Err(e) => return Err(fail("read the symlink", path)(e)),
+        },
         Type::Directory => {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             let sub = match Dir::openat(dir.as_fd(), name, flags, Mode::empty()) {
@@ -173,25 +179,4 @@ pub fn open_file(root_dir: BorrowedFd<'_>, path: &Path) -> Result<Option<File>, 
         return Ok(None);
     }
     Ok(Some(File::from(fd)))
-}
-
-/// The target of the symlink at image path `path` (never followed), its parent reached
-/// beneath `root_dir` without following any symlink. `Ok(None)` if it vanished or is no
-/// longer a symlink.
-pub fn read_link(root_dir: BorrowedFd<'_>, path: &Path) -> Result<Option<Vec<u8>>, ResidueError> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return Ok(None) };
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let rel = relative(parent);
-    let dir = match openat2(root_dir, if rel.as_os_str().is_empty() { Path::new(".") } else { rel.as_path() }, how) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR) => return Ok(None),
-        Err(e) => return Err(fail("open directory", parent)(e)),
-    };
-    match nix::fcntl::readlinkat(dir.as_fd(), name) {
-        Ok(target) => Ok(Some(target.into_vec())),
-        Err(Errno::ENOENT | Errno::EINVAL) => Ok(None),
-        Err(e) => Err(fail("read the symlink", path)(e)),
-    }
 }
